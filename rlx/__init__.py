@@ -1,0 +1,1 @@
+"""rlx: JAX-native RL post-training for language and omni-modal models."""

@@ -1,0 +1,185 @@
+"""One typed schema for a whole run: YAML files under `configs/` plus `a.b=c` overrides.
+
+Each room owns the frozen dataclass for its own section (next to the code that reads
+it); this module only composes them and turns raw YAML into typed, validated objects.
+Every field has exactly one default: the one written in its dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from rlx.algorithms.config import AlgorithmConfig
+from rlx.data.config import DataConfig
+from rlx.learner.config import OptimizerConfig, WarmupConfig
+from rlx.models.config import ModelConfig
+from rlx.rewards.config import RewardConfig
+from rlx.rollout.config import RolloutConfig
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message says which and what was expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    output_dir: str = "runs/demo"
+    steps: int = 100
+    seed: int = 0
+    eval_every: int = 10
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 2
+    save_rollouts: bool = True
+    progress: bool = True
+    hooks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    warmup: WarmupConfig = WarmupConfig()
+
+    def __post_init__(self) -> None:
+        needed = self.data.max_prompt_len + self.rollout.max_new_tokens
+        if needed > self.model.max_seq_len:
+            raise ValueError(
+                f"data.max_prompt_len + rollout.max_new_tokens = {needed} exceeds "
+                f"model.max_seq_len = {self.model.max_seq_len}; raise model.max_seq_len "
+                "or shorten prompts/responses"
+            )
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Reads YAML (or starts from defaults when `path` is None) and applies `a.b=c` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for override in overrides:
+        apply_override(raw, override)
+    return from_dict(Config, raw)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Sets `a.b.c=value` in a nested dict; the value is parsed as YAML (`1`, `true`, `[a, b]`)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {override!r} is not of the form section.key=value")
+    parts = key.split(".")
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+    """Builds dataclass `cls` from a mapping, checking every key and value against its type."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(str(key), list(fields), prefix))
+    kwargs = {name: _convert(hints[name], raw[name], _join(prefix, name)) for name in fields if name in raw}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{prefix or 'config'}: {err}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+    return plain(config)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _unknown_key_message(key: str, valid: list[str], prefix: str) -> str:
+    where = f"in section '{prefix}'" if prefix else "at the top level"
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{_join(prefix, close[0])}'?" if close else ""
+    return f"unknown key '{_join(prefix, key)}' {where}{hint} (valid keys: {', '.join(sorted(valid))})"
+
+
+def _convert(annotation: Any, value: Any, key: str) -> Any:
+    origin = get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, key)
+    if origin in (Union, types.UnionType):
+        options = get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {annotation}")
+    if origin is Literal:
+        choices = get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+        return value
+    if origin is tuple:
+        item_type = get_args(annotation)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(item_type, item, f"{key}[{i}]") for i, item in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {annotation}")  # a schema bug, not user input

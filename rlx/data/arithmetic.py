@@ -1,0 +1,61 @@
+"""Synthetic multi-digit addition with a held-out validation split: `"37+485="` -> `"522"`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlx.data.config import ArithmeticConfig
+from rlx.data.records import PromptRecord
+
+ALPHABET = "0123456789+="
+
+
+def add_without_carry(a: int, b: int) -> int:
+    """Digit-wise sum mod 10, the classic carry-forgetting mistake: 157 + 291 -> 348."""
+    result, place = 0, 1
+    while a or b:
+        result += ((a % 10 + b % 10) % 10) * place
+        a, b, place = a // 10, b // 10, place * 10
+    return result
+
+
+def warmup_demonstrations(records: list[PromptRecord], carry_error: float, seed: int) -> list[PromptRecord]:
+    """Copies of `records` whose answers are, with probability `carry_error`, added without carrying."""
+    rng = np.random.default_rng(seed)
+    demonstrations = []
+    for record in records:
+        a, b = (int(x) for x in record.prompt.rstrip("=").split("+"))
+        answer = add_without_carry(a, b) if rng.random() < carry_error else a + b
+        demonstrations.append(PromptRecord(id=record.id, prompt=record.prompt, answer=str(answer)))
+    return demonstrations
+
+
+def _operand(rng: np.random.Generator, config: ArithmeticConfig) -> int:
+    digits = int(rng.integers(config.min_digits, config.max_digits + 1))
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return int(rng.integers(low, 10**digits))
+
+
+def arithmetic_splits(config: ArithmeticConfig, train_size: int, val_size: int, seed: int) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """Deterministic train and validation records; no operand pair appears in both."""
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, int]] = set()
+    splits: list[list[PromptRecord]] = []
+    for name, size in (("val", val_size), ("train", train_size)):
+        records: list[PromptRecord] = []
+        attempts = 0
+        while len(records) < size:
+            attempts += 1
+            if attempts > 50 * size + 1000:
+                raise ValueError(
+                    f"cannot draw {size} distinct {name} problems with {config.min_digits}..{config.max_digits} digits; "
+                    "lower data.train_size/val_size or allow more digits"
+                )
+            a, b = _operand(rng, config), _operand(rng, config)
+            if (a, b) in seen:
+                continue
+            seen.add((a, b))
+            records.append(PromptRecord(id=f"{name}-{len(records)}", prompt=f"{a}+{b}=", answer=str(a + b)))
+        splits.append(records)
+    val, train = splits
+    return train, val

@@ -1,0 +1,54 @@
+"""JSONL prompt datasets: one `{"prompt": ..., "answer": ..., "id"?: ...}` object per line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+from rlx.data.records import PromptRecord
+
+log = logging.getLogger(__name__)
+
+
+class BadRowError(ValueError):
+    """A dataset row cannot become a PromptRecord; the message names file and line."""
+
+
+def read_jsonl(path: str | Path, on_bad_row: Literal["skip", "error"] = "skip") -> tuple[list[PromptRecord], int]:
+    """Returns the records and the number of malformed rows skipped (each is logged with its line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    records: list[PromptRecord] = []
+    skipped = 0
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(_parse_row(line, default_id=f"{path.stem}-{line_number}"))
+            except (ValueError, TypeError) as err:
+                message = f"{path}:{line_number}: {err}"
+                if on_bad_row == "error":
+                    raise BadRowError(message + " (set data.on_bad_row=skip to skip such rows)") from None
+                log.warning("skipping malformed row %s", message)
+                skipped += 1
+    return records, skipped
+
+
+def _parse_row(line: str, default_id: str) -> PromptRecord:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err.msg})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    missing = [key for key in ("prompt", "answer") if key not in row]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}; a row needs 'prompt' and 'answer'")
+    answer = row["answer"]
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    return PromptRecord(id=str(row.get("id", default_id)), prompt=row["prompt"], answer=answer)

@@ -1,0 +1,7 @@
+"""Rewards: verifiers and scoring. Never touches the optimizer."""
+
+from rlx.rewards.config import RewardConfig
+from rlx.rewards.scoring import Scores, score_responses
+from rlx.rewards.verifiers import RewardFn, register_verifier, resolve_reward_fn
+
+__all__ = ["RewardConfig", "RewardFn", "Scores", "register_verifier", "resolve_reward_fn", "score_responses"]

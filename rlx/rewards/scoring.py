@@ -1,0 +1,38 @@
+"""Scores a batch of responses, isolating crashes of user reward functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+
+from rlx.data.records import PromptRecord
+from rlx.rewards.verifiers import RewardFn
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    rewards: np.ndarray  # [B] float32
+    errors: int  # responses whose reward function raised or returned a non-finite value
+
+
+def score_responses(fn: RewardFn, responses: Sequence[str], records: Sequence[PromptRecord], on_error: float) -> Scores:
+    """Calls `fn(response, record)` per row; a crash or a non-finite value scores `on_error` and is counted."""
+    rewards = np.empty(len(responses), np.float32)
+    errors = 0
+    for row, (response, record) in enumerate(zip(responses, records, strict=True)):
+        try:
+            value = float(fn(response, record))
+            if not math.isfinite(value):
+                raise ValueError(f"returned a non-finite reward {value}")
+        except Exception as err:  # a user plug-in may raise anything; the run must go on
+            errors += 1
+            log.warning("reward function failed on record %r (response %r): %r; scoring %s", record.id, response, err, on_error)
+            value = on_error
+        rewards[row] = value
+    return Scores(rewards, errors)

@@ -1,0 +1,26 @@
+"""Test-wide setup. XLA_FLAGS must be set before JAX is first imported."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from rlx.config import Config, load_config  # noqa: E402
+
+
+def tiny_overrides(output_dir) -> list[str]:
+    """A run small enough to train a few steps in seconds."""
+    return [
+        f"run.output_dir={output_dir}", "run.steps=4", "run.eval_every=2", "run.checkpoint_every=2", "run.progress=false",
+        "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1", "model.num_heads=2",
+        "model.num_kv_heads=1", "model.head_dim=16", "model.max_seq_len=24",
+        "data.prompts_per_step=4", "data.val_size=8", "data.train_size=64", "data.max_prompt_len=10",
+        "rollout.n_samples=2", "rollout.max_new_tokens=5", "warmup.sft_steps=2", "warmup.batch_size=8",
+    ]
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Config:
+    return load_config(None, tiny_overrides(tmp_path / "run"))

@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import pytest
+
+from rlx.config import Config, ConfigError, RunConfig, apply_override, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_build_without_a_file():
+    config = load_config(None)
+    assert isinstance(config, Config) and config.run == RunConfig()
+
+
+def test_demo_yaml_loads_and_opens_with_its_command():
+    text = (REPO / "configs" / "demo.yaml").read_text()
+    assert text.startswith("# CPU demo")
+    assert "python -m rlx.launch --config configs/demo.yaml" in text.splitlines()[1]
+    assert load_config(REPO / "configs" / "demo.yaml").run.steps > 0
+
+
+def test_overrides_are_parsed_as_yaml_values():
+    config = load_config(None, ["run.steps=7", "rollout.temperature=0.5", "run.save_rollouts=false", "run.hooks=[a.b:c]"])
+    assert config.run.steps == 7 and config.rollout.temperature == 0.5
+    assert config.run.save_rollouts is False and config.run.hooks == ("a.b:c",)
+
+
+def test_integer_is_accepted_for_a_float_field():
+    assert load_config(None, ["optimizer.learning_rate=1"]).optimizer.learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("run.stepz=3", "unknown key 'run.stepz' in section 'run'; did you mean 'run.steps'?"),
+        ("rolout.n_samples=3", "unknown key 'rolout' at the top level; did you mean 'rollout'?"),
+        ("data.arithmetic.max_digit=3", "did you mean 'data.arithmetic.max_digits'?"),
+    ],
+)
+def test_unknown_key_names_the_nearest_valid_key(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace("?", r"\?").replace(".", r"\.")):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("run.steps=ten", "run.steps: expected an integer, got 'ten'"),
+        ("run.steps=2.5", "run.steps: expected an integer, got 2.5"),
+        ("run.steps=true", "run.steps: expected an integer, got True"),
+        ("run.progress=1", "run.progress: expected true or false, got 1"),
+        ("data.source=parquet", "data.source: 'parquet' is not one of 'arithmetic', 'jsonl'"),
+        ("model.dtype=float16", "model.dtype: 'float16' is not one of"),
+        ("run.hooks=x", "run.hooks: expected a list, got 'x'"),
+    ],
+)
+def test_wrong_type_names_key_value_and_expectation(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("run.steps=0", "run: steps must be >= 1, got 0"),
+        ("rollout.top_p=1.5", "rollout: top_p must be in (0, 1], got 1.5"),
+        ("model.num_kv_heads=3", "num_heads (4) must be a multiple of num_kv_heads (3)"),
+        ("algorithm.adv_estimator=grpoo", "unknown advantage estimator 'grpoo'; registered: grpo"),
+        ("data.source=jsonl", "source: jsonl needs data.train_path and data.val_path"),
+    ],
+)
+def test_bad_values_are_explained(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert fragment in str(info.value)
+
+
+def test_cross_section_length_check():
+    with pytest.raises(ConfigError, match="exceeds model.max_seq_len"):
+        load_config(None, ["model.max_seq_len=8", "data.max_prompt_len=6", "rollout.max_new_tokens=4"])
+
+
+@pytest.mark.parametrize("override", ["run.steps", "=3", "run..steps=3"])
+def test_malformed_override(override):
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(None, [override])
+
+
+def test_override_through_a_value_is_rejected():
+    raw = {"run": {"steps": 3}}
+    with pytest.raises(ConfigError, match="run.steps is a value, not a section"):
+        apply_override(raw, "run.steps.x=1")
+
+
+def test_yaml_must_be_a_mapping(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_configs_are_frozen():
+    config = load_config(None)
+    with pytest.raises(Exception):
+        config.run.steps = 3  # type: ignore[misc]
