@@ -17,8 +17,9 @@ import yaml
 
 from rlx.algorithms.config import AlgorithmConfig
 from rlx.data.config import DataConfig
-from rlx.learner.config import OptimizerConfig, WarmupConfig
+from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig, WarmupConfig
 from rlx.models.config import ModelConfig
+from rlx.parallel.config import ParallelConfig
 from rlx.rewards.config import RewardConfig
 from rlx.rollout.config import RolloutConfig
 
@@ -56,9 +57,14 @@ class Config:
     reward: RewardConfig = RewardConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
+    learner: LearnerConfig = LearnerConfig()
     warmup: WarmupConfig = WarmupConfig()
+    critic: CriticConfig = CriticConfig()
+    distill: DistillConfig = DistillConfig()
+    parallel: ParallelConfig = ParallelConfig()
 
     def __post_init__(self) -> None:
+        _check_algorithm_sections(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(
@@ -68,22 +74,63 @@ class Config:
             )
 
 
+def _check_algorithm_sections(config: Config) -> None:
+    """Algorithm settings that only make sense together with other sections."""
+    algo = config.algorithm
+    if (algo.adv_estimator == "gae") != config.critic.enabled:
+        raise ValueError(
+            f"algorithm.adv_estimator={algo.adv_estimator!r} with critic.enabled={config.critic.enabled}: "
+            "gae needs a critic and only gae uses one; set both (adv_estimator: gae, critic.enabled: true) or neither"
+        )
+    grouped = algo.adv_estimator in ("grpo", "rloo", "reinforce_plus_plus_baseline") or algo.dynamic_sampling
+    if grouped and config.rollout.n_samples < 2:
+        raise ValueError(
+            f"algorithm.adv_estimator={algo.adv_estimator!r} (or dynamic_sampling) compares samples within a prompt's group, "
+            "but rollout.n_samples=1; set rollout.n_samples >= 2 or use reinforce_plus_plus / gae"
+        )
+    if algo.overlong_buffer >= config.rollout.max_new_tokens:
+        raise ValueError(
+            f"algorithm.overlong_buffer={algo.overlong_buffer} must be smaller than rollout.max_new_tokens="
+            f"{config.rollout.max_new_tokens} (the penalty ramps over the last overlong_buffer tokens)"
+        )
+    teacher_len = config.data.max_prompt_len + config.rollout.max_new_tokens
+    if config.distill.coef > 0 and teacher_len > config.distill.teacher.max_seq_len:
+        raise ValueError(f"distill.teacher.max_seq_len = {config.distill.teacher.max_seq_len} is below prompt + response = {teacher_len}")
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Reads YAML (or starts from defaults when `path` is None) and applies `a.b=c` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
-        raw = loaded
+    raw = read_yaml(Path(path)) if path is not None else {}
     for override in overrides:
         apply_override(raw, override)
     return from_dict(Config, raw)
+
+
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Raw config of `path`; a top-level `base: other.yaml` (relative to `path`) is loaded first
+    and this file's sections are merged over it, key by key."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"config files include each other in a cycle: {' -> '.join(map(str, _seen + (path,)))}")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a path to another YAML file, got {base!r}")
+    return _merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), loaded)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:

@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlx.launch", description="Run an rlx RL post-training job.")
     parser.add_argument("--config", required=True, help="YAML file under configs/")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. run.steps=20")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="compile the learner and generator steps on abstract arrays over a simulated mesh and print the plan")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -20,7 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        from rlx.services.plan import dry_run, simulate_cpu_devices
+
+        simulate_cpu_devices(config.parallel.num_devices)  # before anything starts a JAX backend
+        print(dry_run(config).render())
+        return 0
+    from rlx.parallel import initialize_distributed
     from rlx.services import train  # after config checks, so a typo fails before JAX starts
+
+    initialize_distributed(config.parallel.distributed)
 
     curve = train(config)
     print(f"done: metrics in {config.run.output_dir}/metrics.jsonl, curve in {curve}")

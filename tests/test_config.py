@@ -66,7 +66,7 @@ def test_wrong_type_names_key_value_and_expectation(override, fragment):
         ("run.steps=0", "run: steps must be >= 1, got 0"),
         ("rollout.top_p=1.5", "rollout: top_p must be in (0, 1], got 1.5"),
         ("model.num_kv_heads=3", "num_heads (4) must be a multiple of num_kv_heads (3)"),
-        ("algorithm.adv_estimator=grpoo", "unknown advantage estimator 'grpoo'; registered: grpo"),
+        ("algorithm.adv_estimator=grpoo", "unknown advantage estimator 'grpoo'; registered: gae, grpo"),
         ("data.source=jsonl", "source: jsonl needs data.train_path and data.val_path"),
     ],
 )
@@ -106,3 +106,20 @@ def test_configs_are_frozen():
     config = load_config(None)
     with pytest.raises(Exception):
         config.run.steps = 3  # type: ignore[misc]
+
+
+def test_base_file_is_merged_under_the_config(tmp_path):
+    (tmp_path / "base.yaml").write_text("run:\n  steps: 9\n  seed: 3\nrollout:\n  n_samples: 4\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nrun:\n  steps: 5\n")
+    config = load_config(tmp_path / "child.yaml", ["rollout.n_samples=2"])
+    assert (config.run.steps, config.run.seed, config.rollout.n_samples) == (5, 3, 2)
+
+
+def test_base_cycles_and_missing_bases_are_reported(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "c.yaml")

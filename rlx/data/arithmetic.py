@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from rlx.data.config import ArithmeticConfig
@@ -19,14 +21,23 @@ def add_without_carry(a: int, b: int) -> int:
     return result
 
 
-def warmup_demonstrations(records: list[PromptRecord], carry_error: float, seed: int) -> list[PromptRecord]:
-    """Copies of `records` whose answers are, with probability `carry_error`, added without carrying."""
+WARMUP_FLAWS: dict[str, Callable[[int, int], str]] = {
+    "no_carry": lambda a, b: str(add_without_carry(a, b)),
+    "reversed": lambda a, b: str(a + b)[::-1],
+}
+
+
+def warmup_demonstrations(records: list[PromptRecord], config: ArithmeticConfig, seed: int) -> list[PromptRecord]:
+    """Copies of `records` whose answers carry `config.warmup_flaw` with probability `warmup_flaw_rate`."""
+    if config.warmup_flaw == "none":
+        return list(records)
+    flawed = WARMUP_FLAWS[config.warmup_flaw]
     rng = np.random.default_rng(seed)
     demonstrations = []
     for record in records:
         a, b = (int(x) for x in record.prompt.rstrip("=").split("+"))
-        answer = add_without_carry(a, b) if rng.random() < carry_error else a + b
-        demonstrations.append(PromptRecord(id=record.id, prompt=record.prompt, answer=str(answer)))
+        answer = flawed(a, b) if rng.random() < config.warmup_flaw_rate else str(a + b)
+        demonstrations.append(PromptRecord(id=record.id, prompt=record.prompt, answer=answer))
     return demonstrations
 
 

@@ -10,25 +10,38 @@ from typing import Literal
 class ArithmeticConfig:
     """Synthetic `a+b=` prompts; operands have `min_digits..max_digits` digits.
 
-    `warmup_carry_error` is the fraction of warm-up demonstrations written by a "student"
-    who forgets to carry (157+291 -> 348): the warmed-up policy knows the format but makes a
-    systematic error that only the verifier-driven RL phase can remove.
+    `warmup_flaw` makes a fraction `warmup_flaw_rate` of the warm-up demonstrations
+    systematically wrong: `no_carry` adds without carrying (157+291 -> 348), `reversed`
+    writes the sum least-significant digit first (448 -> 844). The warmed-up policy
+    then knows the task but often answers in the flawed way, which only the
+    verifier-driven RL phase can fix.
     """
 
     min_digits: int = 1
     max_digits: int = 3
-    warmup_carry_error: float = 0.0
+    warmup_flaw: Literal["none", "no_carry", "reversed"] = "none"
+    warmup_flaw_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits <= 9:
             raise ValueError(f"need 1 <= min_digits <= max_digits <= 9, got {self.min_digits}..{self.max_digits}")
-        if not 0.0 <= self.warmup_carry_error <= 1.0:
-            raise ValueError(f"warmup_carry_error must be in [0, 1], got {self.warmup_carry_error}")
+        if not 0.0 <= self.warmup_flaw_rate <= 1.0:
+            raise ValueError(f"warmup_flaw_rate must be in [0, 1], got {self.warmup_flaw_rate}")
+        if (self.warmup_flaw == "none") != (self.warmup_flaw_rate == 0.0):
+            raise ValueError(
+                f"warmup_flaw={self.warmup_flaw!r} with warmup_flaw_rate={self.warmup_flaw_rate}: "
+                "set both (a flaw and a rate > 0) or neither"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """`source: arithmetic` generates the built-in task; `source: jsonl` reads `train_path`/`val_path`."""
+    """`source: arithmetic` generates the built-in task; `source: jsonl` reads `train_path`/`val_path`.
+
+    JSONL data uses a character tokenizer built from its text, or the Hugging Face tokenizer
+    in `tokenizer_path` (a directory with `tokenizer.json`); `chat_template: true` renders
+    each prompt as a user turn through that tokenizer's chat template.
+    """
 
     source: Literal["arithmetic", "jsonl"] = "arithmetic"
     train_path: str | None = None
@@ -39,6 +52,8 @@ class DataConfig:
     max_prompt_len: int = 16
     seed: int = 0
     on_bad_row: Literal["skip", "error"] = "skip"
+    tokenizer_path: str | None = None
+    chat_template: bool = False
     arithmetic: ArithmeticConfig = ArithmeticConfig()
 
     def __post_init__(self) -> None:
@@ -47,3 +62,7 @@ class DataConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.source == "jsonl" and not (self.train_path and self.val_path):
             raise ValueError("source: jsonl needs data.train_path and data.val_path")
+        if self.source == "arithmetic" and self.tokenizer_path is not None:
+            raise ValueError("the arithmetic task has its own character tokenizer; tokenizer_path needs source: jsonl")
+        if self.chat_template and self.tokenizer_path is None:
+            raise ValueError("chat_template: true needs data.tokenizer_path (a directory with tokenizer.json and a chat template)")

@@ -9,14 +9,17 @@ from rlx.data.arithmetic import ALPHABET, arithmetic_splits, warmup_demonstratio
 from rlx.data.config import DataConfig
 from rlx.data.jsonl import read_jsonl
 from rlx.data.records import PromptRecord
+from rlx.data.hf_tokenizer import HFTokenizer
 from rlx.data.tokenizer import CharTokenizer
 
 log = logging.getLogger(__name__)
 
+Tokenizer = CharTokenizer | HFTokenizer
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskData:
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     train: list[PromptRecord]
     val: list[PromptRecord]
     demonstrations: list[PromptRecord]  # what the supervised warm-up imitates
@@ -31,8 +34,9 @@ def load_task(config: DataConfig) -> TaskData:
     else:
         train, bad_train = read_jsonl(config.train_path, config.on_bad_row)
         val, bad_val = read_jsonl(config.val_path, config.on_bad_row)
-        characters = {ch for record in train + val for ch in record.prompt + record.answer}
-        tokenizer = CharTokenizer("".join(sorted(characters)))
+        tokenizer = _jsonl_tokenizer(config, train + val)
+        if config.chat_template:
+            train, val = _as_chat(train, tokenizer), _as_chat(val, tokenizer)
         counts = {"data/skipped_bad_rows": bad_train + bad_val}
     train, long_train = _drop_long_prompts(train, tokenizer, config.max_prompt_len)
     val, long_val = _drop_long_prompts(val, tokenizer, config.max_prompt_len)
@@ -41,11 +45,27 @@ def load_task(config: DataConfig) -> TaskData:
         raise ValueError(f"no usable records left (train={len(train)}, val={len(val)}); see the warnings above")
     demonstrations = train
     if config.source == "arithmetic":
-        demonstrations = warmup_demonstrations(train, config.arithmetic.warmup_carry_error, config.seed + 1)
+        demonstrations = warmup_demonstrations(train, config.arithmetic, config.seed + 1)
     return TaskData(tokenizer, train, val, demonstrations, counts)
 
 
-def _drop_long_prompts(records: list[PromptRecord], tokenizer: CharTokenizer, max_len: int) -> tuple[list[PromptRecord], int]:
+def _jsonl_tokenizer(config: DataConfig, records: list[PromptRecord]) -> Tokenizer:
+    if config.tokenizer_path is not None:
+        return HFTokenizer.from_directory(config.tokenizer_path)
+    return CharTokenizer("".join(sorted({ch for record in records for ch in record.prompt + record.answer})))
+
+
+def _as_chat(records: list[PromptRecord], tokenizer: Tokenizer) -> list[PromptRecord]:
+    """Each prompt as one user turn, rendered by the tokenizer's chat template (generation prompt added)."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("data.chat_template is true but the tokenizer in data.tokenizer_path has no chat template")
+    return [
+        dataclasses.replace(record, prompt=tokenizer.apply_chat_template([{"role": "user", "content": record.prompt}]))
+        for record in records
+    ]
+
+
+def _drop_long_prompts(records: list[PromptRecord], tokenizer: Tokenizer, max_len: int) -> tuple[list[PromptRecord], int]:
     kept = [r for r in records if len(tokenizer.encode(r.prompt)) <= max_len]
     dropped = len(records) - len(kept)
     if dropped:

@@ -1,11 +1,11 @@
 """Learner: train step, optimizer, checkpoints. Never samples tokens."""
 
 from rlx.learner.checkpoint import Checkpointer
-from rlx.learner.config import OptimizerConfig, WarmupConfig
+from rlx.learner.config import LearnerConfig, OptimizerConfig, WarmupConfig
 from rlx.learner.sft import encode_answers, supervised_warmup
 from rlx.learner.train_step import Learner, NonFiniteLossError, TrainBatch
 
 __all__ = [
-    "Checkpointer", "Learner", "NonFiniteLossError", "OptimizerConfig", "TrainBatch", "WarmupConfig",
+    "Checkpointer", "Learner", "LearnerConfig", "NonFiniteLossError", "OptimizerConfig", "TrainBatch", "WarmupConfig",
     "encode_answers", "supervised_warmup",
 ]

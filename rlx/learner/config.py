@@ -1,8 +1,25 @@
-"""Optimizer and supervised warm-up settings."""
+"""Optimizer, supervised warm-up, critic and distillation-teacher settings."""
 
 from __future__ import annotations
 
 import dataclasses
+
+from rlx.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """How the learner computes. `logprob_impl` picks the fused log-prob/entropy kernel
+    (`pallas_kernels.token_logprobs_and_entropy`): `auto` is Pallas on TPU and the chunked
+    XLA scan elsewhere; `reference` materializes full logits (for debugging)."""
+
+    logprob_impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        from pallas_kernels import FUSED_LOGPROB_IMPLS
+
+        if self.logprob_impl not in FUSED_LOGPROB_IMPLS:
+            raise ValueError(f"logprob_impl {self.logprob_impl!r} is not one of {', '.join(FUSED_LOGPROB_IMPLS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,3 +56,45 @@ class WarmupConfig:
     def __post_init__(self) -> None:
         if self.sft_steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:
             raise ValueError("need sft_steps >= 0, batch_size >= 1 and learning_rate > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticConfig:
+    """The value model that `algorithm.adv_estimator: gae` needs.
+
+    A separate model (policy trunk copy + scalar head, initialized from the warmed-up policy) with
+    its own AdamW, not a head on the policy: the value regression then cannot pull the policy's
+    features, and the policy's jitted step stays the same with or without a critic.
+    """
+
+    enabled: bool = False
+    learning_rate: float = 1e-4
+    cliprange_value: float = 0.5  # clip of V - V_old in the value loss
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0 or self.cliprange_value <= 0:
+            raise ValueError(f"need learning_rate > 0 and cliprange_value > 0, got {self.learning_rate}, {self.cliprange_value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """On-policy distillation (Agarwal et al. 2024; Thinking Machines 2025): a teacher scores the
+    student's own samples, and each token earns r_t = -coef * (log pi_student(y_t) - log pi_teacher(y_t)),
+    a one-sample estimate of the reverse KL. `coef: 0` turns it off.
+
+    The teacher is a (larger) model trained in-process by supervised steps on the train split's
+    correct answers before RL (`teacher_warmup`), so the demo needs no checkpoint download.
+    """
+
+    coef: float = 0.0
+    task_reward_coef: float = 1.0  # weight of the verifier's reward; 0 = distillation alone
+    teacher: ModelConfig = ModelConfig()
+    teacher_warmup: WarmupConfig = WarmupConfig()
+
+    def __post_init__(self) -> None:
+        if self.coef < 0 or self.task_reward_coef < 0:
+            raise ValueError(f"coef and task_reward_coef must be >= 0, got {self.coef}, {self.task_reward_coef}")
+        if self.coef == 0 and self.task_reward_coef == 0:
+            raise ValueError("distill.coef = 0 and distill.task_reward_coef = 0 leave no reward at all; set one > 0")
+        if self.coef > 0 and self.teacher_warmup.sft_steps == 0:
+            raise ValueError("distill.coef > 0 needs a trained teacher: set distill.teacher_warmup.sft_steps > 0")

@@ -33,6 +33,7 @@ def supervised_warmup(
     tokenizer: CharTokenizer,
     config: WarmupConfig,
     response_width: int,
+    logprob_impl: str = "auto",
 ) -> tuple[nnx.State, list[float]]:
     """Runs `config.sft_steps` AdamW steps; returns the new weights and the loss per step."""
     tx = optax.adamw(config.learning_rate)
@@ -40,7 +41,7 @@ def supervised_warmup(
 
     def loss_fn(params, tokens, start, mask):
         model = nnx.merge(graphdef, params)
-        log_probs, _ = response_log_probs(model, tokens, start, tokens.shape[1] - mask.shape[1], 1.0)
+        log_probs, _ = response_log_probs(model, tokens, start, tokens.shape[1] - mask.shape[1], 1.0, logprob_impl)
         return -jnp.sum(log_probs * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
     @jax.jit

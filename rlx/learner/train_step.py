@@ -6,6 +6,8 @@ Weights are arguments of every compiled function, never constants baked into it.
 from __future__ import annotations
 
 import dataclasses
+import logging
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +15,18 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rlx.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES, AlgorithmConfig, PolicyLossInputs, aggregate, masked_mean
-from rlx.learner.config import OptimizerConfig
+from rlx.algorithms import (
+    ADVANTAGE_ESTIMATORS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, AdvantageInputs, AlgorithmConfig, CorrectionInputs,
+    PolicyLossInputs, aggregate, masked_mean,
+)
+from pallas_kernels import resolve_fused_logprob_impl
+from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig
+from rlx.learner.critic import Critic, value_metrics
 from rlx.learner.logprobs import response_log_probs
 from rlx.learner.optimizer import make_optimizer
 from rlx.models import Qwen3
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -44,53 +53,105 @@ class TrainBatch:
         return jax.tree.map(lambda x: x[index], self)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class StepTargets:
+    """Per-token arrays [B, R] that stay fixed across one update's minibatches and epochs."""
+
+    old_log_probs: jax.Array  # proximal policy: the weights before this update
+    ref_log_probs: jax.Array  # reference policy for the KL loss; zeros without one
+    advantages: jax.Array
+    weights: jax.Array  # rollout-correction weight per token
+    mask: jax.Array  # response tokens the correction keeps
+
+    def rows(self, index: np.ndarray) -> "StepTargets":
+        return jax.tree.map(lambda x: x[index], self)
+
+
 class Learner:
-    def __init__(self, model: Qwen3, algorithm: AlgorithmConfig, optimizer: OptimizerConfig, temperature: float):
+    """Policy (and optional critic) updates. `teacher` is the on-policy-distillation teacher,
+    needed iff `distill.coef > 0`; its weights are trained by the caller (`set_teacher_params`)."""
+
+    def __init__(
+        self, model: Qwen3, algorithm: AlgorithmConfig, optimizer: OptimizerConfig, temperature: float,
+        critic: CriticConfig = CriticConfig(), distill: DistillConfig = DistillConfig(), teacher: Qwen3 | None = None,
+        learner: LearnerConfig = LearnerConfig(),
+    ):
+        if (teacher is not None) != (distill.coef > 0):
+            raise ValueError("pass a teacher model exactly when distill.coef > 0")
+        if (algorithm.adv_estimator == "gae") != critic.enabled:
+            raise ValueError("adv_estimator gae needs critic.enabled, and only gae uses a critic")
         self.graphdef, self.params = nnx.split(model)
         self.algorithm = algorithm
         self.optimizer_config = optimizer
+        self.distill = distill
         # Behaviour log-probs are taken at the sampling temperature; greedy scores at T = 1.
         self.temperature = temperature if temperature > 0 else 1.0
+        self.logprob_impl = learner.logprob_impl
+        log.info("learner log-probs: fused kernel %r (learner.logprob_impl=%r)", resolve_fused_logprob_impl(learner.logprob_impl), learner.logprob_impl)
         self.tx = make_optimizer(optimizer)
         self.opt_state = self.tx.init(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if algorithm.kl_coef > 0 else None
+        self.critic = Critic(model.config, critic, optimizer.grad_clip, seed=1) if critic.enabled else None
+        if self.critic is not None:
+            self.critic.init_trunk(self.params)
+        self.teacher_graphdef, self.teacher_params = nnx.split(teacher) if teacher is not None else (None, None)
         self.consecutive_nonfinite = 0
-        self._log_probs = jax.jit(self._log_probs_impl, static_argnums=2)
+        self._log_probs = jax.jit(partial(self._score, self.graphdef), static_argnums=2)
+        self._teacher_log_probs = jax.jit(partial(self._score, self.teacher_graphdef), static_argnums=2) if teacher is not None else None
+        self._prepare = jax.jit(self._prepare_impl)
         self._step = jax.jit(self._step_impl, donate_argnums=(0, 1))
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """One RL update on `batch`; returns host-side metrics."""
-        old_log_probs, _ = self._log_probs(self.params, batch, batch.prompt_len)
-        ref_log_probs = self._log_probs(self.ref_params, batch, batch.prompt_len)[0] if self.ref_params is not None else jnp.zeros_like(old_log_probs)
-        advantages = ADVANTAGE_ESTIMATORS.get(self.algorithm.adv_estimator)(batch.rewards, batch.group_ids, batch.mask, self.algorithm)
+        prompt_len = batch.prompt_len
+        old_log_probs, _ = self._log_probs(self.params, batch, prompt_len)
+        ref_log_probs = self._log_probs(self.ref_params, batch, prompt_len)[0] if self.ref_params is not None else None
+        teacher_log_probs = self._teacher_log_probs(self.teacher_params, batch, prompt_len)[0] if self.teacher_params is not None else None
+        values = self.critic.values(batch.tokens, batch.start, prompt_len) if self.critic is not None else jnp.zeros_like(old_log_probs)
+        targets, returns, prepared = self._prepare(batch, old_log_probs, ref_log_probs, teacher_log_probs, values)
         rows = batch.mask.shape[0]
         if rows % self.algorithm.minibatches:
             raise ValueError(f"{rows} rollouts do not split into algorithm.minibatches={self.algorithm.minibatches}")
         step_metrics = []
         for _ in range(self.algorithm.epochs):
             for index in np.split(np.arange(rows), self.algorithm.minibatches):
-                minibatch = (batch.rows(index), old_log_probs[index], ref_log_probs[index], advantages[index])
-                self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, *minibatch)
+                self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, batch.rows(index), targets.rows(index))
+                if self.critic is not None:
+                    metrics.update(self.critic.update(
+                        batch.tokens[index], batch.start[index], batch.mask[index], values[index], returns[index], prompt_len))
                 step_metrics.append(metrics)
         metrics = {key: float(np.mean([m[key] for m in step_metrics])) for key in step_metrics[0]}
         self._count_nonfinite(min(m["actor/update_finite"] for m in step_metrics))
-        mismatch = jnp.abs(jnp.exp(batch.behaviour_log_probs) - jnp.exp(old_log_probs)) * batch.mask
-        metrics["training/rollout_probs_diff_mean"] = float(jnp.sum(mismatch) / jnp.maximum(jnp.sum(batch.mask), 1))
-        metrics["training/rollout_probs_diff_max"] = float(jnp.max(mismatch))
-        metrics["critic/advantages/mean"] = float(masked_mean(advantages, batch.mask))
+        metrics.update({key: float(value) for key, value in prepared.items()})
+        if self.critic is not None:
+            metrics.update({key: float(value) for key, value in value_metrics(values, returns, batch.mask).items()})
         return metrics
 
+    def refresh_reference(self) -> None:
+        """Makes the current weights the KL reference (`algorithm.ref_update_every`)."""
+        self.ref_params = jax.tree.map(jnp.copy, self.params)
+
+    def set_teacher_params(self, params: nnx.State) -> None:
+        self.teacher_params = params
+
     def reset_weights(self, params: nnx.State) -> None:
-        """Starts RL from `params` (e.g. after warm-up): fresh optimizer, reference = these weights."""
+        """Starts RL from `params` (e.g. after warm-up): fresh optimizer, reference and critic trunk = these weights."""
         self.params = params
         self.opt_state = self.tx.init(params)
         if self.ref_params is not None:
             self.ref_params = jax.tree.map(jnp.copy, params)
+        if self.critic is not None:
+            self.critic.init_trunk(params)
 
     def state_dict(self) -> dict[str, object]:
         state = {"params": self.params, "opt_state": self.opt_state}
         if self.ref_params is not None:
             state["ref_params"] = self.ref_params
+        if self.teacher_params is not None:
+            state["teacher_params"] = self.teacher_params
+        if self.critic is not None:
+            state.update(self.critic.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
@@ -98,6 +159,10 @@ class Learner:
         self.opt_state = state["opt_state"]
         if self.ref_params is not None:
             self.ref_params = state["ref_params"]
+        if self.teacher_params is not None:
+            self.teacher_params = state["teacher_params"]
+        if self.critic is not None:
+            self.critic.load_state_dict(state)
 
     def log_probs(self, batch: TrainBatch) -> tuple[jax.Array, jax.Array]:
         return self._log_probs(self.params, batch, batch.prompt_len)
@@ -113,28 +178,53 @@ class Learner:
                 "lower optimizer.learning_rate, tighten optimizer.grad_clip, or check rewards for NaN/inf"
             )
 
-    def _log_probs_impl(self, params, batch: TrainBatch, prompt_len: int):
-        model = nnx.merge(self.graphdef, params)
-        return response_log_probs(model, batch.tokens, batch.start, prompt_len, self.temperature)
+    def _score(self, graphdef: nnx.GraphDef, params, batch: TrainBatch, prompt_len: int):
+        return response_log_probs(nnx.merge(graphdef, params), batch.tokens, batch.start, prompt_len, self.temperature, self.logprob_impl)
 
-    def _loss(self, params, batch: TrainBatch, old_log_probs, ref_log_probs, advantages):
+    def _prepare_impl(self, batch: TrainBatch, old_log_probs, ref_log_probs, teacher_log_probs, values):
+        """Token rewards, advantages, returns and correction weights: everything fixed before the first minibatch."""
+        algo, mask = self.algorithm, batch.mask
+        metrics = {}
+        token_rewards = jnp.zeros_like(old_log_probs)
+        if ref_log_probs is not None and algo.kl_penalty == "reward":
+            kl = KL_ESTIMATORS.get(algo.kl_estimator)(old_log_probs, ref_log_probs)
+            token_rewards = token_rewards - algo.kl_coef * kl
+            metrics["actor/reward_kl_penalty"] = masked_mean(kl, mask)
+        if teacher_log_probs is not None:
+            reverse_kl = old_log_probs - teacher_log_probs
+            token_rewards = token_rewards - self.distill.coef * reverse_kl
+            metrics["distill/reverse_kl"] = masked_mean(reverse_kl, mask)
+        inputs = AdvantageInputs(batch.rewards * self.distill.task_reward_coef, batch.group_ids, mask, values, token_rewards)
+        advantages, returns = ADVANTAGE_ESTIMATORS.get(algo.adv_estimator)(inputs, algo)
+        correction = CorrectionInputs(old_log_probs, batch.behaviour_log_probs, mask)
+        weights, kept, correction_metrics = CORRECTIONS.get(algo.correction)(correction, algo)
+        metrics.update(correction_metrics)
+        mismatch = jnp.abs(jnp.exp(batch.behaviour_log_probs) - jnp.exp(old_log_probs)) * mask
+        metrics["training/rollout_probs_diff_mean"] = jnp.sum(mismatch) / jnp.maximum(jnp.sum(mask), 1)
+        metrics["training/rollout_probs_diff_max"] = jnp.max(mismatch)
+        metrics["critic/advantages/mean"] = masked_mean(advantages, mask)
+        use_ref_loss = ref_log_probs is not None and algo.kl_penalty == "loss"
+        ref_for_loss = ref_log_probs if use_ref_loss else jnp.zeros_like(old_log_probs)
+        return StepTargets(old_log_probs, ref_for_loss, advantages, weights, kept), returns, metrics
+
+    def _loss(self, params, batch: TrainBatch, targets: StepTargets):
         algo = self.algorithm
-        log_probs, entropy = self._log_probs_impl(params, batch, batch.prompt_len)
-        inputs = PolicyLossInputs(log_probs, old_log_probs, advantages, batch.mask)
+        log_probs, entropy = self._score(self.graphdef, params, batch, batch.prompt_len)
+        inputs = PolicyLossInputs(log_probs, targets.old_log_probs, targets.advantages, targets.mask, batch.behaviour_log_probs)
         token_loss, metrics = POLICY_LOSSES.get(algo.policy_loss)(inputs, algo)
-        pg_loss = aggregate(token_loss, batch.mask, algo.loss_agg_mode)
+        pg_loss = aggregate(token_loss * targets.weights, targets.mask, algo.loss_agg_mode)
         entropy_mean = masked_mean(entropy, batch.mask)
         loss = pg_loss - algo.entropy_coef * entropy_mean
         metrics.update({"actor/pg_loss": pg_loss, "actor/entropy": entropy_mean})
-        if algo.kl_coef > 0:
-            kl = aggregate(KL_ESTIMATORS.get(algo.kl_estimator)(log_probs, ref_log_probs), batch.mask, algo.loss_agg_mode)
+        if algo.kl_coef > 0 and algo.kl_penalty == "loss":
+            kl = aggregate(KL_ESTIMATORS.get(algo.kl_estimator)(log_probs, targets.ref_log_probs), targets.mask, algo.loss_agg_mode)
             loss = loss + algo.kl_coef * kl
             metrics["actor/kl_loss"] = kl
         metrics["actor/loss"] = loss
         return loss, metrics
 
-    def _step_impl(self, params, opt_state, batch, old_log_probs, ref_log_probs, advantages):
-        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch, old_log_probs, ref_log_probs, advantages)
+    def _step_impl(self, params, opt_state, batch, targets: StepTargets):
+        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch, targets)
         grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)

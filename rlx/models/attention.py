@@ -15,10 +15,11 @@ def attention_mask(start: jax.Array, query_columns: jax.Array, num_keys: int) ->
     """[B, S, T]: key column j is visible to a query at column i iff start[b] <= j <= i.
 
     Rows are left-padded: columns before `start[b]` are padding and never attended.
-    The same rule serves training (no cache), prefill and decode.
+    The same rule serves training (no cache), prefill and decode. `query_columns` is
+    `[S]` (shared by all rows) or `[B, S]` (decode slots at different lengths).
     """
     keys = jnp.arange(num_keys)[None, None, :]
-    return (keys >= start[:, None, None]) & (keys <= query_columns[None, :, None])
+    return (keys >= start[:, None, None]) & (keys <= jnp.atleast_2d(query_columns)[:, :, None])
 
 
 class Attention(nnx.Module):

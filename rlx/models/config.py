@@ -10,7 +10,13 @@ DType = Literal["float32", "bfloat16"]
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Qwen3 dense decoder. `vocab_size: null` takes the tokenizer's size."""
+    """Qwen3 decoder, dense or mixture-of-experts. `vocab_size: null` takes the tokenizer's size.
+
+    `num_experts: 0` is dense Qwen3. With experts (Qwen3-MoE), layer `i` is sparse iff
+    `i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0`, as in Hugging Face;
+    each token goes to `num_experts_per_tok` SwiGLU experts of width `moe_intermediate_size`,
+    weighted by the router's softmax (renormalized over the chosen experts if `norm_topk_prob`).
+    """
 
     vocab_size: int | None = None
     hidden_size: int = 128
@@ -25,6 +31,12 @@ class ModelConfig:
     max_seq_len: int = 64
     dtype: DType = "float32"
     param_dtype: DType = "float32"
+    num_experts: int = 0
+    num_experts_per_tok: int = 8
+    moe_intermediate_size: int = 768
+    norm_topk_prob: bool = True
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "max_seq_len"):
@@ -38,6 +50,20 @@ class ModelConfig:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
             raise ValueError("rope_theta and rms_norm_eps must be > 0")
+        if self.num_experts < 0:
+            raise ValueError(f"num_experts must be >= 0 (0 = dense), got {self.num_experts}")
+        if self.num_experts:
+            if not 1 <= self.num_experts_per_tok <= self.num_experts:
+                raise ValueError(f"num_experts_per_tok must be in [1, num_experts={self.num_experts}], got {self.num_experts_per_tok}")
+            if self.moe_intermediate_size < 1 or self.decoder_sparse_step < 1:
+                raise ValueError("moe_intermediate_size and decoder_sparse_step must be >= 1")
+        bad_layers = [i for i in self.mlp_only_layers if not 0 <= i < self.num_layers]
+        if bad_layers:
+            raise ValueError(f"mlp_only_layers {bad_layers} are outside [0, num_layers={self.num_layers})")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether decoder layer `layer` uses the expert MLP (the Hugging Face Qwen3-MoE rule)."""
+        return bool(self.num_experts) and layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
 
     def with_vocab(self, tokenizer_vocab_size: int) -> "ModelConfig":
         """Resolves `vocab_size` against the tokenizer: fills it in, or checks it is large enough."""

@@ -1,4 +1,4 @@
-"""Qwen3 dense decoder in Flax NNX: RMSNorm, RoPE, GQA with q/k norm, SwiGLU, optional tied embeddings."""
+"""Qwen3 decoder in Flax NNX: RMSNorm, RoPE, GQA with q/k norm, SwiGLU or Qwen3-MoE experts, optional tied embeddings."""
 
 from __future__ import annotations
 
@@ -10,21 +10,28 @@ from rlx.models.attention import Attention, attention_mask
 from rlx.models.config import ModelConfig
 from rlx.models.kv_cache import KVCache
 from rlx.models.layers import RMSNorm, SwiGLU, param
+from rlx.models.moe import MoEBlock
 from rlx.models.multimodal import ModalityEmbeddings, merge_modality_embeddings
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
         dt = jnp.dtype(config.param_dtype)
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
         self.attn = Attention(config, rngs=rngs)
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, param_dtype=dt, rngs=rngs)
+        self.is_moe = config.is_moe_layer(layer)
+        if self.is_moe:
+            self.mlp = MoEBlock(config, rngs=rngs)
+        else:
+            self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, param_dtype=dt, rngs=rngs)
 
     def __call__(self, x, positions, mask, cache, layer, cache_index):
         attended, cache = self.attn(self.input_norm(x), positions, mask, cache, layer, cache_index)
         x = x + attended
-        return x + self.mlp(self.post_attn_norm(x)), cache
+        mlp_in = self.post_attn_norm(x)
+        mlp_out = self.mlp(mlp_in)[0] if self.is_moe else self.mlp(mlp_in)
+        return x + mlp_out, cache
 
 
 class Qwen3(nnx.Module):
@@ -32,7 +39,7 @@ class Qwen3(nnx.Module):
 
     Column `j` of row `b` holds a real token iff `j >= start[b]`; its rotary position is
     `j - start[b]`. With a cache, the `S` new tokens sit at columns
-    `cache_index .. cache_index + S - 1`.
+    `cache_index .. cache_index + S - 1` (`cache_index` is an int, or `[B]` for one column per row).
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -41,7 +48,7 @@ class Qwen3(nnx.Module):
         self.config = config
         dt = jnp.dtype(config.param_dtype)
         self.embed = param(rngs, nnx.initializers.normal(0.02), (config.vocab_size, config.hidden_size), ("vocab", "embed"), dt)
-        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs) for i in range(config.num_layers)])
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
         if not config.tie_word_embeddings:
             self.lm_head = param(rngs, nnx.initializers.normal(0.02), (config.hidden_size, config.vocab_size), ("embed", "vocab"), dt)
@@ -65,8 +72,9 @@ class Qwen3(nnx.Module):
         batch, steps = input_ids.shape
         if start is None:
             start = jnp.zeros((batch,), jnp.int32)
-        columns = jnp.asarray(cache_index, jnp.int32) + jnp.arange(steps, dtype=jnp.int32)
-        positions = jnp.maximum(columns[None, :] - start[:, None], 0)
+        cache_index = jnp.asarray(cache_index, jnp.int32)
+        columns = cache_index[..., None] + jnp.arange(steps, dtype=jnp.int32)  # [S], or [B, S] per-row indices
+        positions = jnp.maximum(jnp.atleast_2d(columns) - start[:, None], 0)
         num_keys = steps if cache is None else cache.max_len
         mask = attention_mask(start, columns, num_keys)
         dtype = jnp.dtype(self.config.dtype)

@@ -1,15 +1,37 @@
-"""Rollouts for RL: `n` samples per prompt, each group's rows adjacent and tagged."""
+"""The RL rollout driver: continuous batching over the engine's decode slots.
+
+A request is a prompt with `samples` responses to draw; its prompt is prefilled once and
+inserted into `samples` slots. Every `generate` call advances all slots; a sequence that
+emits a stop token or reaches its `max_tokens` frees its slot at once, the next waiting
+sample takes it, and the finished sample streams out (`RolloutDriver.stream`), so
+downstream work never waits for the longest sequence of a batch. Each token is stamped
+with the policy version of the weights that produced it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from typing import Any, Iterable, Iterator, Literal
 
 import jax
 import numpy as np
 from flax import nnx
 
 from rlx.data import PromptBatch, PromptRecord
-from rlx.rollout.sampler import Generation, Sampler
+from rlx.rollout.engine import Engine, Prefix, SamplingParams
+
+LongPrompt = Literal["error", "truncate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """Responses right-padded to `max_new_tokens`; `mask` is 1 on real tokens, EOS included."""
+
+    tokens: np.ndarray  # [B, R] int32
+    log_probs: np.ndarray  # [B, R] float32, behaviour log-probs
+    mask: np.ndarray  # [B, R] float32
+    lengths: np.ndarray  # [B] int32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,28 +41,210 @@ class GroupRollout:
     start: np.ndarray  # [B * n]
     group_ids: np.ndarray  # [B * n], row // n
     generation: Generation
-    policy_version: np.ndarray  # [B * n, R] version of the weights that produced each token
+    policy_version: np.ndarray  # [B * n, R] version of the weights that produced each token, -1 on padding
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def generate_groups(
-    sampler: Sampler,
-    params: nnx.State,
-    prompts: PromptBatch,
-    n: int,
-    key: jax.Array,
-    temperature: float,
-    top_p: float,
-    policy_version: int,
-) -> GroupRollout:
-    tokens = np.repeat(prompts.tokens, n, axis=0)
-    start = np.repeat(prompts.start, n, axis=0)
-    generation = sampler.generate(params, tokens, start, key, temperature, top_p)
-    versions = np.where(generation.mask > 0, policy_version, -1).astype(np.int32)
+@dataclasses.dataclass(frozen=True)
+class Request:
+    prompt: np.ndarray  # [P] token ids, no padding
+    max_tokens: int  # capped at the engine's max_decode_length
+    samples: int = 1
+    tag: Any = None  # handed back on each Completion
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    tag: Any
+    sample: int
+    prompt: np.ndarray  # the prompt as prefilled (after truncation, if any)
+    tokens: np.ndarray  # [L] int32, a stop token included
+    log_probs: np.ndarray  # [L] float32 behaviour log-probs
+    versions: np.ndarray  # [L] int32 policy version per token
+    truncated_prompt: bool
+
+
+@dataclasses.dataclass
+class _Admitted:
+    """A request whose prompt is prefilled; `next_sample` samples of it already hold slots."""
+
+    request: Request
+    prompt: np.ndarray
+    truncated: bool
+    prefix: Prefix | None = None
+    row: int = 0
+    next_sample: int = 0
+
+
+class RolloutDriver:
+    """Continuous batching (or, with `refill=False`, static batching) over an `Engine`."""
+
+    def __init__(self, engine: Engine, params: nnx.State, *, long_prompt: LongPrompt = "error", version: int = 0):
+        self.engine = engine
+        self.params = engine.load_params(params)
+        self.version = version
+        self.long_prompt = long_prompt
+        self.truncated_prompts = 0
+
+    def update_weights(self, params: nnx.State, version: int) -> None:
+        """Swaps in new weights (same structure, shapes, dtypes: nothing recompiles) and their version."""
+        self.params = self.engine.load_params(params)
+        self.version = version
+
+    def stream(self, requests: Iterable[Request], key: jax.Array, sampling: SamplingParams = SamplingParams(), *, refill: bool = True) -> Iterator[Completion]:
+        """Yields each sample as soon as it finishes. With `refill=False`, a new batch of slots is
+        admitted only when every slot is free (static batching, kept for comparison)."""
+        engine, slots = self.engine, self.engine.max_concurrent_decodes
+        max_new = max(self.engine.max_len - self.engine.max_prefill_length, 1)
+        pending = iter(requests)
+        waiting: _Admitted | None = None
+        owner: list[tuple[_Admitted, int] | None] = [None] * slots
+        buffers = _SlotBuffers(slots, max_new)
+        state = engine.init_decode_state(key, sampling)
+        # One generate call is kept in flight: step t + 1 is dispatched before step t's tokens
+        # are read, so host work overlaps device work. A slot freed at step t therefore idles
+        # through step t + 1, whose tokens for it are ignored (`since` below).
+        step, in_flight = 0, None
+        while True:
+            free = [slot for slot in range(slots) if owner[slot] is None]
+            if free and (refill or len(free) == slots):
+                state, waiting = self._admit(state, pending, waiting, free, owner, buffers, since=step)
+            dispatched = None
+            if any(entry is not None for entry in owner):
+                state, result = engine.generate(self.params, state)
+                result.copy_to_host_async()
+                dispatched, step = (result.convert_to_numpy, step, self.version), step + 1
+            elif in_flight is None:
+                return
+            if in_flight is not None:
+                to_numpy, at, version = in_flight
+                for slot in buffers.append(to_numpy(), at, version, self.engine.stop_tokens):
+                    admitted, sample = owner[slot]
+                    owner[slot] = None
+                    yield Completion(admitted.request.tag, sample, admitted.prompt, *buffers.take(slot), admitted.truncated)
+            in_flight = dispatched
+
+    def _admit(self, state, pending: Iterator[Request], waiting: _Admitted | None, free: list[int], owner, buffers, since: int) -> tuple[Any, _Admitted | None]:
+        """Fills free slots with waiting samples; prefills newly pulled requests in one batch."""
+        placements: list[tuple[_Admitted, int, int]] = []  # (request, sample, slot)
+        fresh: list[_Admitted] = []
+        for slot in free:
+            if waiting is None or waiting.next_sample == waiting.request.samples:
+                request = next(pending, None)
+                if request is None:
+                    break
+                waiting = self._accept(request)
+                fresh.append(waiting)
+            placements.append((waiting, waiting.next_sample, slot))
+            buffers.reset(slot, waiting.request.max_tokens, since)
+            owner[slot] = (waiting, waiting.next_sample)
+            waiting.next_sample += 1
+        if fresh:
+            prefix = self.engine.prefill_batch(self.params, [admitted.prompt for admitted in fresh])
+            for row, admitted in enumerate(fresh):
+                admitted.prefix, admitted.row = prefix, row
+        for _, group in itertools.groupby(placements, key=lambda p: id(p[0].prefix)):
+            group = list(group)
+            state = self.engine.insert_rows(group[0][0].prefix, state, [a.row for a, _, _ in group], [slot for _, _, slot in group])
+        for admitted in [*fresh, waiting]:
+            if admitted is not None and admitted.next_sample == admitted.request.samples:
+                admitted.prefix = None  # every sample is placed: let the prefix's buffers go
+        return state, waiting
+
+    def _accept(self, request: Request) -> _Admitted:
+        if request.samples < 1 or request.max_tokens < 1:
+            raise ValueError(f"request {request.tag!r}: samples and max_tokens must be >= 1, got {request.samples}, {request.max_tokens}")
+        prompt, truncated = check_prompt(request.prompt, self.engine.max_prefill_length, self.long_prompt, request.tag)
+        self.truncated_prompts += truncated
+        return _Admitted(request, prompt, truncated)
+
+    def generate_groups(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int) -> GroupRollout:
+        """`n` samples of every prompt, rows ordered prompt-major, as the trainer consumes them."""
+        truncated_before = self.truncated_prompts
+        requests = [
+            Request(tokens[start:], max_new_tokens, samples=n, tag=row)
+            for row, (tokens, start) in enumerate(zip(prompts.tokens, prompts.start))
+        ]
+        completions = sorted(self.stream(requests, key, sampling), key=lambda c: (c.tag, c.sample))
+        return assemble_groups(prompts, completions, n, max_new_tokens, pad_id=self.engine.pad_id,
+                               metrics={"rollout/truncated_prompts": float(self.truncated_prompts - truncated_before)})
+
+
+def check_prompt(prompt: np.ndarray, limit: int, long_prompt: LongPrompt, tag: Any) -> tuple[np.ndarray, bool]:
+    """The prompt to prefill and whether it was truncated; an empty or (with `error`) too long prompt raises."""
+    prompt = np.asarray(prompt, np.int32)
+    if prompt.ndim != 1 or len(prompt) == 0:
+        raise ValueError(f"request {tag!r}: empty prompt; a prompt needs at least one token (e.g. BOS)")
+    if len(prompt) <= limit:
+        return prompt, False
+    if long_prompt == "error":
+        raise ValueError(
+            f"request {tag!r}: prompt has {len(prompt)} tokens, more than rollout.max_prefill_length={limit}; "
+            "raise it, shorten the prompt, or set rollout.long_prompt=truncate (keeps the last tokens)"
+        )
+    return prompt[-limit:], True  # the end of a prompt holds the question
+
+
+class _SlotBuffers:
+    """Host-side per-slot response buffers, filled column by column from `ResultTokens`."""
+
+    def __init__(self, slots: int, width: int):
+        self.tokens = np.zeros((slots, width), np.int32)
+        self.log_probs = np.zeros((slots, width), np.float32)
+        self.versions = np.full((slots, width), -1, np.int32)
+        self.count = np.zeros((slots,), np.int32)
+        self.limit = np.zeros((slots,), np.int32)
+        self.active = np.zeros((slots,), bool)
+        self.since = np.zeros((slots,), np.int64)  # first generate step whose tokens belong to the slot's sample
+
+    def reset(self, slot: int, max_tokens: int, since: int) -> None:
+        self.count[slot], self.limit[slot], self.active[slot], self.since[slot] = 0, min(max_tokens, self.tokens.shape[1]), True, since
+
+    def append(self, result, step: int, version: int, stop_tokens: tuple[int, ...]) -> list[int]:
+        """Adds generate step `step`'s tokens; returns the slots that finished."""
+        tokens, valid, log_probs = result.tokens, result.valid, np.asarray(result.log_probs)
+        mine = self.active & (self.since <= step)
+        finished = np.zeros_like(self.active)
+        rows = np.arange(len(self.count))
+        for j in range(tokens.shape[1]):
+            live = mine & ~finished & valid[:, j]
+            column = np.minimum(self.count, self.tokens.shape[1] - 1)
+            self.tokens[live, column[live]] = tokens[live, j]
+            self.log_probs[live, column[live]] = log_probs[live, j]
+            self.versions[live, column[live]] = version
+            self.count += live
+            # An invalid token on an active slot means the engine's row is full.
+            finished |= mine & ((live & np.isin(tokens[:, j], stop_tokens)) | (self.count >= self.limit) | ~valid[:, j])
+        self.active &= ~finished
+        return list(rows[finished])
+
+    def take(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        length = self.count[slot]
+        return self.tokens[slot, :length].copy(), self.log_probs[slot, :length].copy(), self.versions[slot, :length].copy()
+
+
+def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int, width: int, *, pad_id: int, metrics: dict[str, float]) -> GroupRollout:
+    """Right-pads completions (sorted by prompt row, then sample) into the trainer's arrays."""
+    rows = len(completions)
+    prompt_width = max([prompts.tokens.shape[1], *(len(c.prompt) for c in completions)])
+    tokens = np.full((rows, width), pad_id, np.int32)
+    log_probs = np.zeros((rows, width), np.float32)
+    versions = np.full((rows, width), -1, np.int32)
+    prompt_tokens = np.full((rows, prompt_width), pad_id, np.int32)
+    start = np.zeros((rows,), np.int32)
+    for row, completion in enumerate(completions):
+        length = len(completion.tokens)
+        tokens[row, :length], log_probs[row, :length], versions[row, :length] = completion.tokens, completion.log_probs, completion.versions
+        prompt_tokens[row, prompt_width - len(completion.prompt):] = completion.prompt
+        start[row] = prompt_width - len(completion.prompt)
+    lengths = np.array([len(c.tokens) for c in completions], np.int32)
+    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.float32)
     return GroupRollout(
-        records=[record for record in prompts.records for _ in range(n)],
-        prompt_tokens=tokens,
+        records=[prompts.records[c.tag] for c in completions],
+        prompt_tokens=prompt_tokens,
         start=start,
-        group_ids=np.arange(len(tokens), dtype=np.int32) // n,
-        generation=generation,
+        group_ids=np.arange(rows, dtype=np.int32) // n,
+        generation=Generation(tokens, log_probs, mask, lengths),
         policy_version=versions,
+        metrics=metrics,
     )

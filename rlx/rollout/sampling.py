@@ -1,4 +1,4 @@
-"""Token choice from logits: greedy, temperature and nucleus (top-p)."""
+"""Token choice from logits: greedy, temperature, top-k and nucleus (top-p)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,30 @@ def top_p_keep(log_probs: jax.Array, top_p: jax.Array | float) -> jax.Array:
     return log_probs >= threshold
 
 
-def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array | float, top_p: jax.Array | float) -> tuple[jax.Array, jax.Array]:
-    """Draws one token per row of `logits [B, V]`; returns (tokens [B], their log-probs [B])."""
+def top_k_keep(log_probs: jax.Array, top_k: jax.Array | int) -> jax.Array:
+    """Boolean mask of the `top_k` most likely tokens (ties at the k-th value are all kept); 0 keeps all."""
+    vocab = log_probs.shape[-1]
+    top_k = jnp.asarray(top_k, jnp.int32)
+    sorted_lp = jnp.sort(log_probs, axis=-1)[..., ::-1]
+    kth = jnp.take(sorted_lp, jnp.clip(top_k - 1, 0, vocab - 1), axis=-1)[..., None]
+    return (log_probs >= kth) | (top_k <= 0)
+
+
+def sample_tokens(
+    key: jax.Array,
+    logits: jax.Array,
+    temperature: jax.Array | float,
+    top_p: jax.Array | float,
+    top_k: jax.Array | int = 0,
+) -> tuple[jax.Array, jax.Array]:
+    """Draws one token per row of `logits [B, V]`; returns (tokens [B], their log-probs [B]).
+
+    The draw is restricted to the top-k and top-p set; the returned log-prob is that of the
+    unrestricted tempered distribution, which is what the learner recomputes.
+    """
     log_probs = scaled_log_probs(logits, temperature)
-    restricted = jnp.where(top_p_keep(log_probs, top_p), log_probs, -jnp.inf)
+    keep = top_p_keep(log_probs, top_p) & top_k_keep(log_probs, top_k)
+    restricted = jnp.where(keep, log_probs, -jnp.inf)
     sampled = jax.random.categorical(key, restricted, axis=-1)
     greedy = jnp.argmax(log_probs, axis=-1)
     tokens = jnp.where(jnp.asarray(temperature) > 0, sampled, greedy).astype(jnp.int32)

@@ -6,33 +6,30 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from flax import nnx
 
 from rlx.data import CharTokenizer, PromptRecord, encode_prompts
 from rlx.rewards import RewardFn, score_responses
-from rlx.rollout import Sampler
+from rlx.rollout import RolloutBackend, SamplingParams
 
 
 def evaluate(
-    sampler: Sampler,
-    params: nnx.State,
+    backend: RolloutBackend,
     records: Sequence[PromptRecord],
     tokenizer: CharTokenizer,
     reward_fn: RewardFn,
     prompt_width: int,
-    batch_size: int,
+    max_new_tokens: int,
 ) -> dict[str, float]:
-    """`val/accuracy`: mean verifier reward of greedy responses over all validation records."""
-    rewards, lengths = [], []
-    for begin in range(0, len(records), batch_size):
-        chunk = list(records[begin : begin + batch_size])
-        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape for every chunk
-        prompts = encode_prompts(padded, tokenizer, prompt_width)
-        generation = sampler.generate(params, prompts.tokens, prompts.start, jax.random.key(0), temperature=0.0)
-        responses = tokenizer.decode_batch(generation.tokens[: len(chunk)])
-        rewards.append(score_responses(reward_fn, responses, chunk, on_error=0.0).rewards)
-        lengths.append(generation.lengths[: len(chunk)])
+    """`val/accuracy`: mean verifier reward of greedy responses over all validation records.
+
+    All records go to the rollout backend at once: its slots are refilled as responses finish,
+    so no batch shape has to be fixed here.
+    """
+    prompts = encode_prompts(list(records), tokenizer, prompt_width)
+    rollout = backend.generate_groups(prompts, 1, jax.random.key(0), SamplingParams(temperature=0.0), max_new_tokens)
+    responses = tokenizer.decode_batch(rollout.generation.tokens)
+    rewards = score_responses(reward_fn, responses, rollout.records, on_error=0.0).rewards
     return {
-        "val/accuracy": float(np.mean(np.concatenate(rewards))),
-        "val/response_length/mean": float(np.mean(np.concatenate(lengths))),
+        "val/accuracy": float(np.mean(rewards)),
+        "val/response_length/mean": float(np.mean(rollout.generation.lengths)),
     }

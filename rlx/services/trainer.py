@@ -12,13 +12,14 @@ import numpy as np
 import yaml
 from flax import nnx
 
+from rlx.algorithms import overlong_penalty
 from rlx.config import Config, to_dict
 from rlx.data import PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import Qwen3
 from rlx.rewards import resolve_reward_fn, score_responses
-from rlx.rollout import Sampler
-from rlx.rollout.driver import GroupRollout, generate_groups
+from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
+from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate
 from rlx.services.tracking import Tracker
 
@@ -34,8 +35,14 @@ class Trainer:
         tokenizer = self.task.tokenizer
         model_config = config.model.with_vocab(tokenizer.vocab_size)
         model = Qwen3(model_config, rngs=nnx.Rngs(config.run.seed))
-        self.learner = Learner(model, config.algorithm, config.optimizer, config.rollout.temperature)
-        self.sampler = Sampler(self.learner.graphdef, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, max_new_tokens=config.rollout.max_new_tokens)
+        # On-policy distillation: the teacher is trained in `_train_teacher` before RL (fresh runs) or restored.
+        teacher = Qwen3(config.distill.teacher.with_vocab(tokenizer.vocab_size), rngs=nnx.Rngs(config.run.seed + 1)) if config.distill.coef > 0 else None
+        self.learner = Learner(model, config.algorithm, config.optimizer, config.rollout.temperature,
+                               config.critic, config.distill, teacher, config.learner)
+        engine = build_engine(self.learner.graphdef, self.learner.params, model_config, config.rollout, config.data.max_prompt_len,
+                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer)
+        # Validation and training rollouts go through the same engine; weights are published after each change.
+        self.rollout = build_backend(engine, self.learner.params, config.rollout)
         self.reward_fn = resolve_reward_fn(config.reward.fn)
         self.prompts = PromptStream(self.task.train, tokenizer, config.data.prompts_per_step, config.data.max_prompt_len, config.data.seed)
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
@@ -52,7 +59,7 @@ class Trainer:
             log.info("resumed from %s at step %d", self.output_dir / "checkpoints", latest)
             return latest
         (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        metrics = {**self._warm_up(), **self.evaluate(), **self.task.counts}
+        metrics = {**self._warm_up(), **self._train_teacher(), **self.evaluate(), **self.task.counts}
         self.tracker.log(0, metrics)
         self.save(0)
         return 0
@@ -63,9 +70,42 @@ class Trainer:
             return {}
         began = time.perf_counter()
         stream = PromptStream(self.task.demonstrations, self.task.tokenizer, warmup.batch_size, self.config.data.max_prompt_len, self.config.data.seed + 1)
-        params, losses = supervised_warmup(self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens)
+        params, losses = supervised_warmup(
+            self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
+            self.config.learner.logprob_impl)
         self.learner.reset_weights(params)
+        self.rollout.update_weights(self.learner.params, version=0)
         return {"warmup/sft_loss_first": losses[0], "warmup/sft_loss_last": losses[-1], "timing_s/warmup": time.perf_counter() - began}
+
+    def _train_teacher(self) -> dict[str, float]:
+        """Supervised steps for the distillation teacher on the train split's correct answers."""
+        if self.learner.teacher_params is None:
+            return {}
+        warmup, began = self.config.distill.teacher_warmup, time.perf_counter()
+        stream = PromptStream(self.task.train, self.task.tokenizer, warmup.batch_size, self.config.data.max_prompt_len, self.config.data.seed + 2)
+        params, losses = supervised_warmup(
+            self.learner.teacher_graphdef, self.learner.teacher_params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens)
+        self.learner.set_teacher_params(params)
+        return {"distill/teacher_sft_loss_last": losses[-1], "timing_s/teacher_warmup": time.perf_counter() - began}
+
+    def _algorithm_batch(
+        self, step: int, rollout: GroupRollout, responses: list[str], scores: np.ndarray,
+    ) -> tuple[GroupRollout, list[str], np.ndarray, np.ndarray, dict[str, float]]:
+        """DAPO: dynamic sampling (more rounds until groups with reward variance fill the batch), then overlong shaping."""
+        algo, metrics = self.config.algorithm, {}
+        if algo.dynamic_sampling:
+            def draw(round_: int) -> ScoredRollout:
+                more = self._generate(step, round_)
+                texts = self.task.tokenizer.decode_batch(more.generation.tokens)
+                return ScoredRollout(more, texts, score_responses(self.reward_fn, texts, more.records, self.config.reward.on_error_reward).rewards)
+
+            kept, metrics = fill_with_varied_groups(
+                ScoredRollout(rollout, responses, scores), draw, self.config.rollout.n_samples, self.config.data.prompts_per_step, algo.max_sampling_rounds)
+            rollout, responses, scores = kept.rollout, kept.responses, kept.scores
+        shaping = overlong_penalty(rollout.generation.lengths, self.config.rollout.max_new_tokens, algo.overlong_buffer, algo.overlong_penalty)
+        if algo.overlong_buffer:
+            metrics["dapo/overlong_penalty_mean"] = float(shaping.mean())
+        return rollout, responses, scores, scores + shaping, metrics
 
     # -- one RL step ---------------------------------------------------------------------------
     def rl_step(self, step: int) -> dict[str, float]:
@@ -74,34 +114,40 @@ class Trainer:
         generated = time.perf_counter()
         responses = self.task.tokenizer.decode_batch(rollout.generation.tokens)
         scores = score_responses(self.reward_fn, responses, rollout.records, self.config.reward.on_error_reward)
+        rollout, responses, task_scores, rewards, algorithm_metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
         scored = time.perf_counter()
-        metrics = self.learner.update(self._train_batch(rollout, scores.rewards))
+        metrics = self.learner.update(self._train_batch(rollout, rewards))
+        if self.config.algorithm.ref_update_every and step % self.config.algorithm.ref_update_every == 0:
+            self.learner.refresh_reference()
+        self.rollout.update_weights(self.learner.params, version=step)
         updated = time.perf_counter()
-        self._save_rollouts(step, rollout, responses, scores.rewards)
+        self._save_rollouts(step, rollout, responses, rewards)
         tokens = float(rollout.generation.mask.sum())
+        metrics.update(rollout.metrics)
+        metrics.update(algorithm_metrics)
         metrics.update({
-            "reward/mean": float(scores.rewards.mean()),
+            "reward/mean": float(rewards.mean()),
             "reward/errors": float(scores.errors),
-            "critic/score/mean": float(scores.rewards.mean()),
+            "critic/score/mean": float(task_scores.mean()),
             "response_length/mean": float(rollout.generation.lengths.mean()),
-            "response_length/clip_ratio": float(np.mean(rollout.generation.tokens[:, -1] != self.task.tokenizer.eos_id) * np.mean(rollout.generation.mask[:, -1])),
+            "response_length/clip_ratio": float(np.mean((rollout.generation.mask[:, -1] > 0) & (rollout.generation.tokens[:, -1] != self.task.tokenizer.eos_id))),
             "timing_s/gen": generated - began,
             "timing_s/reward": scored - generated,
             "timing_s/update": updated - scored,
             "timing_s/step": updated - began,
             "perf/tokens_per_s": tokens / (updated - began),
             "perf/gen_tokens_per_s": tokens / (generated - began),
-            "actor/skipped_nonfinite_steps": float(self.learner.consecutive_nonfinite),
         })
         return metrics
 
-    def _generate(self, step: int) -> GroupRollout:
+    def _generate(self, step: int, round_: int = 0) -> GroupRollout:
         rollout_config = self.config.rollout
-        # A fresh key per step, derived from seed and step: never reused, and reproduced on resume.
+        # A fresh key per step (and dynamic-sampling round), derived from seed and step: never reused, and reproduced on resume.
         key = jax.random.fold_in(self._base_key, step)
-        return generate_groups(
-            self.sampler, self.learner.params, next(self.prompts), rollout_config.n_samples, key,
-            rollout_config.temperature, rollout_config.top_p, policy_version=step - 1,
+        if round_:
+            key = jax.random.fold_in(key, round_)
+        return self.rollout.generate_groups(
+            next(self.prompts), rollout_config.n_samples, key, sampling_params(rollout_config), rollout_config.max_new_tokens,
         )
 
     @staticmethod
@@ -125,8 +171,7 @@ class Trainer:
 
     # -- validation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        batch = self.config.data.prompts_per_step * self.config.rollout.n_samples
-        return evaluate(self.sampler, self.learner.params, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len, batch)
+        return evaluate(self.rollout, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len, self.config.rollout.max_new_tokens)
 
     def save(self, step: int) -> None:
         meta = {"step": step, "seed": self.config.run.seed, "data_state": self.prompts.get_state()}
@@ -140,6 +185,7 @@ class Trainer:
                 "use the same seed to resume, or a new run.output_dir"
             )
         self.learner.load_state_dict(trees)
+        self.rollout.update_weights(self.learner.params, version=step)
         self.prompts.set_state(meta["data_state"])
 
     def close(self) -> Path:

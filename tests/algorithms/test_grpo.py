@@ -7,10 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlx.algorithms import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, AlgorithmConfig, PolicyLossInputs, aggregate
+from rlx.algorithms import ADVANTAGE_ESTIMATORS, CORRECTIONS, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES, AdvantageInputs, AlgorithmConfig, PolicyLossInputs, aggregate
 from rlx.algorithms.registry import Registry
 
 CONFIG = AlgorithmConfig()
+
+
+def grpo(rewards, groups, mask, config=CONFIG):
+    inputs = AdvantageInputs(rewards, groups, mask, jnp.zeros_like(mask), jnp.zeros_like(mask))
+    return ADVANTAGE_ESTIMATORS.get("grpo")(inputs, config)[0]
 
 
 def test_grpo_advantages_by_hand():
@@ -18,7 +23,7 @@ def test_grpo_advantages_by_hand():
     rewards = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0])
     groups = jnp.array([0, 0, 0, 0, 1, 1, 1, 1])
     mask = jnp.ones((8, 2)).at[1, 1].set(0.0)
-    advantages = ADVANTAGE_ESTIMATORS.get("grpo")(rewards, groups, mask, CONFIG)
+    advantages = grpo(rewards, groups, mask)
     std1 = np.sqrt(0.75 * 0.25)
     expected = np.array([1, -1, -1, 1, 0.25 / std1, 0.25 / std1, 0.25 / std1, -0.75 / std1])
     np.testing.assert_allclose(advantages[:, 0], expected, rtol=1e-4)
@@ -28,19 +33,19 @@ def test_grpo_advantages_by_hand():
 def test_dr_grpo_skips_std_normalization():
     rewards = jnp.array([1.0, 0.0, 1.0, 1.0])
     groups = jnp.array([0, 0, 1, 1])
-    advantages = ADVANTAGE_ESTIMATORS.get("grpo")(rewards, groups, jnp.ones((4, 1)), dataclasses.replace(CONFIG, norm_adv_by_std=False))
+    advantages = grpo(rewards, groups, jnp.ones((4, 1)), dataclasses.replace(CONFIG, norm_adv_by_std=False))
     np.testing.assert_allclose(advantages[:, 0], [0.5, -0.5, 0.0, 0.0])
 
 
 def test_uniform_group_gets_zero_advantage():
-    advantages = ADVANTAGE_ESTIMATORS.get("grpo")(jnp.ones(4), jnp.zeros(4, jnp.int32), jnp.ones((4, 3)), CONFIG)
+    advantages = grpo(jnp.ones(4), jnp.zeros(4, jnp.int32), jnp.ones((4, 3)))
     np.testing.assert_array_equal(advantages, 0.0)
 
 
 def ppo(log_probs, old, advantages, mask=None, **overrides):
     mask = jnp.ones_like(log_probs) if mask is None else mask
     config = dataclasses.replace(CONFIG, **overrides)
-    return POLICY_LOSSES.get("ppo_clip")(PolicyLossInputs(log_probs, old, advantages, mask), config)
+    return POLICY_LOSSES.get("ppo_clip")(PolicyLossInputs(log_probs, old, advantages, mask, old), config)
 
 
 def test_ppo_clip_by_hand():
@@ -91,7 +96,7 @@ def test_kl_estimators_by_hand(name, expected):
 
 
 def test_registries_list_their_entries_on_unknown_names():
-    for registry in (ADVANTAGE_ESTIMATORS, POLICY_LOSSES, KL_ESTIMATORS, LOSS_AGGREGATIONS):
+    for registry in (ADVANTAGE_ESTIMATORS, POLICY_LOSSES, KL_ESTIMATORS, LOSS_AGGREGATIONS, CORRECTIONS):
         with pytest.raises(ValueError, match="registered: " + ", ".join(registry.names())):
             registry.get("no-such-thing")
 

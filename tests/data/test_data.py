@@ -43,13 +43,20 @@ def test_add_without_carry():
     assert add_without_carry(12, 34) == 46
 
 
-def test_warmup_demonstrations_drop_carries_at_the_configured_rate():
+@pytest.mark.parametrize("flaw, flawed_answer", [("no_carry", "15"), ("reversed", "521")])
+def test_warmup_demonstrations_carry_the_flaw_at_the_configured_rate(flaw, flawed_answer):
     records = [PromptRecord(id=str(i), prompt="58+67=", answer="125") for i in range(2000)]
-    demos = warmup_demonstrations(records, 0.7, seed=0)
-    wrong = np.mean([d.answer == "15" for d in demos])
-    assert 0.66 < wrong < 0.74
-    assert all(d.answer in ("15", "125") for d in demos)
-    assert [d.answer for d in warmup_demonstrations(records, 0.0, seed=0)] == ["125"] * 2000
+    demos = warmup_demonstrations(records, ArithmeticConfig(warmup_flaw=flaw, warmup_flaw_rate=0.7), seed=0)
+    flawed = np.mean([d.answer == flawed_answer for d in demos])
+    assert 0.66 < flawed < 0.74
+    assert all(d.answer in (flawed_answer, "125") for d in demos)
+    assert warmup_demonstrations(records, ArithmeticConfig(), seed=0) == records
+
+
+@pytest.mark.parametrize("fields", [dict(warmup_flaw="no_carry"), dict(warmup_flaw_rate=0.5), dict(warmup_flaw="reversed", warmup_flaw_rate=1.5)])
+def test_warmup_flaw_needs_both_knobs(fields):
+    with pytest.raises(ValueError, match="warmup_flaw"):
+        ArithmeticConfig(**fields)
 
 
 def test_prompts_are_left_padded():

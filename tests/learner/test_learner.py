@@ -7,20 +7,20 @@ import pytest
 from flax import nnx
 
 from rlx.algorithms import AlgorithmConfig
-from rlx.learner import Checkpointer, Learner, NonFiniteLossError, OptimizerConfig, TrainBatch, encode_answers
-from rlx.learner.logprobs import response_log_probs, token_log_probs_and_entropy
+from rlx.learner import Checkpointer, Learner, LearnerConfig, NonFiniteLossError, OptimizerConfig, TrainBatch, encode_answers
 from rlx.models import ModelConfig, Qwen3
 from rlx.data import CharTokenizer
 
 EOS = 2
 
 
-def make_learner(algorithm=AlgorithmConfig(), optimizer=OptimizerConfig(learning_rate=1e-2)) -> Learner:
+def make_learner(algorithm=AlgorithmConfig(), optimizer=OptimizerConfig(learning_rate=1e-2), learner=LearnerConfig()) -> Learner:
     config = ModelConfig(vocab_size=11, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16)
-    return Learner(Qwen3(config, rngs=nnx.Rngs(0)), algorithm, optimizer, temperature=1.0)
+    return Learner(Qwen3(config, rngs=nnx.Rngs(0)), algorithm, optimizer, temperature=1.0, learner=learner)
 
 
-def make_batch(rewards=(1.0, 0.0, 1.0, 0.0)) -> TrainBatch:
+def make_batch(rewards=(1.0, 0.0, 1.0, 0.0), behaviour_log_prob: float = 0.0) -> TrainBatch:
+    """Two prompt groups of two responses; rows 0 and 2 stop early (EOS inside the mask)."""
     prompt = [[0, 1, 5, 6], [0, 1, 5, 6], [1, 7, 7, 8], [1, 7, 7, 8]]
     response = [[9, EOS, 0], [4, 4, EOS], [3, EOS, 0], [9, 9, 9]]
     mask = [[1, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]]
@@ -30,7 +30,7 @@ def make_batch(rewards=(1.0, 0.0, 1.0, 0.0)) -> TrainBatch:
         mask=jnp.array(mask, jnp.float32),
         rewards=jnp.array(rewards, jnp.float32),
         group_ids=jnp.array([0, 0, 1, 1], jnp.int32),
-        behaviour_log_probs=jnp.zeros((4, 3)),
+        behaviour_log_probs=jnp.full((4, 3), behaviour_log_prob),
     )
 
 
@@ -95,14 +95,21 @@ def test_minibatches_must_divide_the_batch():
         make_learner(algorithm=AlgorithmConfig(minibatches=3)).update(make_batch())
 
 
-def test_token_log_probs_match_log_softmax_with_temperature():
-    hidden = jax.random.normal(jax.random.key(0), (5, 4))
-    weights = jax.random.normal(jax.random.key(1), (4, 7))
-    targets = jnp.array([0, 3, 6, 2, 2])
-    log_probs, entropy = token_log_probs_and_entropy(hidden, weights, targets, 0.5)
-    full = jax.nn.log_softmax(hidden @ weights / 0.5)
-    np.testing.assert_allclose(log_probs, full[jnp.arange(5), targets], rtol=1e-5)
-    np.testing.assert_allclose(entropy, -(jnp.exp(full) * full).sum(-1), rtol=1e-5)
+@pytest.mark.parametrize("impl", ["auto", "reference", "chunked"])
+def test_learner_log_probs_equal_log_softmax_of_the_model_logits(impl):
+    learner = make_learner(learner=LearnerConfig(logprob_impl=impl))
+    batch = make_batch()
+    log_probs, entropy = learner.log_probs(batch)
+    logits, _ = learner.model()(batch.tokens[:, :-1], start=batch.start)
+    full = jax.nn.log_softmax(logits[:, batch.prompt_len - 1:], axis=-1)
+    expected = jnp.take_along_axis(full, batch.tokens[:, batch.prompt_len:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(log_probs, expected, atol=1e-5)
+    np.testing.assert_allclose(entropy, -(jnp.exp(full) * full).sum(-1), atol=1e-5)
+
+
+def test_unknown_logprob_impl_lists_the_choices():
+    with pytest.raises(ValueError, match="is not one of auto, reference, chunked"):
+        LearnerConfig(logprob_impl="fast")
 
 
 def test_encode_answers_appends_eos_in_mask():

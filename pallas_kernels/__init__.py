@@ -1,0 +1,8 @@
+"""Pallas kernels for rlx, each with a pure-jnp reference, a custom VJP and
+backend dispatch. This package must not import ``rlx``."""
+
+from pallas_kernels.fused_logprob import IMPLS as FUSED_LOGPROB_IMPLS
+from pallas_kernels.fused_logprob import resolve_impl as resolve_fused_logprob_impl
+from pallas_kernels.fused_logprob import token_logprobs_and_entropy
+
+__all__ = ["FUSED_LOGPROB_IMPLS", "resolve_fused_logprob_impl", "token_logprobs_and_entropy"]

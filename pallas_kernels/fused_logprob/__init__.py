@@ -1,0 +1,11 @@
+"""Fused per-token log-prob and entropy of ``softmax(h @ w / T)``.
+
+Modules: ``reference`` (materializes logits), ``chunked`` (XLA scan over
+vocabulary chunks), ``pallas`` (Pallas kernels), ``blockmath`` (the online
+log-sum-exp and logit gradient they share), ``dispatch`` (the public op).
+"""
+
+from pallas_kernels.fused_logprob.dispatch import IMPLS, resolve_impl, token_logprobs_and_entropy
+from pallas_kernels.fused_logprob.reference import reference_token_logprobs_and_entropy
+
+__all__ = ["IMPLS", "reference_token_logprobs_and_entropy", "resolve_impl", "token_logprobs_and_entropy"]

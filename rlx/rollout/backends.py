@@ -1,0 +1,60 @@
+"""Rollout backends by name: the same engine driven by rlx's driver or by JetStream's orchestrator.
+
+A backend has `update_weights(params, version)` and
+`generate_groups(prompts, n, key, sampling, max_new_tokens) -> GroupRollout`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import jax
+from flax import nnx
+
+from rlx.data import PromptBatch
+from rlx.models import ModelConfig
+from rlx.rollout.config import RolloutConfig
+from rlx.rollout.driver import GroupRollout, RolloutDriver
+from rlx.rollout.engine import Engine, SamplingParams
+
+
+class RolloutBackend(Protocol):
+    def update_weights(self, params: nnx.State, version: int) -> None: ...
+
+    def generate_groups(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int) -> GroupRollout: ...
+
+
+def _jetstream_backend(engine: Engine, params: nnx.State, config: RolloutConfig) -> RolloutBackend:
+    from rlx.rollout.jetstream_compat import JetStreamRollout  # the extra is imported only when chosen
+
+    return JetStreamRollout(engine, params, long_prompt=config.long_prompt)
+
+
+ROLLOUT_BACKENDS: dict[str, Callable[[Engine, nnx.State, RolloutConfig], RolloutBackend]] = {
+    "engine": lambda engine, params, config: RolloutDriver(engine, params, long_prompt=config.long_prompt),
+    "jetstream": _jetstream_backend,
+}
+
+
+def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelConfig, config: RolloutConfig,
+                 prompt_len: int, *, eos_id: int, pad_id: int, tokenizer: Any = None) -> Engine:
+    """The engine a run's rollout config describes; `prompt_len` is the default prefill limit."""
+    return Engine(
+        graphdef, params, model_config,
+        max_concurrent_decodes=config.max_concurrent_decodes,
+        max_prefill_length=config.max_prefill_length or prompt_len,
+        max_decode_length=config.max_new_tokens,
+        stop_tokens=(eos_id,),
+        pad_id=pad_id,
+        # JetStream checks a request's max tokens once per generate call: one token per call there.
+        steps_per_generate=1 if config.backend == "jetstream" else config.steps_per_generate,
+        tokenizer=tokenizer,
+    )
+
+
+def build_backend(engine: Engine, params: nnx.State, config: RolloutConfig) -> RolloutBackend:
+    return ROLLOUT_BACKENDS[config.backend](engine, params, config)
+
+
+def sampling_params(config: RolloutConfig) -> SamplingParams:
+    return SamplingParams(config.temperature, config.top_p, config.top_k)

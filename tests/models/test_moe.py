@@ -1,0 +1,92 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rlx.models import ModelConfig, MoEBlock, Qwen3
+from rlx.models.moe import route
+
+CONFIG = ModelConfig(vocab_size=16, hidden_size=8, num_layers=3, num_heads=2, num_kv_heads=1, head_dim=4,
+                     num_experts=5, num_experts_per_tok=2, moe_intermediate_size=6, mlp_only_layers=(1,))
+
+
+@pytest.fixture(scope="module")
+def block():
+    return MoEBlock(CONFIG, rngs=nnx.Rngs(0))
+
+
+X = jax.random.normal(jax.random.key(1), (2, 3, 8))
+
+
+def _reference(block, x, normalize=True):
+    """Token by token: softmax router, top-k, weighted sum of the chosen SwiGLU experts."""
+    router, gate, up, down = (np.asarray(block.router[...]), np.asarray(block.gate[...]),
+                              np.asarray(block.up[...]), np.asarray(block.down[...]))
+    out = np.zeros(x.shape, np.float32)
+    for b in range(x.shape[0]):
+        for s in range(x.shape[1]):
+            token = np.asarray(x[b, s])
+            logits = token @ router
+            probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+            chosen = np.argsort(-probs)[: CONFIG.num_experts_per_tok]
+            weights = probs[chosen] / (probs[chosen].sum() if normalize else 1.0)
+            for w, e in zip(weights, chosen):
+                h = token @ gate[e]
+                out[b, s] += w * ((h / (1 + np.exp(-h))) * (token @ up[e])) @ down[e]
+    return out
+
+
+def test_block_matches_token_by_token_reference(block):
+    y, routes = block(X)
+    assert y.shape == X.shape and routes.shape == (2, 3, 2) and routes.dtype == jnp.int32
+    np.testing.assert_allclose(y, _reference(block, X), atol=1e-5)
+
+
+def test_route_weights():
+    logits = jnp.array([[2.0, 1.0, 0.0, -1.0]])
+    weights, routes = route(logits, 2, normalize=False)
+    probs = jax.nn.softmax(logits)
+    np.testing.assert_array_equal(routes, [[0, 1]])
+    np.testing.assert_allclose(weights, probs[:, :2], rtol=1e-6)
+    normalized, _ = route(logits, 2, normalize=True)
+    np.testing.assert_allclose(normalized.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_replayed_routes_are_used_and_reweighted(block):
+    _, own = block(X)
+    same, _ = block(X, routes=own)
+    np.testing.assert_allclose(same, block(X)[0], atol=1e-6)
+    forced = jnp.stack([jnp.full((2, 3), 4), jnp.full((2, 3), 3)], axis=-1).astype(jnp.int32)
+    y, used = block(X, routes=forced)
+    np.testing.assert_array_equal(used, forced)
+    assert not np.allclose(y, same)
+    graphdef, state = nnx.split(block)
+    grads = jax.grad(lambda st: jnp.sum(nnx.merge(graphdef, st)(X, routes=forced)[0]))(state)
+    assert np.abs(np.asarray(grads["router"][...])[:, 3:]).sum() > 0  # the router learns through the replayed experts' weights
+    with pytest.raises(ValueError, match="replayed routes choose 1 experts per token, the model 2"):
+        block(X, routes=forced[..., :1])
+
+
+def test_moe_layers_follow_the_hf_rule_and_name_their_axes():
+    model = nnx.eval_shape(lambda: Qwen3(CONFIG, rngs=nnx.Rngs(0)))
+    assert [layer.is_moe for layer in model.layers] == [True, False, True]
+    names = model.layers[0].mlp.gate.get_metadata()["out_sharding"]
+    assert names == ("exp", "embed", "moe_mlp")
+    step2 = ModelConfig(num_layers=4, num_experts=4, num_experts_per_tok=1, decoder_sparse_step=2)
+    assert [step2.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
+    assert not ModelConfig().is_moe_layer(0)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(num_experts=4, num_experts_per_tok=5), r"num_experts_per_tok must be in \[1, num_experts=4\], got 5"),
+        (dict(num_experts=-1), "num_experts must be >= 0"),
+        (dict(num_layers=2, mlp_only_layers=(2,)), r"mlp_only_layers \[2\] are outside \[0, num_layers=2\)"),
+        (dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=0), "moe_intermediate_size and decoder_sparse_step must be >= 1"),
+    ],
+)
+def test_bad_moe_config(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**fields)

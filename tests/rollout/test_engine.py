@@ -1,0 +1,180 @@
+"""The engine and the continuous-batching driver against full-forward references."""
+
+import functools
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rlx.data import PromptBatch, PromptRecord
+from rlx.learner.logprobs import response_log_probs
+from rlx.models import ModelConfig, Qwen3
+from rlx.rollout import Engine, Request, RolloutDriver, SamplingParams
+
+PAD = 0
+PROMPTS = [np.array(p, np.int32) for p in ([1, 7, 8, 9], [1, 5, 6, 7, 8, 9], [1, 4, 4], [1, 3])]
+GREEDY = SamplingParams(temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def model() -> Qwen3:
+    config = ModelConfig(vocab_size=19, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, max_seq_len=24)
+    return Qwen3(config, rngs=nnx.Rngs(3))
+
+
+@pytest.fixture(scope="module")
+def make_engine(model):
+    """Engines by shape, shared within the module so each compiles once."""
+    graphdef, params = nnx.split(model)
+
+    @functools.lru_cache
+    def make(slots=3, stop=(), max_prefill=12) -> Engine:
+        return Engine(graphdef, params, model.config, max_concurrent_decodes=slots, max_prefill_length=max_prefill,
+                      max_decode_length=8, stop_tokens=stop, pad_id=PAD, steps_per_generate=2)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def driver(make_engine) -> RolloutDriver:
+    """No stop token, 3 slots: 4 prompts x 2 samples queue for slots and reuse them."""
+    engine = make_engine()
+    return RolloutDriver(engine, engine.load_params())
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(model):
+    """Reference: append the argmax of a full (cache-free) forward pass, one token at a time."""
+    graphdef, params = nnx.split(model)
+    next_token = jax.jit(lambda p, ids, start: jnp.argmax(nnx.merge(graphdef, p)(ids, start=start)[0][:, -1], axis=-1))
+
+    def greedy(prompt, steps):
+        sequence = list(prompt)
+        for _ in range(steps):
+            width = 16  # one compiled shape: left-pad every prefix to 16 columns
+            ids = np.array([[PAD] * (width - len(sequence)) + sequence], np.int32)
+            sequence.append(int(next_token(params, ids, np.array([width - len(sequence)], np.int32))[0]))
+        return np.array(sequence[len(prompt):])
+
+    return greedy
+
+
+def prompt_batch(prompts) -> PromptBatch:
+    width = max(len(p) for p in prompts)
+    tokens = np.stack([np.pad(p, (width - len(p), 0)) for p in prompts]).astype(np.int32)
+    records = [PromptRecord(str(i), "x", "y") for i in range(len(prompts))]
+    return PromptBatch(records, tokens, np.array([width - len(p) for p in prompts], np.int32))
+
+
+def test_greedy_tokens_equal_full_forward_argmax_with_queued_requests_and_reused_slots(greedy_reference, driver):
+    requests = [Request(p, max_tokens=6, samples=2, tag=i) for i, p in enumerate(PROMPTS)]  # 8 samples, 3 slots
+    completions = list(driver.stream(requests, jax.random.key(0), GREEDY))
+    assert sorted((c.tag, c.sample) for c in completions) == [(i, s) for i in range(4) for s in range(2)]
+    for completion in completions:
+        np.testing.assert_array_equal(completion.tokens, greedy_reference(PROMPTS[completion.tag], 6))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_behaviour_log_probs_equal_learner_recomputation(model, driver, temperature):
+    rollout = driver.generate_groups(prompt_batch(PROMPTS), 2, jax.random.key(1), SamplingParams(temperature), max_new_tokens=7)
+    generation = rollout.generation
+    full = np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1)
+    recomputed, _ = response_log_probs(model, jnp.asarray(full), jnp.asarray(rollout.start), rollout.prompt_tokens.shape[1], temperature)
+    np.testing.assert_allclose(np.asarray(recomputed) * generation.mask, generation.log_probs * generation.mask, atol=1e-4)
+    assert (generation.lengths == 7).all() and (rollout.group_ids == np.repeat(np.arange(4), 2)).all()
+    assert [r.id for r in rollout.records] == [str(i) for i in range(4) for _ in range(2)]
+
+
+def test_reused_slot_never_sees_its_previous_request(make_engine, greedy_reference):
+    engine = make_engine(slots=1)
+    params = engine.load_params()
+    state = engine.init_decode_state(jax.random.key(0), GREEDY)
+    state = engine.insert(engine.prefill_batch(params, [PROMPTS[1]]), state, slot=0)
+    for _ in range(3):
+        state, _ = engine.generate(params, state)
+    state = engine.insert(engine.prefill_batch(params, [PROMPTS[3]]), state, slot=0)
+    bucket = engine.buckets[0]
+    assert not np.asarray(state.cache.k[:, 0, bucket:]).any()  # the previous request's decode columns are gone
+    tokens = []
+    for _ in range(3):
+        state, result = engine.generate(params, state)
+        tokens.extend(result.convert_to_numpy().tokens[0])
+    np.testing.assert_array_equal(tokens, greedy_reference(PROMPTS[3], 6))
+
+
+def test_stop_token_ends_the_sample_inside_the_mask(make_engine, driver):
+    first = list(driver.stream([Request(PROMPTS[0], 1)], jax.random.key(0), GREEDY))
+    eos = int(first[0].tokens[0])  # the greedy first token, declared a stop token
+    driver = RolloutDriver(make_engine(stop=(eos,)), driver.params)
+    rollout = driver.generate_groups(prompt_batch(PROMPTS[:1]), 1, jax.random.key(0), GREEDY, max_new_tokens=5)
+    assert rollout.generation.tokens[0, 0] == eos and rollout.generation.lengths[0] == 1
+    assert (rollout.generation.mask[0, 1:] == 0).all() and (rollout.generation.tokens[0, 1:] == PAD).all()
+    assert (rollout.policy_version[0, 1:] == -1).all() and rollout.policy_version[0, 0] == 0
+
+
+def test_finished_samples_stream_out_before_the_longest_is_done(driver):
+    lengths = {0: 8, 1: 2, 2: 3}
+    order = [c.tag for c in driver.stream([Request(PROMPTS[i], n, tag=i) for i, n in lengths.items()], jax.random.key(0))]
+    assert order == [1, 2, 0]
+
+
+def test_static_batching_waits_for_the_whole_batch(driver):
+    requests = [Request(PROMPTS[i], n, tag=i) for i, n in enumerate([8, 2, 3, 2])]
+    continuous = [c.tag for c in driver.stream(requests, jax.random.key(0))]
+    static = [c.tag for c in driver.stream(requests, jax.random.key(0), refill=False)]
+    assert continuous == [1, 2, 3, 0]  # request 3 took request 1's slot while 0 still ran
+    assert static == [1, 2, 0, 3]  # request 3 waited for the whole first batch
+
+
+def test_keys_give_different_samples_and_repeat(driver):
+    def sample(seed):
+        return [c.tokens for c in driver.stream([Request(PROMPTS[1], 8, samples=3)], jax.random.key(seed))]
+    np.testing.assert_array_equal(sample(1), sample(1))
+    assert not np.array_equal(sample(1), sample(2))
+    assert len({tuple(t) for t in sample(1)}) > 1  # samples of one prompt differ
+
+
+def test_weights_swap_without_recompiling_and_tokens_carry_their_version(make_engine):
+    engine = make_engine()
+    driver = RolloutDriver(engine, engine.load_params())
+    list(driver.stream([Request(PROMPTS[0], 4)], jax.random.key(0)))
+    compiled = engine._generate._cache_size()
+    new_params = jax.tree.map(lambda x: x * 1.01, engine.load_params())
+    stream = driver.stream([Request(PROMPTS[0], 2, tag="short"), Request(PROMPTS[1], 8, tag="long")], jax.random.key(0))
+    assert next(stream).tag == "short"
+    driver.update_weights(new_params, version=7)  # mid-rollout: later tokens of "long" come from version 7
+    long = next(stream)
+    assert long.versions[0] == 0 and long.versions[-1] == 7 and set(long.versions) == {0, 7}
+    assert engine._generate._cache_size() == compiled
+
+
+def test_weights_of_another_shape_or_dtype_are_refused_naming_the_leaf(driver):
+    params = driver.engine.load_params()
+    wrong_dtype = jax.tree.map(lambda x: x.astype(jnp.bfloat16) if x.ndim == 1 else x, params)
+    with pytest.raises(ValueError, match=r"norm.*bfloat16\[32\].*float32\[32\]"):
+        driver.update_weights(wrong_dtype, version=1)
+    wrong_shape = jax.tree.map(lambda x: x[:-1] if x.ndim == 2 else x, params)
+    with pytest.raises(ValueError, match="embed"):
+        driver.update_weights(wrong_shape, version=1)
+
+
+def test_prefill_compiles_once_per_bucket(model):
+    graphdef, params = nnx.split(model)
+    engine = Engine(graphdef, params, model.config, max_concurrent_decodes=1, max_prefill_length=12, max_decode_length=1, stop_tokens=())
+    params = engine.load_params()
+    for length in range(1, 13):
+        engine.prefill_batch(params, [np.ones(length, np.int32)])
+    assert engine.buckets == (8, 12) and engine._prefill._cache_size() == 2
+
+
+def test_long_and_empty_prompts(make_engine):
+    engine = make_engine(max_prefill=4)
+    long = Request(np.arange(1, 7, dtype=np.int32), 2, tag="long")
+    with pytest.raises(ValueError, match="6 tokens, more than rollout.max_prefill_length=4.*long_prompt=truncate"):
+        list(RolloutDriver(engine, engine.load_params()).stream([long], jax.random.key(0)))
+    truncating = RolloutDriver(engine, engine.load_params(), long_prompt="truncate")
+    (completion,) = truncating.stream([long], jax.random.key(0))
+    assert completion.truncated_prompt and list(completion.prompt) == [3, 4, 5, 6] and truncating.truncated_prompts == 1
+    with pytest.raises(ValueError, match="empty prompt"):
+        list(truncating.stream([Request(np.array([], np.int32), 2)], jax.random.key(0)))
