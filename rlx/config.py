@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin,
 import yaml
 
 from rlx.algorithms.config import AlgorithmConfig
+from rlx.checks import require_positive
 from rlx.data.config import DataConfig
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig, WarmupConfig
 from rlx.models.config import ModelConfig
@@ -41,9 +42,7 @@ class RunConfig:
     hooks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("steps", "eval_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "steps", "eval_every", "checkpoint_every", "keep_checkpoints")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from rlx.checks import require_positive
+
 
 @dataclasses.dataclass(frozen=True)
 class ArithmeticConfig:
@@ -57,9 +59,7 @@ class DataConfig:
     arithmetic: ArithmeticConfig = ArithmeticConfig()
 
     def __post_init__(self) -> None:
-        for name in ("train_size", "val_size", "prompts_per_step", "max_prompt_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "train_size", "val_size", "prompts_per_step", "max_prompt_len")
         if self.source == "jsonl" and not (self.train_path and self.val_path):
             raise ValueError("source: jsonl needs data.train_path and data.val_path")
         if self.source == "arithmetic" and self.tokenizer_path is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from rlx.checks import require_positive
+
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
@@ -38,8 +40,6 @@ class RolloutConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
-        for name in ("max_new_tokens", "max_concurrent_decodes", "steps_per_generate"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        require_positive(self, "max_new_tokens", "max_concurrent_decodes", "steps_per_generate")
         if self.max_prefill_length is not None and self.max_prefill_length < 1:
             raise ValueError(f"max_prefill_length must be >= 1 or null (take data.max_prompt_len), got {self.max_prefill_length}")

@@ -17,7 +17,7 @@ from rlx.config import Config, to_dict
 from rlx.data import PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import Qwen3
-from rlx.rewards import resolve_reward_fn, score_responses
+from rlx.rewards import Scores, resolve_reward_fn, score_responses
 from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate
@@ -96,8 +96,8 @@ class Trainer:
         if algo.dynamic_sampling:
             def draw(round_: int) -> ScoredRollout:
                 more = self._generate(step, round_)
-                texts = self.task.tokenizer.decode_batch(more.generation.tokens)
-                return ScoredRollout(more, texts, score_responses(self.reward_fn, texts, more.records, self.config.reward.on_error_reward).rewards)
+                texts, more_scores = self._score(more)
+                return ScoredRollout(more, texts, more_scores.rewards)
 
             kept, metrics = fill_with_varied_groups(
                 ScoredRollout(rollout, responses, scores), draw, self.config.rollout.n_samples, self.config.data.prompts_per_step, algo.max_sampling_rounds)
@@ -112,8 +112,7 @@ class Trainer:
         began = time.perf_counter()
         rollout = self._generate(step)
         generated = time.perf_counter()
-        responses = self.task.tokenizer.decode_batch(rollout.generation.tokens)
-        scores = score_responses(self.reward_fn, responses, rollout.records, self.config.reward.on_error_reward)
+        responses, scores = self._score(rollout)
         rollout, responses, task_scores, rewards, algorithm_metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
         scored = time.perf_counter()
         metrics = self.learner.update(self._train_batch(rollout, rewards))
@@ -139,6 +138,11 @@ class Trainer:
             "perf/gen_tokens_per_s": tokens / (generated - began),
         })
         return metrics
+
+    def _score(self, rollout: GroupRollout) -> tuple[list[str], Scores]:
+        """Decoded responses and their verifier scores."""
+        responses = self.task.tokenizer.decode_batch(rollout.generation.tokens)
+        return responses, score_responses(self.reward_fn, responses, rollout.records, self.config.reward.on_error_reward)
 
     def _generate(self, step: int, round_: int = 0) -> GroupRollout:
         rollout_config = self.config.rollout
