@@ -8,11 +8,15 @@ Measures ``grad(sum(logp) + sum(entropy))`` with respect to ``h [N, D]`` and
 
 * naive: full float32 logits + ``log_softmax`` (``impl="reference"``), the
   backward from plain autodiff;
-* fused: what ``impl="auto"`` resolves to on this backend;
-* Pallas: timed where it compiles (TPU); on CPU only the interpreter runs it,
-  whose scan over grid steps is orders of magnitude slower than a compiled
-  kernel and pads its inputs, so neither its time nor its memory says anything
-  about the kernel: the row is listed as not measured.
+* fused: what ``impl="auto"`` resolves to on this backend: the Pallas kernels
+  compiled for it on GPU (``pallas_gpu``, Triton) and TPU (``pallas``, Mosaic),
+  the chunked XLA scan on CPU;
+* chunked: on GPU and TPU also the chunked scan, for comparison;
+* Pallas on CPU: only the interpreter runs the kernels, whose loop over grid
+  steps is orders of magnitude slower than a compiled kernel and pads its
+  inputs, so neither its time nor its memory says anything about the kernel:
+  the row is listed as not measured (``benchmarks.logprob_lowering`` checks
+  that the kernels lower for GPU and TPU).
 
 Memory is XLA's compiled temporary allocation
 (``memory_analysis().temp_size_in_bytes``: buffers besides arguments and
@@ -39,11 +43,10 @@ FULL_N = 8192  # Qwen3-4B tokens per step in the issue
 SECTION = "Fused log-prob memory (issue 6)"
 MIB = 2**20
 PALLAS_NOTES = {
-    "cpu": "Pallas: n/a. On CPU the kernels only run in the Pallas interpreter, a scan over grid steps that "
-    "pads its inputs, so its time and memory describe the interpreter, not the kernel. No GPU or TPU was "
-    "available for this run: accelerator figures were not measured.",
-    "gpu": "Pallas: n/a. The kernels reduce across grid steps, which GPU Pallas backends run in parallel, "
-    "so they are not dispatched on GPU (see `resolve_impl`).",
+    "cpu": "Pallas: n/a. On CPU the kernels (`pallas` for TPU, `pallas_gpu` for GPU) only run in the Pallas "
+    "interpreter, a loop over grid steps that pads its inputs, so its time and memory describe the "
+    "interpreter, not the kernels. No GPU or TPU was available for this run: accelerator figures were not "
+    "measured (`python -m benchmarks.logprob_lowering` checks that the kernels lower for both).",
 }
 
 
@@ -119,7 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     dtype, load = jnp.dtype(args.dtype), os.getloadavg()[0]
 
-    impls = {"naive (reference)": "reference", f"fused ({resolve_impl('auto')})": resolve_impl("auto")}
+    fused = resolve_impl("auto")
+    impls = {"naive (reference)": "reference", f"fused ({fused})": fused}
+    if fused != "chunked":
+        impls["chunked"] = "chunked"
     labels = list(impls)
     compiled = {label: _compile(impl, args.n, dtype) for label, impl in impls.items()}
     temp = {label: c.memory_analysis().temp_size_in_bytes for label, c in compiled.items()}
@@ -127,7 +133,7 @@ def main() -> None:
         label: _compile(impl, FULL_N, dtype).memory_analysis().temp_size_in_bytes for label, impl in impls.items()
     }
     medians, grads = _median_times(compiled, _inputs(args.n, dtype), args.reps)
-    error = _max_rel_error(grads[labels[1]], grads[labels[0]])
+    errors = ", ".join(f"{label} {_max_rel_error(grads[label], grads[labels[0]]):.1e}" for label in labels[1:])
 
     x = temp[labels[0]] / temp[labels[1]]
     y = medians[labels[1]] / medians[labels[0]]
@@ -151,7 +157,7 @@ def main() -> None:
         *_table(labels, args.n, temp, full_temp, medians),
         *(["| Pallas kernels |" + " n/a |" * (4 + 2 * bool(full_temp))] if pallas_note else []),
         "",
-        f"Fused gradients agree with the naive ones to a max relative error of {error:.1e}.",
+        f"Gradients agree with the naive ones to a max relative error of: {errors}.",
         "",
         *([pallas_note, ""] if pallas_note else []),
         f"`RESULT naive_temp_over_fused={x:.1f} fused_time_over_naive={y:.2f}` (at N = {args.n})",

@@ -1,8 +1,10 @@
 """Fused per-token log-prob and entropy of ``softmax(h @ w / T)``.
 
 Modules: ``reference`` (materializes logits), ``chunked`` (XLA scan over
-vocabulary chunks), ``pallas`` (Pallas kernels), ``blockmath`` (the online
-log-sum-exp and logit gradient they share), ``dispatch`` (the public op).
+vocabulary chunks), ``pallas`` (Pallas kernels for TPU), ``pallas_gpu``
+(Pallas kernels for GPU, Triton lowering), ``blockmath`` (the online
+log-sum-exp and logit gradient they share), ``fused_vjp`` (their shared custom
+VJP), ``dispatch`` (the public op).
 """
 
 from pallas_kernels.fused_logprob.dispatch import IMPLS, resolve_impl, token_logprobs_and_entropy

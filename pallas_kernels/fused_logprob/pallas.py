@@ -4,8 +4,7 @@ Each kernel walks a 2-D grid whose last axis is a reduction carried in VMEM
 scratch across consecutive grid steps, the Mosaic TPU pattern
 (``dimension_semantics = ("parallel", "arbitrary")``); interpret mode runs the
 grid in the same sequential order. GPU grids (Triton, Mosaic GPU) run every
-step in parallel, so these kernels are not dispatched there (see
-``dispatch.resolve_impl``).
+step in parallel, so GPUs get their own kernels (``pallas_gpu``).
 
 * forward, grid ``(N/bn, V/bv)``: online log-sum-exp over vocabulary blocks
   (``blockmath``), writes ``logp``, ``entropy`` and ``lse`` (saved for the
@@ -27,6 +26,7 @@ contraction; writes past the end are dropped.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +34,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.fused_logprob import blockmath
+from pallas_kernels.fused_logprob import blockmath, fused_vjp
 
 # Sized for VMEM at Qwen3-4B's D = 2560 in bfloat16: the largest live set, a
 # backward kernel's double-buffered h and w blocks plus its float32 [bn, D] or
@@ -140,11 +140,21 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch_shapes, interpre
     )
 
 
-def _forward(h, w, targets, temperature, block_n, block_v, interpret):
+class Settings(NamedTuple):
+    """Static parameters of the TPU kernels (hashable: a custom-VJP nondiff argument)."""
+
+    temperature: float
+    block_n: int
+    block_v: int
+    interpret: bool
+
+
+def _forward(h, w, targets, settings: Settings):
     (rows, dim), vocab = h.shape, w.shape[1]
+    block_n, block_v, interpret = settings.block_n, settings.block_v, settings.interpret
     row_spec = pl.BlockSpec((block_n, 1), lambda i, j: (i, 0))
     return _call(
-        functools.partial(_forward_kernel, inv_t=1.0 / temperature, vocab=vocab, block_v=block_v),
+        functools.partial(_forward_kernel, inv_t=1.0 / settings.temperature, vocab=vocab, block_v=block_v),
         grid=(pl.cdiv(rows, block_n), pl.cdiv(vocab, block_v)),
         in_specs=[
             pl.BlockSpec((block_n, dim), lambda i, j: (i, 0)),
@@ -175,11 +185,12 @@ def _backward_inputs_specs(dim, block_n, block_v, row_major):
     ] + [row_spec] * 5
 
 
-def _backward(h, w, targets, lse, entropy, g_logp, g_entropy, temperature, block_n, block_v, interpret):
+def _backward(h, w, targets, lse, entropy, g_logp, g_entropy, settings: Settings):
     (rows, dim), vocab = h.shape, w.shape[1]
+    block_n, block_v, interpret = settings.block_n, settings.block_v, settings.interpret
     n_row_blocks, n_col_blocks = pl.cdiv(rows, block_n), pl.cdiv(vocab, block_v)
     args = (h, w, targets[:, None], lse, entropy, g_logp[:, None], g_entropy[:, None])
-    common = dict(inv_t=1.0 / temperature, vocab=vocab, block_v=block_v)
+    common = dict(inv_t=1.0 / settings.temperature, vocab=vocab, block_v=block_v)
     dh = _call(
         functools.partial(_dh_kernel, **common),
         grid=(n_row_blocks, n_col_blocks),
@@ -201,34 +212,7 @@ def _backward(h, w, targets, lse, entropy, g_logp, g_entropy, temperature, block
     return dh, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def pallas_token_logprobs_and_entropy(
-    h: jax.Array,
-    w: jax.Array,
-    targets: jax.Array,
-    temperature: float,
-    block_n: int,
-    block_v: int,
-    interpret: bool,
-) -> tuple[jax.Array, jax.Array]:
-    """Float32 ``(logp [N], entropy [N])`` of ``z = h @ w / temperature``.
-
-    Inputs are assumed validated (see ``dispatch``). ``interpret=True`` runs
-    the kernels on any backend through the Pallas interpreter.
-    """
-    logp, entropy, _ = _forward(h, w, targets, temperature, block_n, block_v, interpret)
-    return logp[:, 0], entropy[:, 0]
-
-
-def _vjp_forward(h, w, targets, temperature, block_n, block_v, interpret):
-    logp, entropy, lse = _forward(h, w, targets, temperature, block_n, block_v, interpret)
-    return (logp[:, 0], entropy[:, 0]), (h, w, targets, lse, entropy)
-
-
-def _vjp_backward(temperature, block_n, block_v, interpret, residuals, cotangents):
-    h, w, targets, lse, entropy = residuals
-    dh, dw = _backward(h, w, targets, lse, entropy, *cotangents, temperature, block_n, block_v, interpret)
-    return dh, dw, None
-
-
-pallas_token_logprobs_and_entropy.defvjp(_vjp_forward, _vjp_backward)
+# ``(h, w, targets, Settings) -> (logp [N], entropy [N])``, float32; inputs are
+# assumed validated (see ``dispatch``). ``Settings.interpret`` runs the kernels
+# on any backend through the Pallas interpreter.
+pallas_token_logprobs_and_entropy = fused_vjp.fused_op(_forward, _backward)

@@ -10,8 +10,9 @@ from rlx.models.config import ModelConfig
 @dataclasses.dataclass(frozen=True)
 class LearnerConfig:
     """How the learner computes. `logprob_impl` picks the fused log-prob/entropy kernel
-    (`pallas_kernels.token_logprobs_and_entropy`): `auto` is Pallas on TPU and the chunked
-    XLA scan elsewhere; `reference` materializes full logits (for debugging)."""
+    (`pallas_kernels.token_logprobs_and_entropy`): `auto` is the Pallas kernels on TPU
+    (`pallas`) and GPU (`pallas_gpu`) and the chunked XLA scan on CPU; `reference`
+    materializes full logits (for debugging)."""
 
     logprob_impl: str = "auto"
 

@@ -95,7 +95,7 @@ def test_minibatches_must_divide_the_batch():
         make_learner(algorithm=AlgorithmConfig(minibatches=3)).update(make_batch())
 
 
-@pytest.mark.parametrize("impl", ["auto", "reference", "chunked"])
+@pytest.mark.parametrize("impl", ["auto", "reference", "chunked", "pallas_gpu_interpret"])
 def test_learner_log_probs_equal_log_softmax_of_the_model_logits(impl):
     learner = make_learner(learner=LearnerConfig(logprob_impl=impl))
     batch = make_batch()

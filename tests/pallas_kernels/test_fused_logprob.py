@@ -1,7 +1,9 @@
-"""Fused log-prob/entropy: chunked and Pallas (interpret) against the reference.
+"""Fused log-prob/entropy: chunked and Pallas (TPU and GPU kernels, interpreted) against the reference.
 
 Shapes are chosen so that N and V are not multiples of the block sizes: the
-last row block and the last vocabulary block/chunk are partial.
+last row block and the last vocabulary block/chunk are partial; for the GPU
+kernels, which also block the hidden axis, so is the last hidden block where
+D is not a power of two.
 """
 
 import jax
@@ -15,12 +17,19 @@ from pallas_kernels.fused_logprob import IMPLS, reference_token_logprobs_and_ent
 
 # Small blocks so that a few dozen rows and a few hundred columns already span
 # several blocks, with a partial one at each edge.
-BLOCKS = {"chunked": dict(block_v=128), "pallas_interpret": dict(block_n=8, block_v=128)}
+BLOCKS = {
+    "chunked": dict(block_v=128),
+    "pallas_interpret": dict(block_n=8, block_v=128),
+    "pallas_gpu_interpret": dict(block_n=16, block_v=64),
+}
 FUSED = tuple(BLOCKS)
+INTERPRETED = ("pallas_interpret", "pallas_gpu_interpret")
 
-# (N, D, V, temperature): V % 128 != 0 and N % 8 != 0 throughout; the last
-# case has V smaller than one block.
-CASES = [(13, 32, 300, 1.0), (20, 16, 777, 0.6), (5, 24, 90, 1.7)]
+# (N, D, V, temperature): V % 64 != 0 and N % 8 != 0 throughout. For the GPU
+# kernels (hidden blocks of min(64, D rounded up to a power of two)), D = 96
+# spans a full and a partial hidden block and D = 24 one partial block; the
+# last case has V smaller than one 128-wide block.
+CASES = [(13, 96, 300, 1.0), (20, 16, 777, 0.6), (5, 24, 90, 1.7)]
 
 
 def _inputs(n, d, v, dtype=jnp.float32, seed=0):
@@ -118,12 +127,13 @@ def test_interpreter_poisons_unwritten_outputs_and_padding():
     assert np.isnan(np.asarray(seen)[5:]).all() and (np.asarray(seen)[:5] == 1).all()
 
 
-def test_pallas_writes_every_element_of_partial_blocks():
+@pytest.mark.parametrize("impl", INTERPRETED)
+def test_pallas_writes_every_element_of_partial_blocks(impl):
     """Rows past N and columns past V read as NaN, outputs start as NaN: any
     unmasked padding or unwritten element shows up as a NaN here."""
-    n, d, v = 11, 16, 200  # one full and one 3-row block; one full and one 72-column block
+    n, d, v = 11, 16, 200  # one full and one 3-row block (TPU); a 72- or 8-column last block
     h, w, targets, cot = _inputs(n, d, v, seed=2)
-    (logp, ent), (dh, dw) = _value_and_grads(_fused("pallas_interpret"), h, w, targets, 1.3, cot)
+    (logp, ent), (dh, dw) = _value_and_grads(_fused(impl), h, w, targets, 1.3, cot)
     for array in (logp, ent, dh, dw):
         assert np.isfinite(np.asarray(array)).all()
 
@@ -153,20 +163,25 @@ def test_chunked_never_holds_full_logits():
 
 def test_resolve_impl():
     assert resolve_impl("auto", "cpu") == "chunked"
-    assert resolve_impl("auto", "gpu") == "chunked"
+    assert resolve_impl("auto", "gpu") == resolve_impl("auto", "cuda") == "pallas_gpu"
     assert resolve_impl("auto", "tpu") == "pallas"
     assert resolve_impl("auto") == resolve_impl("auto", jax.default_backend())
-    for name in ("reference", "chunked", "pallas_interpret"):
+    for name in ("reference", "chunked", "pallas_interpret", "pallas_gpu_interpret"):
         assert resolve_impl(name, "cpu") == name
     assert resolve_impl("pallas", "tpu") == "pallas"
-    assert set(IMPLS) == {"auto", "reference", "chunked", "pallas", "pallas_interpret"}
+    assert resolve_impl("pallas_gpu", "gpu") == "pallas_gpu"
+    assert set(IMPLS) == {
+        "auto", "reference", "chunked", "pallas", "pallas_interpret", "pallas_gpu", "pallas_gpu_interpret",
+    }
 
 
 def test_bad_impl_names_lists_valid_ones():
-    with pytest.raises(ValueError, match="auto, reference, chunked, pallas, pallas_interpret"):
+    with pytest.raises(ValueError, match="auto, reference, chunked, pallas, pallas_interpret, pallas_gpu"):
         resolve_impl("triton")
-    with pytest.raises(ValueError, match="needs backend 'tpu'.*pallas_interpret"):
+    with pytest.raises(ValueError, match="needs backend 'tpu'.*'pallas_interpret'"):
         resolve_impl("pallas", "cpu")
+    with pytest.raises(ValueError, match="Triton GPU.*got 'tpu'.*'pallas_gpu_interpret'"):
+        resolve_impl("pallas_gpu", "tpu")
 
 
 @pytest.mark.parametrize(
@@ -183,6 +198,8 @@ def test_bad_impl_names_lists_valid_ones():
         (dict(temperature=0.0), ValueError, "temperature must be finite and > 0"),
         (dict(temperature=float("inf")), ValueError, "temperature must be finite and > 0"),
         (dict(block_v=0), ValueError, "block_v must be a positive integer"),
+        (dict(impl="pallas_gpu_interpret", block_v=96), ValueError, "block_v to be a power of two >= 16"),
+        (dict(impl="pallas_gpu_interpret", block_n=8), ValueError, "block_n to be a power of two >= 16"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change, error, message):
