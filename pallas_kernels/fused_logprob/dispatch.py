@@ -82,7 +82,7 @@ def _tpu_settings(impl, rows, vocab, temperature, block_n, block_v) -> pallas.Se
 
 
 def _gpu_block(label: str, requested: int | None, default: int, size: int) -> int:
-    """A power of two >= 16, at most the default or ``size`` rounded up (Triton tiles)."""
+    """The requested (else default) block, clamped to ``size`` rounded up to a power of two >= 16."""
     if requested is not None and (requested < pallas_gpu.MIN_BLOCK or requested & (requested - 1)):
         raise ValueError(
             f"the GPU Pallas kernels need {label} to be a power of two >= {pallas_gpu.MIN_BLOCK} (Triton tiles), "

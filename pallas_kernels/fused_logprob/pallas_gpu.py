@@ -16,8 +16,9 @@ rows or of vocabulary columns and loops over the other axes with
 Triton tensors must have power-of-two sizes, and the hidden size need not be
 one (Qwen3-4B: D = 2560), so every matmul also loops over ``[.., bd]`` slices
 of the hidden axis, and the backward kernels accumulate straight into their
-float32 outputs, which only their own program touches (no atomics). The
-``dw`` accumulator is a float32 ``[D, V]`` buffer, cast to ``w``'s dtype
+float32 outputs by load-add-store, as Triton's first fused-attention backward
+did for ``dq``: each output tile belongs to one program, so no atomics are
+needed. The ``dw`` accumulator is a float32 ``[D, V]`` buffer, cast to ``w``'s dtype
 afterwards: for bfloat16 ``w`` that is ``4 * D * V`` bytes more than the
 chunked path. Not tuned on hardware.
 
