@@ -68,7 +68,7 @@ class _Geometry(NamedTuple):
 
 
 class _Span(NamedTuple):
-    """A block of one axis: the slice and which of its indices are in range."""
+    """A block of one axis: its slice, its indices and which of them are in range."""
 
     slice: pl.Slice
     valid: jax.Array  # bool [size]
@@ -81,14 +81,17 @@ def _span(block: jax.Array, size: int, limit: int) -> _Span:
     return _Span(pl.ds(start, size), index < limit, index)
 
 
+def _tile_mask(rows: _Span, cols: _Span) -> jax.Array:
+    return rows.valid[:, None] & cols.valid[None, :]
+
+
 def _load_tile(ref, rows: _Span, cols: _Span) -> jax.Array:
-    mask = rows.valid[:, None] & cols.valid[None, :]
-    return pltriton.load(ref.at[rows.slice, cols.slice], mask=mask, other=0)
+    return pltriton.load(ref.at[rows.slice, cols.slice], mask=_tile_mask(rows, cols), other=0)
 
 
 def _add_to_tile(ref, rows: _Span, cols: _Span, value: jax.Array) -> None:
-    mask = rows.valid[:, None] & cols.valid[None, :]
-    pltriton.store(ref.at[rows.slice, cols.slice], _load_tile(ref, rows, cols) + value, mask=mask)
+    total = _load_tile(ref, rows, cols) + value
+    pltriton.store(ref.at[rows.slice, cols.slice], total, mask=_tile_mask(rows, cols))
 
 
 def _load_rows(ref, rows: _Span) -> jax.Array:
