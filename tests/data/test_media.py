@@ -151,3 +151,15 @@ def test_unsupported_format_in_a_dataset_is_an_error_listing_formats(tmp_path):
     config = DataConfig(source="jsonl", train_path=str(tmp_path / "d.jsonl"), val_path=str(tmp_path / "d.jsonl"), max_prompt_len=24)
     with pytest.raises(UnsupportedMediaError, match="supported: PNG, JPEG"):
         load_task(config, SPEC)
+
+
+def test_worker_processes_preprocess_the_same_batches_as_the_main_process():
+    records = omni_records(OmniConfig(), SPEC, 12, seed=2, prefix="w")
+    inline = PromptStream(records, TOKENIZER, 4, 24, seed=0, media=SPEC)
+    workers = PromptStream(records, TOKENIZER, 4, 24, seed=0, media=SPEC, workers=1)
+    for _ in range(2):
+        a, b = next(inline), next(workers)
+        assert [r.id for r in a.records] == [r.id for r in b.records]
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        for name in SPEC.modalities:
+            np.testing.assert_array_equal(a.media[name], b.media[name])
