@@ -14,7 +14,7 @@ from flax import nnx
 
 from rlx.algorithms import overlong_penalty
 from rlx.config import Config, to_dict
-from rlx.data import PromptStream, load_task
+from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import Qwen3
 from rlx.rewards import Scores, resolve_reward_fn, score_responses
@@ -53,7 +53,7 @@ class Trainer:
         self._base_key = jax.random.key(config.run.seed)
         self.skipped_steps = 0
 
-    def _stream(self, records, batch_size: int, seed: int) -> PromptStream:
+    def _stream(self, records: list[PromptRecord], batch_size: int, seed: int) -> PromptStream:
         data = self.config.data
         return PromptStream(records, self.task.tokenizer, batch_size, data.max_prompt_len, seed, self.media, data.media_workers)
 
