@@ -102,3 +102,7 @@ class PromptStream:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._iterator.set_state(state)
+
+    def close(self) -> None:
+        """Stops worker processes and frees their shared memory (a no-op without workers)."""
+        self._iterator.close()

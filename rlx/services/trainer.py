@@ -202,6 +202,7 @@ class Trainer:
         self.prompts.set_state(meta["data_state"])
 
     def close(self) -> Path:
+        self.prompts.close()
         self.checkpointer.wait()
         self.checkpointer.close()
         return self.tracker.close()
