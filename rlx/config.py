@@ -64,6 +64,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_algorithm_sections(self)
+        _check_modalities(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(
@@ -71,6 +72,16 @@ class Config:
                 f"model.max_seq_len = {self.model.max_seq_len}; raise model.max_seq_len "
                 "or shorten prompts/responses"
             )
+
+
+def _check_modalities(config: Config) -> None:
+    """Features that do not carry media yet must not silently drop them."""
+    if not (config.model.vision.enabled or config.model.audio.enabled):
+        return
+    if config.rollout.backend != "engine":
+        raise ValueError(f"rollout.backend={config.rollout.backend!r} sends token ids only; modality encoders need rollout.backend: engine")
+    if config.distill.coef > 0 or config.critic.enabled:
+        raise ValueError("modality encoders do not work with distill.coef > 0 or critic.enabled yet (teacher and critic see no media)")
 
 
 def _check_algorithm_sections(config: Config) -> None:

@@ -49,7 +49,7 @@ def test_unknown_key_names_the_nearest_valid_key(override, expected):
         ("run.steps=2.5", "run.steps: expected an integer, got 2.5"),
         ("run.steps=true", "run.steps: expected an integer, got True"),
         ("run.progress=1", "run.progress: expected true or false, got 1"),
-        ("data.source=parquet", "data.source: 'parquet' is not one of 'arithmetic', 'jsonl'"),
+        ("data.source=parquet", "data.source: 'parquet' is not one of 'arithmetic', 'omni', 'jsonl'"),
         ("model.dtype=float16", "model.dtype: 'float16' is not one of"),
         ("run.hooks=x", "run.hooks: expected a list, got 'x'"),
     ],
@@ -123,3 +123,10 @@ def test_base_cycles_and_missing_bases_are_reported(tmp_path):
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_modality_encoders_refuse_paths_that_would_drop_media():
+    with pytest.raises(ValueError, match="rollout.backend: engine"):
+        load_config(None, ["model.vision.enabled=true", "rollout.backend=jetstream"])
+    with pytest.raises(ValueError, match="teacher and critic see no media"):
+        load_config(None, ["model.audio.enabled=true", "algorithm.adv_estimator=gae", "critic.enabled=true"])

@@ -37,15 +37,40 @@ class ArithmeticConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OmniConfig:
+    """Synthetic image / audio / video questions (`rlx.data.omni`), cycling through `modalities`.
+
+    `warmup_flaw_rate` of the warm-up demonstrations write the answer twice (`3` -> `33`).
+    """
+
+    modalities: tuple[str, ...] = ("image", "audio", "video")
+    max_shapes: int = 3
+    warmup_flaw_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.modalities if m not in ("image", "audio", "video")]
+        if unknown or not self.modalities:
+            raise ValueError(f"data.omni.modalities {list(self.modalities)}: choose a non-empty subset of image, audio, video")
+        if not 1 <= self.max_shapes <= 9:
+            raise ValueError(f"data.omni.max_shapes must be in [1, 9], got {self.max_shapes}")
+        if not 0.0 <= self.warmup_flaw_rate <= 1.0:
+            raise ValueError(f"data.omni.warmup_flaw_rate must be in [0, 1], got {self.warmup_flaw_rate}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """`source: arithmetic` generates the built-in task; `source: jsonl` reads `train_path`/`val_path`.
+    """`source: arithmetic` or `omni` generates a built-in task; `source: jsonl` reads `train_path`/`val_path`.
+
+    JSONL rows may reference media files (`"media": {"image": ["imgs/0.png"]}`, paths relative
+    to the JSONL file); a record whose media cannot be read is skipped and counted
+    (`data/skipped_media`). `media_workers` grain worker processes preprocess media ahead of use.
 
     JSONL data uses a character tokenizer built from its text, or the Hugging Face tokenizer
     in `tokenizer_path` (a directory with `tokenizer.json`); `chat_template: true` renders
     each prompt as a user turn through that tokenizer's chat template.
     """
 
-    source: Literal["arithmetic", "jsonl"] = "arithmetic"
+    source: Literal["arithmetic", "omni", "jsonl"] = "arithmetic"
     train_path: str | None = None
     val_path: str | None = None
     train_size: int = 20_000
@@ -57,12 +82,16 @@ class DataConfig:
     tokenizer_path: str | None = None
     chat_template: bool = False
     arithmetic: ArithmeticConfig = ArithmeticConfig()
+    omni: OmniConfig = OmniConfig()
+    media_workers: int = 0
 
     def __post_init__(self) -> None:
         require_positive(self, "train_size", "val_size", "prompts_per_step", "max_prompt_len")
         if self.source == "jsonl" and not (self.train_path and self.val_path):
             raise ValueError("source: jsonl needs data.train_path and data.val_path")
-        if self.source == "arithmetic" and self.tokenizer_path is not None:
-            raise ValueError("the arithmetic task has its own character tokenizer; tokenizer_path needs source: jsonl")
+        if self.source != "jsonl" and self.tokenizer_path is not None:
+            raise ValueError(f"the {self.source} task has its own character tokenizer; tokenizer_path needs source: jsonl")
+        if self.media_workers < 0:
+            raise ValueError(f"data.media_workers must be >= 0 (0 = preprocess in the main process), got {self.media_workers}")
         if self.chat_template and self.tokenizer_path is None:
             raise ValueError("chat_template: true needs data.tokenizer_path (a directory with tokenizer.json and a chat template)")

@@ -1,4 +1,8 @@
-"""JSONL prompt datasets: one `{"prompt": ..., "answer": ..., "id"?: ...}` object per line."""
+"""JSONL prompt datasets: one `{"prompt": ..., "answer": ..., "id"?: ..., "media"?: ...}` object per line.
+
+`media` maps a modality to a list of file paths, relative to the JSONL file's folder:
+`{"image": ["imgs/0.png"]}`; they are resolved here and read later by `rlx.data.media`.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def read_jsonl(path: str | Path, on_bad_row: Literal["skip", "error"] = "skip") 
             if not line.strip():
                 continue
             try:
-                records.append(_parse_row(line, default_id=f"{path.stem}-{line_number}"))
+                records.append(_parse_row(line, default_id=f"{path.stem}-{line_number}", folder=path.parent))
             except (ValueError, TypeError) as err:
                 message = f"{path}:{line_number}: {err}"
                 if on_bad_row == "error":
@@ -38,7 +42,7 @@ def read_jsonl(path: str | Path, on_bad_row: Literal["skip", "error"] = "skip") 
     return records, skipped
 
 
-def _parse_row(line: str, default_id: str) -> PromptRecord:
+def _parse_row(line: str, default_id: str, folder: Path) -> PromptRecord:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
@@ -51,4 +55,11 @@ def _parse_row(line: str, default_id: str) -> PromptRecord:
     answer = row["answer"]
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
-    return PromptRecord(id=str(row.get("id", default_id)), prompt=row["prompt"], answer=answer)
+    media = _parse_media(row.get("media", {}), folder)
+    return PromptRecord(id=str(row.get("id", default_id)), prompt=row["prompt"], answer=answer, media=media)
+
+
+def _parse_media(media: object, folder: Path) -> dict[str, tuple[str, ...]]:
+    if not isinstance(media, dict) or not all(isinstance(v, list) and all(isinstance(p, str) for p in v) for v in media.values()):
+        raise ValueError('"media" must map a modality to a list of file paths, e.g. {"image": ["imgs/0.png"]}')
+    return {name: tuple(str(folder / item) for item in items) for name, items in media.items()}

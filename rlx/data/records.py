@@ -14,14 +14,14 @@ MODALITIES = ("image", "audio", "video")
 class PromptRecord:
     """One verifiable prompt.
 
-    `media` maps a modality name to the arrays the prompt's `<image>`/`<audio>`/`<video>`
-    placeholders refer to, in order of appearance.
+    `media` maps a modality name to the items the prompt's `<image>`/`<audio>`/`<video>`
+    placeholders refer to, in order of appearance: arrays, or paths of media files.
     """
 
     id: str
     prompt: str
     answer: str
-    media: Mapping[str, tuple[np.ndarray, ...]] = dataclasses.field(default_factory=dict)
+    media: Mapping[str, tuple[np.ndarray | str, ...]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for field in ("id", "prompt", "answer"):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import optax
 
 from rlx.learner.config import OptimizerConfig
+from rlx.models import ModelConfig
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
@@ -13,3 +17,22 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
         optax.clip_by_global_norm(config.grad_clip),
         optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay),
     )
+
+
+def frozen_encoders(model: ModelConfig) -> tuple[str, ...]:
+    """Names of the model's encoder submodules whose config says `trainable: false`."""
+    encoders = (("vision", model.vision), ("audio", model.audio))
+    return tuple(name for name, encoder in encoders if encoder.enabled and not encoder.trainable)
+
+
+def freeze_encoders(tx: optax.GradientTransformation, model: ModelConfig) -> optax.GradientTransformation:
+    """`tx` for trainable weights; frozen encoders get zero updates (no weight decay drift either)."""
+    frozen = frozen_encoders(model)
+    if not frozen:
+        return tx
+
+    def labels(params: Any) -> Any:
+        top = lambda path: str(getattr(path[0], "key", getattr(path[0], "name", "")))
+        return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if top(path) in frozen else "train", params)
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -13,6 +13,7 @@ from flax import nnx
 from rlx.data import CharTokenizer, PromptBatch
 from rlx.learner.config import WarmupConfig
 from rlx.learner.logprobs import response_log_probs
+from rlx.learner.optimizer import freeze_encoders
 
 
 def encode_answers(answers: Sequence[str], tokenizer: CharTokenizer, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,17 +37,17 @@ def supervised_warmup(
     logprob_impl: str = "auto",
 ) -> tuple[nnx.State, list[float]]:
     """Runs `config.sft_steps` AdamW steps; returns the new weights and the loss per step."""
-    tx = optax.adamw(config.learning_rate)
+    tx = freeze_encoders(optax.adamw(config.learning_rate), nnx.merge(graphdef, params).config)
     opt_state = tx.init(params)
 
-    def loss_fn(params, tokens, start, mask):
+    def loss_fn(params, tokens, start, mask, media):
         model = nnx.merge(graphdef, params)
-        log_probs, _ = response_log_probs(model, tokens, start, tokens.shape[1] - mask.shape[1], 1.0, logprob_impl)
+        log_probs, _ = response_log_probs(model, tokens, start, tokens.shape[1] - mask.shape[1], 1.0, logprob_impl, media)
         return -jnp.sum(log_probs * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
     @jax.jit
-    def step(params, opt_state, tokens, start, mask):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, start, mask)
+    def step(params, opt_state, tokens, start, mask, media):
+        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, start, mask, media)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -55,6 +56,6 @@ def supervised_warmup(
         batch = next(batches)
         answers, mask = encode_answers([r.answer for r in batch.records], tokenizer, response_width)
         tokens = np.concatenate([batch.tokens, answers], axis=1)
-        params, opt_state, loss = step(params, opt_state, tokens, batch.start, mask)
+        params, opt_state, loss = step(params, opt_state, tokens, batch.start, mask, batch.media)
         losses.append(float(loss))
     return params, losses

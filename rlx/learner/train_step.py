@@ -23,7 +23,7 @@ from pallas_kernels import resolve_fused_logprob_impl
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig
 from rlx.learner.critic import Critic, value_metrics
 from rlx.learner.logprobs import response_log_probs
-from rlx.learner.optimizer import make_optimizer
+from rlx.learner.optimizer import freeze_encoders, make_optimizer
 from rlx.models import Qwen3
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class TrainBatch:
     rewards: jax.Array  # [B]
     group_ids: jax.Array  # [B] int32 in [0, B)
     behaviour_log_probs: jax.Array  # [B, R] from the sampler
+    media: dict[str, jax.Array] | None = None  # encoder inputs per row (rlx.models.multimodal.Media); None for text
 
     @property
     def prompt_len(self) -> int:
@@ -89,7 +90,7 @@ class Learner:
         self.temperature = temperature if temperature > 0 else 1.0
         self.logprob_impl = learner.logprob_impl
         log.info("learner log-probs: fused kernel %r (learner.logprob_impl=%r)", resolve_fused_logprob_impl(learner.logprob_impl), learner.logprob_impl)
-        self.tx = make_optimizer(optimizer)
+        self.tx = freeze_encoders(make_optimizer(optimizer), model.config)
         self.opt_state = self.tx.init(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if algorithm.kl_coef > 0 else None
         self.critic = Critic(model.config, critic, optimizer.grad_clip, seed=1) if critic.enabled else None
@@ -179,7 +180,8 @@ class Learner:
             )
 
     def _score(self, graphdef: nnx.GraphDef, params, batch: TrainBatch, prompt_len: int):
-        return response_log_probs(nnx.merge(graphdef, params), batch.tokens, batch.start, prompt_len, self.temperature, self.logprob_impl)
+        model = nnx.merge(graphdef, params)
+        return response_log_probs(model, batch.tokens, batch.start, prompt_len, self.temperature, self.logprob_impl, batch.media)
 
     def _prepare_impl(self, batch: TrainBatch, old_log_probs, ref_log_probs, teacher_log_probs, values):
         """Token rewards, advantages, returns and correction weights: everything fixed before the first minibatch."""

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from rlx.checks import require_positive
+from rlx.models.encoder_config import AudioConfig, VisionConfig
 
 DType = Literal["float32", "bfloat16"]
 
@@ -18,6 +19,7 @@ class ModelConfig:
     `i not in mlp_only_layers and (i + 1) % decoder_sparse_step == 0`, as in Hugging Face;
     each token goes to `num_experts_per_tok` SwiGLU experts of width `moe_intermediate_size`,
     weighted by the router's softmax (renormalized over the chosen experts if `norm_topk_prob`).
+    `vision` and `audio` add modality encoders (see `rlx.models.encoders`); both are off by default.
     """
 
     vocab_size: int | None = None
@@ -39,6 +41,8 @@ class ModelConfig:
     norm_topk_prob: bool = True
     decoder_sparse_step: int = 1
     mlp_only_layers: tuple[int, ...] = ()
+    vision: VisionConfig = VisionConfig()
+    audio: AudioConfig = AudioConfig()
 
     def __post_init__(self) -> None:
         require_positive(self, "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "max_seq_len")

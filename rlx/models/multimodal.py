@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from typing import Mapping
+
 import jax
 import jax.numpy as jnp
+
+Media = Mapping[str, jax.Array]
+"""Encoder inputs by modality, one item per row (zeros where a row has none):
+`image [B, S, S, 3]` and `video [B, F, S, S, 3]` in [-1, 1], `audio [B, mel_frames, n_mels]` log-mel."""
 
 
 @jax.tree_util.register_dataclass

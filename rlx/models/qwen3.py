@@ -8,10 +8,11 @@ from flax import nnx
 
 from rlx.models.attention import Attention, attention_mask
 from rlx.models.config import ModelConfig
+from rlx.models.encoders import AudioEncoder, VisionEncoder
 from rlx.models.kv_cache import KVCache
 from rlx.models.layers import RMSNorm, SwiGLU, param
 from rlx.models.moe import MoEBlock
-from rlx.models.multimodal import ModalityEmbeddings, merge_modality_embeddings
+from rlx.models.multimodal import Media, ModalityEmbeddings, merge_modality_embeddings
 
 
 class DecoderLayer(nnx.Module):
@@ -52,6 +53,23 @@ class Qwen3(nnx.Module):
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
         if not config.tie_word_embeddings:
             self.lm_head = param(rngs, nnx.initializers.normal(0.02), (config.hidden_size, config.vocab_size), ("embed", "vocab"), dt)
+        self.vision = VisionEncoder(config.vision, config.hidden_size, rngs=rngs) if config.vision.enabled else None
+        self.audio = AudioEncoder(config.audio, config.hidden_size, rngs=rngs) if config.audio.enabled else None
+
+    def encode_media(self, input_ids: jax.Array, media: Media) -> list[ModalityEmbeddings]:
+        """Runs the encoders on `media` (one item per modality per row) for the placeholders of `input_ids`."""
+        encoders = {
+            "image": (self.vision, lambda x: self.vision.encode_images(x), self.config.vision.image_token_id),
+            "video": (self.vision, lambda x: self.vision.encode_video(x), self.config.vision.video_token_id),
+            "audio": (self.audio, lambda x: self.audio(x), self.config.audio.audio_token_id),
+        }
+        merged = []
+        for name, inputs in media.items():
+            encoder, encode, token_id = encoders[name]
+            if encoder is None:
+                raise ValueError(f"a batch carries {name} inputs but the model has no encoder for them; enable model.{'audio' if name == 'audio' else 'vision'}")
+            merged.append(ModalityEmbeddings(input_ids == token_id, encode(inputs)))
+        return merged
 
     def unembedding(self) -> jax.Array:
         """[hidden, vocab] matrix that maps final hidden states to logits."""
@@ -67,8 +85,13 @@ class Qwen3(nnx.Module):
         cache: KVCache | None = None,
         cache_index: jax.Array | int = 0,
         modality: ModalityEmbeddings | None = None,
+        media: Media | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-normed hidden states [B, S, hidden] (and the updated cache)."""
+        """Final-normed hidden states [B, S, hidden] (and the updated cache).
+
+        `media` (encoder inputs by modality, see `Media`) is encoded and merged into the
+        placeholder columns; `modality` merges features that were encoded already.
+        """
         batch, steps = input_ids.shape
         if start is None:
             start = jnp.zeros((batch,), jnp.int32)
@@ -79,6 +102,8 @@ class Qwen3(nnx.Module):
         mask = attention_mask(start, columns, num_keys)
         dtype = jnp.dtype(self.config.dtype)
         x = merge_modality_embeddings(self.embed[...][input_ids].astype(dtype), modality)
+        for encoded in self.encode_media(input_ids, media) if media else ():
+            x = merge_modality_embeddings(x, encoded)
         for index, layer in enumerate(self.layers):
             x, cache = layer(x, positions, mask, cache, index, cache_index)
         return self.final_norm(x), cache

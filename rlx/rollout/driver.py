@@ -43,6 +43,7 @@ class GroupRollout:
     generation: Generation
     policy_version: np.ndarray  # [B * n, R] version of the weights that produced each token, -1 on padding
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    media: dict[str, np.ndarray] | None = None  # [B * n, ...] encoder inputs per row, for the learner to re-encode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Request:
     max_tokens: int  # capped at the engine's max_decode_length
     samples: int = 1
     tag: Any = None  # handed back on each Completion
+    media: dict[str, np.ndarray] | None = None  # encoder inputs of this prompt, run in prefill
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +142,8 @@ class RolloutDriver:
             owner[slot] = (waiting, waiting.next_sample)
             waiting.next_sample += 1
         if fresh:
-            prefix = self.engine.prefill_batch(self.params, [admitted.prompt for admitted in fresh])
+            media = [admitted.request.media for admitted in fresh] if fresh[0].request.media else None
+            prefix = self.engine.prefill_batch(self.params, [admitted.prompt for admitted in fresh], media)
             for row, admitted in enumerate(fresh):
                 admitted.prefix, admitted.row = prefix, row
         for _, group in itertools.groupby(placements, key=lambda p: id(p[0].prefix)):
@@ -162,7 +165,7 @@ class RolloutDriver:
         """`n` samples of every prompt, rows ordered prompt-major, as the trainer consumes them."""
         truncated_before = self.truncated_prompts
         requests = [
-            Request(tokens[start:], max_new_tokens, samples=n, tag=row)
+            Request(tokens[start:], max_new_tokens, samples=n, tag=row, media=prompts.row_media(row))
             for row, (tokens, start) in enumerate(zip(prompts.tokens, prompts.start))
         ]
         completions = sorted(self.stream(requests, key, sampling), key=lambda c: (c.tag, c.sample))
@@ -247,4 +250,5 @@ def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int,
         generation=Generation(tokens, log_probs, mask, lengths),
         policy_version=versions,
         metrics=metrics,
+        media=prompts.take([c.tag for c in completions]),
     )

@@ -110,6 +110,18 @@ def _padded_count(count: int, limit: int) -> int:
     return min(1 << max(count - 1, 0).bit_length(), max(limit, count))
 
 
+def stack_media(media: Sequence[dict[str, np.ndarray]] | None, rows: int) -> dict[str, np.ndarray] | None:
+    """Per-prompt encoder inputs stacked into `rows` rows (zeros for padding rows); None for text."""
+    if not media:
+        return None
+    stacked = {}
+    for name in media[0]:
+        array = np.zeros((rows, *media[0][name].shape), np.float32)
+        array[: len(media)] = [item[name] for item in media]
+        stacked[name] = array
+    return stacked
+
+
 def check_same_structure(reference: Any, candidate: Any) -> None:
     """Raises ValueError naming the first leaf whose path, shape or dtype differs from `reference`."""
     ref_leaves, ref_tree = jax.tree_util.tree_flatten_with_path(reference)
@@ -215,8 +227,12 @@ class Engine:
             raise ValueError("rlx's engine prefills whole prompts; prefix caching (existing_prefix) is not supported")
         return self.prefill_batch(params, [np.asarray(padded_tokens)[:true_length]])
 
-    def prefill_batch(self, params: nnx.State, prompts: Sequence[np.ndarray]) -> Prefix:
-        """Prefills prompts (each at most `max_prefill_length` tokens) together, padded to one bucket."""
+    def prefill_batch(self, params: nnx.State, prompts: Sequence[np.ndarray], media: Sequence[dict[str, np.ndarray]] | None = None) -> Prefix:
+        """Prefills prompts (each at most `max_prefill_length` tokens) together, padded to one bucket.
+
+        `media` holds each prompt's encoder inputs (see `rlx.models.multimodal.Media`): the
+        encoders run here, in prefill, and their outputs fill the placeholder columns.
+        """
         for prompt in prompts:
             if len(prompt) == 0:
                 raise ValueError("empty prompt: a prompt needs at least one token (e.g. BOS)")
@@ -229,12 +245,12 @@ class Engine:
         for row, prompt in enumerate(prompts):
             tokens[row, bucket - len(prompt):] = prompt
             start[row] = bucket - len(prompt)
-        return self._prefill(params, jnp.asarray(tokens), jnp.asarray(start))
+        return self._prefill(params, jnp.asarray(tokens), jnp.asarray(start), stack_media(media, rows))
 
-    def _prefill_impl(self, params, tokens, start):
+    def _prefill_impl(self, params, tokens, start, media):
         model = nnx.merge(self._graphdef, params)
         cache = KVCache.zeros(self.model_config, tokens.shape[0], tokens.shape[1])
-        logits, cache = model(tokens, start=start, cache=cache, cache_index=0)
+        logits, cache = model(tokens, start=start, cache=cache, cache_index=0, media=media)
         return Prefix(cache, start, logits[:, -1])
 
     # -- decode state and insert ------------------------------------------------------------------

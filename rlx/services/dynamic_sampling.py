@@ -25,9 +25,11 @@ class ScoredRollout:
 
 
 def take_rows(value: Any, index: np.ndarray) -> Any:
-    """Rows `index` of every per-row field (arrays with a batch axis, lists) of a nested dataclass."""
+    """Rows `index` of every per-row field (arrays with a batch axis, lists, dicts of them: media) of a nested dataclass."""
     if dataclasses.is_dataclass(value):
         return dataclasses.replace(value, **{f.name: take_rows(getattr(value, f.name), index) for f in dataclasses.fields(value) if f.init})
+    if isinstance(value, dict):
+        return {key: take_rows(item, index) for key, item in value.items()}
     if isinstance(value, np.ndarray) and value.ndim:
         return value[index]
     if isinstance(value, list):
@@ -41,6 +43,8 @@ def concat_rows(values: list[Any]) -> Any:
     if dataclasses.is_dataclass(first):
         fields = [f.name for f in dataclasses.fields(first) if f.init]
         return dataclasses.replace(first, **{name: concat_rows([getattr(v, name) for v in values]) for name in fields})
+    if isinstance(first, dict):
+        return {key: concat_rows([value[key] for value in values]) for key in first}
     if isinstance(first, np.ndarray) and first.ndim:
         return np.concatenate(values, axis=0)
     if isinstance(first, list):

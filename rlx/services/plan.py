@@ -221,6 +221,8 @@ def _fields(cls: type, shapes: dict[str, tuple], default: tuple | None = None) -
     out = {}
     for field in dataclasses.fields(cls):
         shape_dtype = shapes.get(field.name, default)
+        if shape_dtype is None and field.default is None:
+            continue  # optional inputs (e.g. media of a text-only model) stay None
         if shape_dtype is None:
             raise ValueError(f"dry run: no abstract shape for {cls.__name__}.{field.name}; add it to rlx/services/plan.py")
         out[field.name] = jax.ShapeDtypeStruct(*shape_dtype)

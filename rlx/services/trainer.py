@@ -14,13 +14,14 @@ from flax import nnx
 
 from rlx.algorithms import overlong_penalty
 from rlx.config import Config, to_dict
-from rlx.data import PromptStream, load_task
+from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import Qwen3
 from rlx.rewards import Scores, resolve_reward_fn, score_responses
 from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate
+from rlx.services.media import check_placeholder_ids, media_spec
 from rlx.services.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,10 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.run.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.task = load_task(config.data)
+        self.media = media_spec(config.model)
+        self.task = load_task(config.data, self.media)
         tokenizer = self.task.tokenizer
+        check_placeholder_ids(config.model, tokenizer)
         model_config = config.model.with_vocab(tokenizer.vocab_size)
         model = Qwen3(model_config, rngs=nnx.Rngs(config.run.seed))
         # On-policy distillation: the teacher is trained in `_train_teacher` before RL (fresh runs) or restored.
@@ -44,11 +47,15 @@ class Trainer:
         # Validation and training rollouts go through the same engine; weights are published after each change.
         self.rollout = build_backend(engine, self.learner.params, config.rollout)
         self.reward_fn = resolve_reward_fn(config.reward.fn)
-        self.prompts = PromptStream(self.task.train, tokenizer, config.data.prompts_per_step, config.data.max_prompt_len, config.data.seed)
+        self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed)
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
         self.tracker = Tracker(self.output_dir, config.run.steps, config.run.hooks, config.run.progress)
         self._base_key = jax.random.key(config.run.seed)
         self.skipped_steps = 0
+
+    def _stream(self, records: list[PromptRecord], batch_size: int, seed: int) -> PromptStream:
+        data = self.config.data
+        return PromptStream(records, self.task.tokenizer, batch_size, data.max_prompt_len, seed, self.media, data.media_workers)
 
     # -- start -------------------------------------------------------------------------------
     def resume_or_warm_start(self) -> int:
@@ -69,7 +76,7 @@ class Trainer:
         if warmup.sft_steps == 0:
             return {}
         began = time.perf_counter()
-        stream = PromptStream(self.task.demonstrations, self.task.tokenizer, warmup.batch_size, self.config.data.max_prompt_len, self.config.data.seed + 1)
+        stream = self._stream(self.task.demonstrations, warmup.batch_size, self.config.data.seed + 1)
         params, losses = supervised_warmup(
             self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
             self.config.learner.logprob_impl)
@@ -82,7 +89,7 @@ class Trainer:
         if self.learner.teacher_params is None:
             return {}
         warmup, began = self.config.distill.teacher_warmup, time.perf_counter()
-        stream = PromptStream(self.task.train, self.task.tokenizer, warmup.batch_size, self.config.data.max_prompt_len, self.config.data.seed + 2)
+        stream = self._stream(self.task.train, warmup.batch_size, self.config.data.seed + 2)
         params, losses = supervised_warmup(
             self.learner.teacher_graphdef, self.learner.teacher_params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens)
         self.learner.set_teacher_params(params)
@@ -164,6 +171,7 @@ class Trainer:
             rewards=rewards,
             group_ids=rollout.group_ids,
             behaviour_log_probs=generation.log_probs,
+            media=rollout.media,
         )
 
     def _save_rollouts(self, step: int, rollout: GroupRollout, responses: list[str], rewards: np.ndarray) -> None:
@@ -175,7 +183,8 @@ class Trainer:
 
     # -- validation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.rollout, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len, self.config.rollout.max_new_tokens)
+        return evaluate(self.rollout, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len, self.config.rollout.max_new_tokens,
+                        self.media)
 
     def save(self, step: int) -> None:
         meta = {"step": step, "seed": self.config.run.seed, "data_state": self.prompts.get_state()}
@@ -193,6 +202,7 @@ class Trainer:
         self.prompts.set_state(meta["data_state"])
 
     def close(self) -> Path:
+        self.prompts.close()
         self.checkpointer.wait()
         self.checkpointer.close()
         return self.tracker.close()

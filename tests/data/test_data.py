@@ -106,7 +106,7 @@ def test_jsonl_task_builds_tokenizer_and_drops_long_prompts(tmp_path, caplog):
     write_jsonl(val, [{"prompt": "ba", "answer": "cc"}])
     task = load_task(DataConfig(source="jsonl", train_path=str(train), val_path=str(val), max_prompt_len=8))
     assert [r.prompt for r in task.train] == ["ab"] and task.tokenizer.alphabet == "abc"
-    assert task.counts == {"data/skipped_bad_rows": 1, "data/skipped_long_prompts": 1}
+    assert task.counts == {"data/skipped_bad_rows": 1, "data/skipped_media": 0, "data/skipped_long_prompts": 1}
     assert "longer than data.max_prompt_len=8" in caplog.text
 
 
