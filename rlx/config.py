@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin,
 import yaml
 
 from rlx.algorithms.config import AlgorithmConfig
+from rlx.bus.config import BusConfig
 from rlx.checks import require_positive
 from rlx.data.config import DataConfig
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig, WarmupConfig
@@ -61,9 +62,11 @@ class Config:
     critic: CriticConfig = CriticConfig()
     distill: DistillConfig = DistillConfig()
     parallel: ParallelConfig = ParallelConfig()
+    bus: BusConfig = BusConfig()
 
     def __post_init__(self) -> None:
         _check_algorithm_sections(self)
+        _check_bus(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(
@@ -71,6 +74,17 @@ class Config:
                 f"model.max_seq_len = {self.model.max_seq_len}; raise model.max_seq_len "
                 "or shorten prompts/responses"
             )
+
+
+def _check_bus(config: Config) -> None:
+    bus = config.bus
+    if bus.capacity is not None and bus.capacity < config.data.prompts_per_step:
+        raise ValueError(
+            f"bus.capacity={bus.capacity} prompt groups cannot hold one step's data.prompts_per_step={config.data.prompts_per_step}; "
+            "raise it or set it to null"
+        )
+    if bus.interrupt != "off" and config.rollout.backend != "engine":
+        raise ValueError(f"bus.interrupt={bus.interrupt!r} swaps weights inside rlx's driver; it needs rollout.backend=engine")
 
 
 def _check_algorithm_sections(config: Config) -> None:
