@@ -106,6 +106,11 @@ def _check_algorithm_sections(config: Config) -> None:
             f"algorithm.overlong_buffer={algo.overlong_buffer} must be smaller than rollout.max_new_tokens="
             f"{config.rollout.max_new_tokens} (the penalty ramps over the last overlong_buffer tokens)"
         )
+    if config.learner.proximal == "approximate" and (algo.correction != "none" or config.distill.coef > 0 or (algo.kl_coef > 0 and algo.kl_penalty == "reward")):
+        raise ValueError(
+            "learner.proximal=approximate has no proximal log-probs before the loss, but algorithm.correction, distill.coef or "
+            "a reward KL penalty needs them; use learner.proximal=recompute, or correction: none, distill.coef: 0, kl_penalty: loss"
+        )
     teacher_len = config.data.max_prompt_len + config.rollout.max_new_tokens
     if config.distill.coef > 0 and teacher_len > config.distill.teacher.max_seq_len:
         raise ValueError(f"distill.teacher.max_seq_len = {config.distill.teacher.max_seq_len} is below prompt + response = {teacher_len}")

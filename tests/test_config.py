@@ -123,3 +123,15 @@ def test_base_cycles_and_missing_bases_are_reported(tmp_path):
     (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["bus.max_staleness=-1"], "max_staleness must be >= 0"),
+    (["bus.capacity=3", "data.prompts_per_step=4"], "bus.capacity=3 prompt groups cannot hold"),
+    (["bus.interrupt=keep_cache", "rollout.backend=jetstream"], "needs rollout.backend=engine"),
+    (["bus.interrupt=sometimes"], "'sometimes' is not one of"),
+    (["learner.proximal=approximate", "algorithm.correction=tis"], "learner.proximal=approximate has no proximal"),
+])
+def test_async_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -154,7 +154,7 @@ class Trainer:
         """The learner role's work for step `step`: one update on `batch`, then publish version `step`."""
         began = time.perf_counter()
         rollout, rewards = batch.rollout, batch.rewards
-        metrics = self.learner.update(self._train_batch(rollout, rewards))
+        metrics = self.learner.update(self._train_batch(step, rollout, rewards))
         if self.config.algorithm.ref_update_every and step % self.config.algorithm.ref_update_every == 0:
             self.learner.refresh_reference()
         updated = time.perf_counter()
@@ -200,8 +200,10 @@ class Trainer:
         )
 
     @staticmethod
-    def _train_batch(rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
+    def _train_batch(step: int, rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
         generation = rollout.generation
+        # Step `step` trains weights of version `step - 1`; padding (version -1) gets 0.
+        staleness = np.where(rollout.policy_version >= 0, step - 1 - rollout.policy_version, 0).astype(np.float32)
         return TrainBatch(
             tokens=np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1),
             start=rollout.start,
@@ -209,6 +211,7 @@ class Trainer:
             rewards=rewards,
             group_ids=rollout.group_ids,
             behaviour_log_probs=generation.log_probs,
+            staleness=staleness,
         )
 
     def _save_rollouts(self, step: int, rollout: GroupRollout, responses: list[str], rewards: np.ndarray) -> None:
