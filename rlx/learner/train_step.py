@@ -92,7 +92,10 @@ class Learner:
         self.proximal = learner.proximal
         log.info("learner log-probs: fused kernel %r (learner.logprob_impl=%r)", resolve_fused_logprob_impl(learner.logprob_impl), learner.logprob_impl)
         self.tx = make_optimizer(optimizer)
-        self.opt_state = self.tx.init(self.params)
+        # Jitted, so the optimizer state lands where the weights are (a placed learner slice
+        # included) and the first update does not recompile for an uncommitted step counter.
+        self._init_opt_state = jax.jit(self.tx.init)
+        self.opt_state = self._init_opt_state(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if algorithm.kl_coef > 0 else None
         self.critic = Critic(model.config, critic, optimizer.grad_clip, seed=1) if critic.enabled else None
         if self.critic is not None:
@@ -147,7 +150,7 @@ class Learner:
     def reset_weights(self, params: nnx.State) -> None:
         """Starts RL from `params` (e.g. after warm-up): fresh optimizer, reference and critic trunk = these weights."""
         self.params = params
-        self.opt_state = self.tx.init(params)
+        self.opt_state = self._init_opt_state(params)
         if self.ref_params is not None:
             self.ref_params = jax.tree.map(jnp.copy, params)
         if self.critic is not None:

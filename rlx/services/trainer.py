@@ -66,6 +66,7 @@ class Trainer:
         self.tracker = Tracker(self.output_dir, config.run.steps, config.run.hooks, config.run.progress)
         self._base_key = jax.random.key(config.run.seed)
         self._resume_metrics: dict[str, float] = {}
+        self._last_step_end: float | None = None
 
     # -- start -------------------------------------------------------------------------------
     def resume_or_warm_start(self) -> int:
@@ -74,11 +75,13 @@ class Trainer:
         if latest is not None:
             self._restore(latest)
             log.info("resumed from %s at step %d", self.output_dir / "checkpoints", latest)
+            self._last_step_end = time.perf_counter()
             return latest
         (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
         metrics = {**self._warm_up(), **self._train_teacher(), **self.evaluate(), **self.task.counts}
         self.tracker.log(0, metrics)
         self.save(0)
+        self._last_step_end = time.perf_counter()
         return 0
 
     def _warm_up(self) -> dict[str, float]:
@@ -160,6 +163,9 @@ class Trainer:
         updated = time.perf_counter()
         self.publish(version=step)
         published = time.perf_counter()
+        # Wall time of the step as the run sees it: since the previous step ended (rollouts and waits included).
+        wall = published - (self._last_step_end or began)
+        self._last_step_end = published
         self._save_rollouts(step, rollout, batch.responses, rewards)
         tokens = float(rollout.generation.mask.sum())
         metrics.update(self._resume_metrics)
@@ -171,8 +177,8 @@ class Trainer:
             "response_length/clip_ratio": float(np.mean((rollout.generation.mask[:, -1] > 0) & (rollout.generation.tokens[:, -1] != self.task.tokenizer.eos_id))),
             "timing_s/update": updated - began,
             "timing_s/weight_sync": published - updated,
-            "timing_s/step": published - began,
-            "perf/tokens_per_s": tokens / (published - began),
+            "timing_s/step": wall,
+            "perf/tokens_per_s": tokens / wall,
         })
         return metrics
 
