@@ -123,3 +123,4 @@ def test_disaggregated_publish_reaches_the_generator_slice_without_recompiling(t
     finally:
         jax.monitoring.clear_event_listeners()
         trainer.close()
+
