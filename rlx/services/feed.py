@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rlx.bus import StalenessGate, TransferQueue, stale_rows, staleness_metrics, token_staleness
+from rlx.bus import BusClosed, StalenessGate, TransferQueue, stale_rows, staleness_metrics, token_staleness
 from rlx.services.generator import GeneratorRole
 from rlx.services.trainer import Trainer
 from rlx.services.transfer import TRAIN_FIELDS, ScoredBatch, from_groups
@@ -40,9 +40,9 @@ class RolloutFeed:
         began = time.perf_counter()
         try:
             groups, meta = self.bus.take_batch(step, TRAIN_FIELDS, consumer="learner", timeout=self.take_timeout_s)
-        except Exception:
+        except BusClosed:
             if self.generator.error is not None:
-                raise self.generator.error
+                raise self.generator.error from None  # the generator closed the bus when it failed
             raise
         waited = time.perf_counter() - began
         fresh = [g for g in groups if not stale_rows(g.fields["versions"], step, self.max_staleness).any()]
