@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin,
 import yaml
 
 from rlx.algorithms.config import AlgorithmConfig
+from rlx.bus.config import BusConfig
 from rlx.checks import require_positive
 from rlx.data.config import DataConfig
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig, WarmupConfig
@@ -61,10 +62,12 @@ class Config:
     critic: CriticConfig = CriticConfig()
     distill: DistillConfig = DistillConfig()
     parallel: ParallelConfig = ParallelConfig()
+    bus: BusConfig = BusConfig()
 
     def __post_init__(self) -> None:
         _check_algorithm_sections(self)
         _check_modalities(self)
+        _check_bus(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(
@@ -82,6 +85,17 @@ def _check_modalities(config: Config) -> None:
         raise ValueError(f"rollout.backend={config.rollout.backend!r} sends token ids only; modality encoders need rollout.backend: engine")
     if config.distill.coef > 0 or config.critic.enabled:
         raise ValueError("modality encoders do not work with distill.coef > 0 or critic.enabled yet (teacher and critic see no media)")
+
+
+def _check_bus(config: Config) -> None:
+    bus = config.bus
+    if bus.capacity is not None and bus.capacity < config.data.prompts_per_step:
+        raise ValueError(
+            f"bus.capacity={bus.capacity} prompt groups cannot hold one step's data.prompts_per_step={config.data.prompts_per_step}; "
+            "raise it or set it to null"
+        )
+    if bus.interrupt != "off" and config.rollout.backend != "engine":
+        raise ValueError(f"bus.interrupt={bus.interrupt!r} swaps weights inside rlx's driver; it needs rollout.backend=engine")
 
 
 def _check_algorithm_sections(config: Config) -> None:
@@ -102,6 +116,11 @@ def _check_algorithm_sections(config: Config) -> None:
         raise ValueError(
             f"algorithm.overlong_buffer={algo.overlong_buffer} must be smaller than rollout.max_new_tokens="
             f"{config.rollout.max_new_tokens} (the penalty ramps over the last overlong_buffer tokens)"
+        )
+    if config.learner.proximal == "approximate" and (algo.correction != "none" or config.distill.coef > 0 or (algo.kl_coef > 0 and algo.kl_penalty == "reward")):
+        raise ValueError(
+            "learner.proximal=approximate has no proximal log-probs before the loss, but algorithm.correction, distill.coef or "
+            "a reward KL penalty needs them; use learner.proximal=recompute, or correction: none, distill.coef: 0, kl_penalty: loss"
         )
     teacher_len = config.data.max_prompt_len + config.rollout.max_new_tokens
     if config.distill.coef > 0 and teacher_len > config.distill.teacher.max_seq_len:

@@ -28,9 +28,17 @@ def main(argv: list[str] | None = None) -> int:
         simulate_cpu_devices(config.parallel.num_devices)  # before anything starts a JAX backend
         print(dry_run(config).render())
         return 0
+    import jax
+
     from rlx.parallel import initialize_distributed
     from rlx.services import train  # after config checks, so a typo fails before JAX starts
 
+    if config.parallel.num_devices > 1:
+        # On a CPU host the placement's devices are simulated (e.g. configs/demo_async.yaml); accelerators ignore this.
+        try:
+            jax.config.update("jax_num_cpu_devices", config.parallel.num_devices)
+        except RuntimeError:
+            pass  # a backend already started (e.g. under pytest); role_meshes checks the device count
     initialize_distributed(config.parallel.distributed)
 
     curve = train(config)

@@ -130,3 +130,15 @@ def test_modality_encoders_refuse_paths_that_would_drop_media():
         load_config(None, ["model.vision.enabled=true", "rollout.backend=jetstream"])
     with pytest.raises(ValueError, match="teacher and critic see no media"):
         load_config(None, ["model.audio.enabled=true", "algorithm.adv_estimator=gae", "critic.enabled=true"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["bus.max_staleness=-1"], "max_staleness must be >= 0"),
+    (["bus.capacity=3", "data.prompts_per_step=4"], "bus.capacity=3 prompt groups cannot hold"),
+    (["bus.interrupt=keep_cache", "rollout.backend=jetstream"], "needs rollout.backend=engine"),
+    (["bus.interrupt=sometimes"], "'sometimes' is not one of"),
+    (["learner.proximal=approximate", "algorithm.correction=tis"], "learner.proximal=approximate has no proximal"),
+])
+def test_async_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

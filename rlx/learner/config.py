@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from rlx.models.config import ModelConfig
 
@@ -12,9 +13,15 @@ class LearnerConfig:
     """How the learner computes. `logprob_impl` picks the fused log-prob/entropy kernel
     (`pallas_kernels.token_logprobs_and_entropy`): `auto` is the Pallas kernels on TPU
     (`pallas`) and GPU (`pallas_gpu`) and the chunked XLA scan on CPU; `reference`
-    materializes full logits (for debugging)."""
+    materializes full logits (for debugging).
+
+    `proximal`: how the pre-update (proximal) log-probs are obtained. `recompute`: a forward pass
+    with the weights before the update. `approximate`: no extra pass; interpolated per token from
+    the behaviour and current log-probs by policy version (`rlx/algorithms/proximal.py`, AReaL).
+    """
 
     logprob_impl: str = "auto"
+    proximal: Literal["recompute", "approximate"] = "recompute"
 
     def __post_init__(self) -> None:
         from pallas_kernels import FUSED_LOGPROB_IMPLS

@@ -17,7 +17,7 @@ from flax import nnx
 
 from rlx.algorithms import (
     ADVANTAGE_ESTIMATORS, CORRECTIONS, KL_ESTIMATORS, POLICY_LOSSES, AdvantageInputs, AlgorithmConfig, CorrectionInputs,
-    PolicyLossInputs, aggregate, masked_mean,
+    PolicyLossInputs, aggregate, interpolated_proximal_log_probs, masked_mean,
 )
 from pallas_kernels import resolve_fused_logprob_impl
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig
@@ -45,6 +45,7 @@ class TrainBatch:
     group_ids: jax.Array  # [B] int32 in [0, B)
     behaviour_log_probs: jax.Array  # [B, R] from the sampler
     media: dict[str, jax.Array] | None = None  # encoder inputs per row (rlx.models.multimodal.Media); None for text
+    staleness: jax.Array | None = None  # [B, R] versions the learner is ahead of each token's sampler (proximal: approximate)
 
     @property
     def prompt_len(self) -> int:
@@ -89,9 +90,13 @@ class Learner:
         # Behaviour log-probs are taken at the sampling temperature; greedy scores at T = 1.
         self.temperature = temperature if temperature > 0 else 1.0
         self.logprob_impl = learner.logprob_impl
+        self.proximal = learner.proximal
         log.info("learner log-probs: fused kernel %r (learner.logprob_impl=%r)", resolve_fused_logprob_impl(learner.logprob_impl), learner.logprob_impl)
         self.tx = freeze_encoders(make_optimizer(optimizer), model.config)
-        self.opt_state = self.tx.init(self.params)
+        # Jitted, so the optimizer state lands where the weights are (a placed learner slice
+        # included) and the first update does not recompile for an uncommitted step counter.
+        self._init_opt_state = jax.jit(self.tx.init)
+        self.opt_state = self._init_opt_state(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if algorithm.kl_coef > 0 else None
         self.critic = Critic(model.config, critic, optimizer.grad_clip, seed=1) if critic.enabled else None
         if self.critic is not None:
@@ -106,7 +111,12 @@ class Learner:
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """One RL update on `batch`; returns host-side metrics."""
         prompt_len = batch.prompt_len
-        old_log_probs, _ = self._log_probs(self.params, batch, prompt_len)
+        if self.proximal == "approximate":
+            if batch.staleness is None:
+                raise ValueError("learner.proximal=approximate needs TrainBatch.staleness (per-token policy-version lag)")
+            old_log_probs = jnp.asarray(batch.behaviour_log_probs)  # stands in until the loss interpolates
+        else:
+            old_log_probs, _ = self._log_probs(self.params, batch, prompt_len)
         ref_log_probs = self._log_probs(self.ref_params, batch, prompt_len)[0] if self.ref_params is not None else None
         teacher_log_probs = self._teacher_log_probs(self.teacher_params, batch, prompt_len)[0] if self.teacher_params is not None else None
         values = self.critic.values(batch.tokens, batch.start, prompt_len) if self.critic is not None else jnp.zeros_like(old_log_probs)
@@ -115,9 +125,11 @@ class Learner:
         if rows % self.algorithm.minibatches:
             raise ValueError(f"{rows} rollouts do not split into algorithm.minibatches={self.algorithm.minibatches}")
         step_metrics = []
+        substeps = self.algorithm.epochs * self.algorithm.minibatches
         for _ in range(self.algorithm.epochs):
             for index in np.split(np.arange(rows), self.algorithm.minibatches):
-                self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, batch.rows(index), targets.rows(index))
+                progress = np.float32(len(step_metrics) / substeps)  # of this update, in policy versions
+                self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, batch.rows(index), targets.rows(index), progress)
                 if self.critic is not None:
                     metrics.update(self.critic.update(
                         batch.tokens[index], batch.start[index], batch.mask[index], values[index], returns[index], prompt_len))
@@ -139,7 +151,7 @@ class Learner:
     def reset_weights(self, params: nnx.State) -> None:
         """Starts RL from `params` (e.g. after warm-up): fresh optimizer, reference and critic trunk = these weights."""
         self.params = params
-        self.opt_state = self.tx.init(params)
+        self.opt_state = self._init_opt_state(params)
         if self.ref_params is not None:
             self.ref_params = jax.tree.map(jnp.copy, params)
         if self.critic is not None:
@@ -201,18 +213,22 @@ class Learner:
         correction = CorrectionInputs(old_log_probs, batch.behaviour_log_probs, mask)
         weights, kept, correction_metrics = CORRECTIONS.get(algo.correction)(correction, algo)
         metrics.update(correction_metrics)
-        mismatch = jnp.abs(jnp.exp(batch.behaviour_log_probs) - jnp.exp(old_log_probs)) * mask
-        metrics["training/rollout_probs_diff_mean"] = jnp.sum(mismatch) / jnp.maximum(jnp.sum(mask), 1)
-        metrics["training/rollout_probs_diff_max"] = jnp.max(mismatch)
+        if self.proximal == "recompute":  # with `approximate` there are no learner log-probs to compare yet
+            mismatch = jnp.abs(jnp.exp(batch.behaviour_log_probs) - jnp.exp(old_log_probs)) * mask
+            metrics["training/rollout_probs_diff_mean"] = jnp.sum(mismatch) / jnp.maximum(jnp.sum(mask), 1)
+            metrics["training/rollout_probs_diff_max"] = jnp.max(mismatch)
         metrics["critic/advantages/mean"] = masked_mean(advantages, mask)
         use_ref_loss = ref_log_probs is not None and algo.kl_penalty == "loss"
         ref_for_loss = ref_log_probs if use_ref_loss else jnp.zeros_like(old_log_probs)
         return StepTargets(old_log_probs, ref_for_loss, advantages, weights, kept), returns, metrics
 
-    def _loss(self, params, batch: TrainBatch, targets: StepTargets):
+    def _loss(self, params, batch: TrainBatch, targets: StepTargets, progress):
         algo = self.algorithm
         log_probs, entropy = self._score(self.graphdef, params, batch, batch.prompt_len)
-        inputs = PolicyLossInputs(log_probs, targets.old_log_probs, targets.advantages, targets.mask, batch.behaviour_log_probs)
+        proximal = targets.old_log_probs
+        if self.proximal == "approximate":
+            proximal = interpolated_proximal_log_probs(batch.behaviour_log_probs, log_probs, batch.staleness, progress)
+        inputs = PolicyLossInputs(log_probs, proximal, targets.advantages, targets.mask, batch.behaviour_log_probs)
         token_loss, metrics = POLICY_LOSSES.get(algo.policy_loss)(inputs, algo)
         pg_loss = aggregate(token_loss * targets.weights, targets.mask, algo.loss_agg_mode)
         entropy_mean = masked_mean(entropy, batch.mask)
@@ -225,8 +241,8 @@ class Learner:
         metrics["actor/loss"] = loss
         return loss, metrics
 
-    def _step_impl(self, params, opt_state, batch, targets: StepTargets):
-        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch, targets)
+    def _step_impl(self, params, opt_state, batch, targets: StepTargets, progress):
+        (loss, metrics), grads = jax.value_and_grad(self._loss, has_aux=True)(params, batch, targets, progress)
         grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)

@@ -48,9 +48,11 @@ def reshard(tree: Any, shardings: Any) -> Any:
     """Copies `tree` onto `shardings` (e.g. learner slice -> generator slice) within one process.
 
     `shardings` may be a prefix of `tree`; a structure mismatch raises before anything
-    moves. The copy is an explicit `jax.device_put`, so `jax_transfer_guard` allows it.
+    moves. The copy is an explicit `jax.device_put`, so `jax_transfer_guard` allows it. It is
+    always a copy, even onto the same sharding: the learner donates its weights to its next
+    update while the generator may still sample with the published ones.
     """
-    return jax.device_put(tree, expand_shardings(shardings, tree))
+    return jax.device_put(tree, expand_shardings(shardings, tree), may_alias=False)
 
 
 def from_host(tree: Any, shardings: Any) -> Any:

@@ -37,7 +37,7 @@ ROLLOUT_BACKENDS: dict[str, Callable[[Engine, nnx.State, RolloutConfig], Rollout
 
 
 def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelConfig, config: RolloutConfig,
-                 prompt_len: int, *, eos_id: int, pad_id: int, tokenizer: Any = None) -> Engine:
+                 prompt_len: int, *, eos_id: int, pad_id: int, tokenizer: Any = None, mesh: jax.sharding.Mesh | None = None) -> Engine:
     """The engine a run's rollout config describes; `prompt_len` is the default prefill limit."""
     return Engine(
         graphdef, params, model_config,
@@ -49,6 +49,7 @@ def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelC
         # JetStream checks a request's max tokens once per generate call: one token per call there.
         steps_per_generate=1 if config.backend == "jetstream" else config.steps_per_generate,
         tokenizer=tokenizer,
+        mesh=mesh,
     )
 
 

@@ -6,13 +6,18 @@ emits a stop token or reaches its `max_tokens` frees its slot at once, the next 
 sample takes it, and the finished sample streams out (`RolloutDriver.stream`), so
 downstream work never waits for the longest sequence of a batch. Each token is stamped
 with the policy version of the weights that produced it.
+
+With a `weight_source` set (a callable returning newly published `(params, version)` or None),
+the stream polls it between generate calls and swaps weights there (interruptible rollouts):
+in-flight sequences continue under the new weights, their KV cache (computed by the older
+weights) kept, and their later tokens carry the new version.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import jax
 import numpy as np
@@ -87,6 +92,8 @@ class RolloutDriver:
         self.version = version
         self.long_prompt = long_prompt
         self.truncated_prompts = 0
+        self.weight_source: Callable[[], tuple[nnx.State, int] | None] | None = None
+        self.mid_batch_swaps = 0
 
     def update_weights(self, params: nnx.State, version: int) -> None:
         """Swaps in new weights (same structure, shapes, dtypes: nothing recompiles) and their version."""
@@ -113,6 +120,10 @@ class RolloutDriver:
                 state, waiting = self._admit(state, pending, waiting, free, owner, buffers, since=step)
             dispatched = None
             if any(entry is not None for entry in owner):
+                published = self.weight_source() if self.weight_source is not None else None
+                if published is not None:
+                    self.update_weights(*published)
+                    self.mid_batch_swaps += 1
                 state, result = engine.generate(self.params, state)
                 result.copy_to_host_async()
                 dispatched, step = (result.convert_to_numpy, step, self.version), step + 1

@@ -1,10 +1,12 @@
-"""The synchronous RL loop: rollout -> reward -> learn -> (validate) -> (save)."""
+"""The RL loop: a generator role fills the bus up to `bus.max_staleness` steps ahead; the learner
+takes each step's batch -> learns -> publishes weights -> (validates) -> (saves)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from rlx.config import Config
+from rlx.services.feed import RolloutFeed
 from rlx.services.trainer import Trainer
 
 
@@ -14,14 +16,17 @@ def train(config: Config) -> Path:
     run = config.run
     try:
         step = trainer.resume_or_warm_start()
-        while step < run.steps:
-            step += 1
-            metrics = trainer.rl_step(step)
-            if step % run.eval_every == 0 or step == run.steps:
-                metrics.update(trainer.evaluate())
-            trainer.tracker.log(step, metrics)
-            if step % run.checkpoint_every == 0 or step == run.steps:
-                trainer.save(step)
+        with RolloutFeed(trainer, first=step + 1, last=run.steps) as feed:
+            while step < run.steps:
+                step += 1
+                batch, metrics = feed.take(step)
+                metrics.update(trainer.learn(step, batch))
+                feed.advance(step)
+                if step % run.eval_every == 0 or step == run.steps:
+                    metrics.update(trainer.evaluate())
+                trainer.tracker.log(step, metrics)
+                if step % run.checkpoint_every == 0 or step == run.steps:
+                    trainer.save(step, **feed.checkpoint_state())
     finally:
         curve = trainer.close()
     return curve

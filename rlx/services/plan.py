@@ -180,14 +180,16 @@ def _learner_step(config: Config, learner: Learner, mesh: Mesh) -> StepMemory:
     batch = TrainBatch(**_fields(TrainBatch, {
         "tokens": ((rows, prompt + response), jnp.int32), "start": ((rows,), jnp.int32), "mask": ((rows, response), jnp.float32),
         "rewards": ((rows,), jnp.float32), "group_ids": ((rows,), jnp.int32), "behaviour_log_probs": ((rows, response), jnp.float32),
+        "staleness": ((rows, response), jnp.float32),
     }))
     targets = StepTargets(**_fields(StepTargets, {}, default=((rows, response), jnp.float32)))
     param_sh = tree_shardings(learner.params, mesh, rules)
     opt_sh = tree_shardings(learner.opt_state, mesh, rules)
     rows_sh = lambda tree: jax.tree.map(lambda x: batch_sharding(mesh, rules, x.shape), tree)
-    step = jax.jit(learner._step_impl, in_shardings=(param_sh, opt_sh, rows_sh(batch), rows_sh(targets)),
+    progress = jax.ShapeDtypeStruct((), jnp.float32)
+    step = jax.jit(learner._step_impl, in_shardings=(param_sh, opt_sh, rows_sh(batch), rows_sh(targets), None),
                    out_shardings=(param_sh, opt_sh, None), donate_argnums=(0, 1))
-    return _compile(step, learner.params, learner.opt_state, batch, targets)
+    return _compile(step, learner.params, learner.opt_state, batch, targets, progress)
 
 
 def _generator_steps(config: Config, model_config: ModelConfig, graphdef: nnx.GraphDef, params: nnx.State,

@@ -1,4 +1,9 @@
-"""Everything one synchronous RL run holds, and the phases the loop calls."""
+"""Everything one RL run holds, and the phases the loop calls.
+
+The generator role calls `produce` (rollout, reward, the algorithm's batch shaping); the
+learner role calls `learn` (update, then publish the new weights onto the generator's slice).
+`rl_step` runs both in turn: the synchronous step without the bus.
+"""
 
 from __future__ import annotations
 
@@ -17,12 +22,15 @@ from rlx.config import Config, to_dict
 from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import Qwen3
+from rlx.parallel import reshard, role_meshes, rules_for, tree_shardings
 from rlx.rewards import Scores, resolve_reward_fn, score_responses
 from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate
 from rlx.services.media import check_placeholder_ids, media_spec
+from rlx.services.generator import WeightMailbox
 from rlx.services.tracking import Tracker
+from rlx.services.transfer import ScoredBatch
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +50,26 @@ class Trainer:
         teacher = Qwen3(config.distill.teacher.with_vocab(tokenizer.vocab_size), rngs=nnx.Rngs(config.run.seed + 1)) if config.distill.coef > 0 else None
         self.learner = Learner(model, config.algorithm, config.optimizer, config.rollout.temperature,
                                config.critic, config.distill, teacher, config.learner)
-        engine = build_engine(self.learner.graphdef, self.learner.params, model_config, config.rollout, config.data.max_prompt_len,
-                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer)
-        # Validation and training rollouts go through the same engine; weights are published after each change.
-        self.rollout = build_backend(engine, self.learner.params, config.rollout)
+        # Placement: the learner's weights live on its slice, the generator's copy on its own
+        # (the same devices when colocated); every publish is a versioned reshard between them.
+        learner_mesh, generator_mesh = role_meshes(config.parallel)
+        self.learner.reset_weights(reshard(self.learner.params, tree_shardings(self.learner.params, learner_mesh, rules_for(config.parallel.learner_rules))))
+        self._generator_shardings = tree_shardings(self.learner.params, generator_mesh, rules_for(config.parallel.generator_rules))
+        published = reshard(self.learner.params, self._generator_shardings)
+        engine = build_engine(self.learner.graphdef, published, model_config, config.rollout, config.data.max_prompt_len,
+                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh)
+        # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
+        self.rollout = build_backend(engine, published, config.rollout)
+        self.validator = build_backend(engine, published, config.rollout)
+        self.mailbox = WeightMailbox()
+        self.published_version = 0
         self.reward_fn = resolve_reward_fn(config.reward.fn)
         self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed)
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
         self.tracker = Tracker(self.output_dir, config.run.steps, config.run.hooks, config.run.progress)
         self._base_key = jax.random.key(config.run.seed)
-        self.skipped_steps = 0
+        self._resume_metrics: dict[str, float] = {}
+        self._last_step_end: float | None = None
 
     def _stream(self, records: list[PromptRecord], batch_size: int, seed: int) -> PromptStream:
         data = self.config.data
@@ -64,11 +82,13 @@ class Trainer:
         if latest is not None:
             self._restore(latest)
             log.info("resumed from %s at step %d", self.output_dir / "checkpoints", latest)
+            self._last_step_end = time.perf_counter()
             return latest
         (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
         metrics = {**self._warm_up(), **self._train_teacher(), **self.evaluate(), **self.task.counts}
         self.tracker.log(0, metrics)
         self.save(0)
+        self._last_step_end = time.perf_counter()
         return 0
 
     def _warm_up(self) -> dict[str, float]:
@@ -81,7 +101,7 @@ class Trainer:
             self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
             self.config.learner.logprob_impl)
         self.learner.reset_weights(params)
-        self.rollout.update_weights(self.learner.params, version=0)
+        self.publish(version=0)
         return {"warmup/sft_loss_first": losses[0], "warmup/sft_loss_last": losses[-1], "timing_s/warmup": time.perf_counter() - began}
 
     def _train_teacher(self) -> dict[str, float]:
@@ -116,35 +136,66 @@ class Trainer:
 
     # -- one RL step ---------------------------------------------------------------------------
     def rl_step(self, step: int) -> dict[str, float]:
+        """The synchronous step: rollouts with the current weights, then the update."""
+        batch, meta = self.produce(step)
+        return {**meta["metrics"], **self.learn(step, batch)}
+
+    def produce(self, step: int) -> tuple[ScoredBatch, dict]:
+        """The generator role's work for step `step`: rollouts, rewards, the algorithm's batch shaping.
+
+        Returns the batch and its metadata: `metrics` and `data_state` (the prompt stream's
+        position after this step's draws, which a checkpoint taken after step `step` resumes from).
+        """
         began = time.perf_counter()
+        published = self.mailbox.take()  # a safe point: no sequence in flight
+        if published is not None:
+            self.rollout.update_weights(*published)
         rollout = self._generate(step)
         generated = time.perf_counter()
         responses, scores = self._score(rollout)
-        rollout, responses, task_scores, rewards, algorithm_metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
+        rollout, responses, task_scores, rewards, metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
         scored = time.perf_counter()
-        metrics = self.learner.update(self._train_batch(rollout, rewards))
+        metrics.update(rollout.metrics)
+        metrics.update({"reward/errors": float(scores.errors), "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
+                        "perf/gen_tokens_per_s": float(rollout.generation.mask.sum()) / (generated - began)})
+        return ScoredBatch(rollout, responses, task_scores, rewards), {"metrics": metrics, "data_state": self.prompts.get_state()}
+
+    def learn(self, step: int, batch: ScoredBatch) -> dict[str, float]:
+        """The learner role's work for step `step`: one update on `batch`, then publish version `step`."""
+        began = time.perf_counter()
+        rollout, rewards = batch.rollout, batch.rewards
+        metrics = self.learner.update(self._train_batch(step, rollout, rewards))
         if self.config.algorithm.ref_update_every and step % self.config.algorithm.ref_update_every == 0:
             self.learner.refresh_reference()
-        self.rollout.update_weights(self.learner.params, version=step)
         updated = time.perf_counter()
-        self._save_rollouts(step, rollout, responses, rewards)
+        self.publish(version=step)
+        published = time.perf_counter()
+        # Wall time of the step as the run sees it: since the previous step ended (rollouts and waits included).
+        wall = published - (self._last_step_end or began)
+        self._last_step_end = published
+        self._save_rollouts(step, rollout, batch.responses, rewards)
         tokens = float(rollout.generation.mask.sum())
-        metrics.update(rollout.metrics)
-        metrics.update(algorithm_metrics)
+        metrics.update(self._resume_metrics)
+        self._resume_metrics = {}
         metrics.update({
             "reward/mean": float(rewards.mean()),
-            "reward/errors": float(scores.errors),
-            "critic/score/mean": float(task_scores.mean()),
+            "critic/score/mean": float(batch.task_scores.mean()),
             "response_length/mean": float(rollout.generation.lengths.mean()),
             "response_length/clip_ratio": float(np.mean((rollout.generation.mask[:, -1] > 0) & (rollout.generation.tokens[:, -1] != self.task.tokenizer.eos_id))),
-            "timing_s/gen": generated - began,
-            "timing_s/reward": scored - generated,
-            "timing_s/update": updated - scored,
-            "timing_s/step": updated - began,
-            "perf/tokens_per_s": tokens / (updated - began),
-            "perf/gen_tokens_per_s": tokens / (generated - began),
+            "timing_s/update": updated - began,
+            "timing_s/weight_sync": published - updated,
+            "timing_s/step": wall,
+            "perf/tokens_per_s": tokens / wall,
         })
         return metrics
+
+    def publish(self, version: int) -> None:
+        """Copies the learner's weights onto the generator's shardings: validation uses them at once,
+        the generator role at its next safe point (`mailbox`)."""
+        weights = jax.block_until_ready(reshard(self.learner.params, self._generator_shardings))
+        self.validator.update_weights(weights, version)
+        self.mailbox.post(weights, version)
+        self.published_version = version
 
     def _score(self, rollout: GroupRollout) -> tuple[list[str], Scores]:
         """Decoded responses and their verifier scores."""
@@ -162,8 +213,10 @@ class Trainer:
         )
 
     @staticmethod
-    def _train_batch(rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
+    def _train_batch(step: int, rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
         generation = rollout.generation
+        # Step `step` trains weights of version `step - 1`; padding (version -1) gets 0.
+        staleness = np.where(rollout.policy_version >= 0, step - 1 - rollout.policy_version, 0).astype(np.float32)
         return TrainBatch(
             tokens=np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1),
             start=rollout.start,
@@ -172,6 +225,7 @@ class Trainer:
             group_ids=rollout.group_ids,
             behaviour_log_probs=generation.log_probs,
             media=rollout.media,
+            staleness=staleness,
         )
 
     def _save_rollouts(self, step: int, rollout: GroupRollout, responses: list[str], rewards: np.ndarray) -> None:
@@ -183,11 +237,13 @@ class Trainer:
 
     # -- validation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.rollout, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len, self.config.rollout.max_new_tokens,
+        return evaluate(self.validator, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len, self.config.rollout.max_new_tokens,
                         self.media)
 
-    def save(self, step: int) -> None:
-        meta = {"step": step, "seed": self.config.run.seed, "data_state": self.prompts.get_state()}
+    def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0) -> None:
+        """`data_state`: the prompt stream's position after step `step`'s draws (default: now). `bus_groups`
+        rollouts drawn ahead and not yet trained are not saved: a resumed run draws them again, counted."""
+        meta = {"step": step, "seed": self.config.run.seed, "data_state": data_state or self.prompts.get_state(), "bus_groups": bus_groups}
         self.checkpointer.save(step, self.learner.state_dict(), meta)
 
     def _restore(self, step: int) -> None:
@@ -198,8 +254,9 @@ class Trainer:
                 "use the same seed to resume, or a new run.output_dir"
             )
         self.learner.load_state_dict(trees)
-        self.rollout.update_weights(self.learner.params, version=step)
+        self.publish(version=step)
         self.prompts.set_state(meta["data_state"])
+        self._resume_metrics = {"bus/regenerated_on_resume": float(meta.get("bus_groups", 0))}
 
     def close(self) -> Path:
         self.prompts.close()

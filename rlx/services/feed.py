@@ -1,0 +1,67 @@
+"""The learner's side of the bus: a generator role running ahead, whole steps taken from the TransferQueue.
+
+`max_staleness: 0` makes the generator wait for each update (the synchronous loop, same
+numbers); `k` lets it draw up to `k` steps ahead. A group holding a token staler than the
+bound is dropped and counted (`bus/groups_dropped_stale`), never trained on silently.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rlx.bus import BusClosed, StalenessGate, TransferQueue, stale_rows, staleness_metrics, token_staleness
+from rlx.services.generator import GeneratorRole
+from rlx.services.trainer import Trainer
+from rlx.services.transfer import TRAIN_FIELDS, ScoredBatch, from_groups
+
+
+class RolloutFeed:
+    def __init__(self, trainer: Trainer, first: int, last: int, take_timeout_s: float | None = None):
+        config = trainer.config
+        self.max_staleness = config.bus.max_staleness
+        self.bus = TransferQueue(config.bus.groups_held(config.data.prompts_per_step))
+        self.gate = StalenessGate(self.max_staleness, published=trainer.published_version)
+        self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last)
+        if config.bus.interrupt == "keep_cache":
+            trainer.rollout.weight_source = trainer.mailbox.take
+        self.take_timeout_s = take_timeout_s
+        self._data_state: dict[str, Any] | None = None
+
+    def __enter__(self) -> "RolloutFeed":
+        self.generator.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.generator.stop()
+
+    def take(self, step: int) -> tuple[ScoredBatch, dict[str, float]]:
+        """Step `step`'s batch once the generator sealed it, minus groups staler than the bound; and its metrics."""
+        began = time.perf_counter()
+        try:
+            groups, meta = self.bus.take_batch(step, TRAIN_FIELDS, consumer="learner", timeout=self.take_timeout_s)
+        except BusClosed:
+            if self.generator.error is not None:
+                raise self.generator.error from None  # the generator closed the bus when it failed
+            raise
+        waited = time.perf_counter() - began
+        fresh = [g for g in groups if not stale_rows(g.fields["versions"], step, self.max_staleness).any()]
+        if len(fresh) < len(groups):
+            self.bus.count("groups_dropped_stale", len(groups) - len(fresh))
+        if not fresh:
+            raise RuntimeError(f"every group of step {step} is staler than bus.max_staleness={self.max_staleness}; admission should prevent this")
+        self._data_state = meta["data_state"]
+        batch = from_groups(fresh)
+        metrics = dict(meta["metrics"])
+        metrics.update(staleness_metrics(token_staleness(batch.rollout.policy_version, step)))
+        metrics.update(self.bus.metrics())
+        metrics["timing_s/learner_wait"] = waited
+        return batch, metrics
+
+    def advance(self, version: int) -> None:
+        """The learner published `version`: admit the steps it allows."""
+        self.gate.publish(version)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What `Trainer.save` needs: where the prompt stream resumes, and how many drawn-ahead groups it will redraw."""
+        return {"data_state": self._data_state, "bus_groups": len(self.bus.pending())}
