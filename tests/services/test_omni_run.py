@@ -4,8 +4,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from rlx.bus import TransferQueue
 from rlx.config import load_config
 from rlx.services.trainer import Trainer
+from rlx.services.transfer import TRAIN_FIELDS, ScoredBatch, from_groups, to_groups
 from tests.conftest import tiny_overrides
 
 OMNI = [
@@ -24,7 +26,15 @@ def moved(before, after):
     return any(not np.array_equal(a, b) for a, b in zip(before, after))
 
 
-def test_media_flow_through_warmup_rollout_learner_and_validation(tmp_path):
+def through_the_bus(batch: ScoredBatch) -> ScoredBatch:
+    bus = TransferQueue(capacity=len(batch.rollout.records))
+    for fields, meta in to_groups(batch):
+        bus.put(1, fields, meta)
+    bus.seal(1)
+    return from_groups(bus.take_batch(1, TRAIN_FIELDS, timeout=1)[0])
+
+
+def test_media_flow_through_warmup_rollout_bus_learner_and_validation(tmp_path):
     trainer = Trainer(load_config(None, tiny_overrides(tmp_path / "run") + OMNI))
     try:
         initial = {name: encoder_weights(trainer, name) for name in ("vision", "audio")}
@@ -35,10 +45,12 @@ def test_media_flow_through_warmup_rollout_learner_and_validation(tmp_path):
         warmed = {name: encoder_weights(trainer, name) for name in ("vision", "audio")}
         assert moved(initial["vision"], warmed["vision"]) and not moved(initial["audio"], warmed["audio"])
 
-        rollout = trainer._generate(1)
+        rollout = trainer.produce(1)[0].rollout  # the generator role: picks up the warmed-up weights first
         assert set(rollout.media) == {"image", "audio", "video"} and len(rollout.media["image"]) == len(rollout.records)
         rewards = (np.arange(len(rollout.records)) % 2).astype(np.float32)  # varied within each group: non-zero advantages
-        metrics = trainer.learner.update(trainer._train_batch(rollout, rewards))
+        trained = through_the_bus(ScoredBatch(rollout, [""] * len(rewards), rewards, rewards))
+        np.testing.assert_array_equal(trained.rollout.media["video"], rollout.media["video"])
+        metrics = trainer.learner.update(trainer._train_batch(1, trained.rollout, trained.rewards))
         assert np.isfinite(metrics["actor/pg_loss"])
         # The learner re-encodes the rollout's media, so the RL update reaches the trainable encoder too.
         assert moved(warmed["vision"], encoder_weights(trainer, "vision"))
