@@ -38,7 +38,7 @@ def test_media_flow_through_warmup_rollout_learner_and_validation(tmp_path):
         rollout = trainer._generate(1)
         assert set(rollout.media) == {"image", "audio", "video"} and len(rollout.media["image"]) == len(rollout.records)
         rewards = (np.arange(len(rollout.records)) % 2).astype(np.float32)  # varied within each group: non-zero advantages
-        metrics = trainer.learner.update(trainer._train_batch(rollout, rewards))
+        metrics = trainer.learner.update(trainer._train_batch(1, rollout, rewards))
         assert np.isfinite(metrics["actor/pg_loss"])
         # The learner re-encodes the rollout's media, so the RL update reaches the trainable encoder too.
         assert moved(warmed["vision"], encoder_weights(trainer, "vision"))
