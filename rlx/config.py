@@ -83,6 +83,8 @@ def _check_modalities(config: Config) -> None:
         return
     if config.rollout.backend != "engine":
         raise ValueError(f"rollout.backend={config.rollout.backend!r} sends token ids only; modality encoders need rollout.backend: engine")
+    if config.bus.interrupt == "recompute_cache":
+        raise ValueError("bus.interrupt=recompute_cache re-runs prompts without their media; use bus.interrupt: keep_cache or off with modality encoders")
     if config.distill.coef > 0 or config.critic.enabled:
         raise ValueError("modality encoders do not work with distill.coef > 0 or critic.enabled yet (teacher and critic see no media)")
 
@@ -96,6 +98,8 @@ def _check_bus(config: Config) -> None:
         )
     if bus.interrupt != "off" and config.rollout.backend != "engine":
         raise ValueError(f"bus.interrupt={bus.interrupt!r} swaps weights inside rlx's driver; it needs rollout.backend=engine")
+    if config.rollout.token_budget is not None and config.algorithm.dynamic_sampling:
+        raise ValueError("rollout.token_budget carries samples across steps, algorithm.dynamic_sampling redraws within one; use one of them")
 
 
 def _check_algorithm_sections(config: Config) -> None:

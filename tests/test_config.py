@@ -137,6 +137,9 @@ def test_modality_encoders_refuse_paths_that_would_drop_media():
     (["bus.capacity=3", "data.prompts_per_step=4"], "bus.capacity=3 prompt groups cannot hold"),
     (["bus.interrupt=keep_cache", "rollout.backend=jetstream"], "needs rollout.backend=engine"),
     (["bus.interrupt=sometimes"], "'sometimes' is not one of"),
+    (["rollout.token_budget=0"], "token_budget must be >= 1 generated tokens per step or null"),
+    (["rollout.token_budget=64", "rollout.backend=jetstream"], "token_budget keeps sequences in rlx's driver.*needs backend: engine"),
+    (["rollout.token_budget=64", "algorithm.dynamic_sampling=true"], "use one of them"),
     (["learner.proximal=approximate", "algorithm.correction=tis"], "learner.proximal=approximate has no proximal"),
 ])
 def test_async_settings_are_checked(overrides, message):

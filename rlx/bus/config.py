@@ -14,12 +14,14 @@ class BusConfig:
     (`null`: one step's groups per admitted step, `(max_staleness + 1) * data.prompts_per_step`).
     `interrupt`: `off` swaps published weights only between rollout batches; `keep_cache` also
     between generate calls of a batch, in-flight sequences continuing under the new weights with
-    their KV cache kept (each token carries the version that produced it).
+    their KV cache kept (each token carries the version that produced it); `recompute_cache` swaps
+    there too but first rebuilds every in-flight sequence's KV cache under the new weights (one
+    forward pass over prompt + tokens so far), so later tokens are exactly what the new weights give.
     """
 
     max_staleness: int = 0
     capacity: int | None = None
-    interrupt: Literal["off", "keep_cache"] = "off"
+    interrupt: Literal["off", "keep_cache", "recompute_cache"] = "off"
 
     def __post_init__(self) -> None:
         if self.max_staleness < 0:

@@ -31,7 +31,7 @@ def _jetstream_backend(engine: Engine, params: nnx.State, config: RolloutConfig)
 
 
 ROLLOUT_BACKENDS: dict[str, Callable[[Engine, nnx.State, RolloutConfig], RolloutBackend]] = {
-    "engine": lambda engine, params, config: RolloutDriver(engine, params, long_prompt=config.long_prompt),
+    "engine": lambda engine, params, config: RolloutDriver(engine, params, long_prompt=config.long_prompt, token_budget=config.token_budget),
     "jetstream": _jetstream_backend,
 }
 

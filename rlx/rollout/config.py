@@ -18,6 +18,9 @@ class RolloutConfig:
     a longer prompt is an error or, with `long_prompt: truncate`, keeps its last tokens
     (counted in `rollout/truncated_prompts`). `steps_per_generate` tokens per slot per engine call
     (fewer host round trips; a finished slot idles at most that many steps; `jetstream` uses 1).
+    `token_budget`: generated tokens per step (`null`: off). A step then ends once the budget is
+    spent and `data.prompts_per_step` groups are complete; unfinished samples keep their slots
+    and continue next step (partial rollouts, `rlx/rollout/partial.py`).
     """
 
     backend: Literal["engine", "jetstream"] = "engine"
@@ -30,6 +33,7 @@ class RolloutConfig:
     max_prefill_length: int | None = None
     long_prompt: Literal["error", "truncate"] = "error"
     steps_per_generate: int = 2
+    token_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -41,5 +45,9 @@ class RolloutConfig:
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
         require_positive(self, "max_new_tokens", "max_concurrent_decodes", "steps_per_generate")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1 generated tokens per step or null (off), got {self.token_budget}")
+        if self.token_budget is not None and self.backend != "engine":
+            raise ValueError(f"token_budget keeps sequences in rlx's driver across steps; it needs backend: engine, got backend: {self.backend}")
         if self.max_prefill_length is not None and self.max_prefill_length < 1:
             raise ValueError(f"max_prefill_length must be >= 1 or null (take data.max_prompt_len), got {self.max_prefill_length}")

@@ -9,8 +9,10 @@ with the policy version of the weights that produced it.
 
 With a `weight_source` set (a callable returning newly published `(params, version)` or None),
 the stream polls it between generate calls and swaps weights there (interruptible rollouts):
-in-flight sequences continue under the new weights, their KV cache (computed by the older
-weights) kept, and their later tokens carry the new version.
+in-flight sequences continue under the new weights, their later tokens carry the new version,
+and their KV cache is kept (computed by the older weights) or, with `interrupt="recompute_cache"`,
+rebuilt under the new weights. The slots live in a `_Session`, which `rlx.rollout.partial` keeps
+across steps so unfinished samples continue there.
 """
 
 from __future__ import annotations
@@ -83,73 +85,138 @@ class _Admitted:
     next_sample: int = 0
 
 
-class RolloutDriver:
-    """Continuous batching (or, with `refill=False`, static batching) over an `Engine`."""
+Interrupt = Literal["keep_cache", "recompute_cache"]  # how a swap treats in-flight sequences
 
-    def __init__(self, engine: Engine, params: nnx.State, *, long_prompt: LongPrompt = "error", version: int = 0):
+
+@dataclasses.dataclass
+class _Session:
+    """Decode slots between generate calls: what one stream (or a run of budgeted steps) holds."""
+
+    state: Any
+    buffers: "_SlotBuffers"
+    owner: list[tuple[_Admitted, int] | None]
+    pull: Callable[[], Request | None]  # the next request to admit, None when there is none now
+    waiting: _Admitted | None = None
+    step: int = 0
+    in_flight: tuple | None = None  # (to_numpy, step, version) of the generate call not read yet
+
+    def live_slots(self) -> list[int]:
+        return [slot for slot, entry in enumerate(self.owner) if entry is not None]
+
+
+class RolloutDriver:
+    """Continuous batching (or, with `refill=False`, static batching) over an `Engine`.
+
+    `interrupt`: how a weight swap treats in-flight sequences: `keep_cache` (their KV cache stays,
+    computed by the older weights) or `recompute_cache` (prompt + tokens so far are run again
+    under the new weights, one full-width forward pass). `token_budget`: see `rlx.rollout.partial`.
+    """
+
+    def __init__(self, engine: Engine, params: nnx.State, *, long_prompt: LongPrompt = "error", version: int = 0,
+                 interrupt: Interrupt = "keep_cache", token_budget: int | None = None):
         self.engine = engine
         self.params = engine.load_params(params)
         self.version = version
         self.long_prompt = long_prompt
+        self.interrupt = interrupt
         self.truncated_prompts = 0
         self.weight_source: Callable[[], tuple[nnx.State, int] | None] | None = None
         self.mid_batch_swaps = 0
+        from rlx.rollout.partial import PartialRollouts  # it builds on this module
+
+        self.partial = PartialRollouts(self, token_budget) if token_budget is not None else None
 
     def update_weights(self, params: nnx.State, version: int) -> None:
-        """Swaps in new weights (same structure, shapes, dtypes: nothing recompiles) and their version."""
+        """Swaps in new weights (same structure, shapes, dtypes: nothing recompiles) and their version.
+        Sequences held across steps (`token_budget`) continue under them, recomputed if so configured."""
         self.params = self.engine.load_params(params)
         self.version = version
+        if self.partial is not None and self.interrupt == "recompute_cache":
+            self._recompute(self.partial.session)
 
     def stream(self, requests: Iterable[Request], key: jax.Array, sampling: SamplingParams = SamplingParams(), *, refill: bool = True) -> Iterator[Completion]:
         """Yields each sample as soon as it finishes. With `refill=False`, a new batch of slots is
         admitted only when every slot is free (static batching, kept for comparison)."""
-        engine, slots = self.engine, self.engine.max_concurrent_decodes
-        max_new = max(self.engine.max_len - self.engine.max_prefill_length, 1)
         pending = iter(requests)
-        waiting: _Admitted | None = None
-        owner: list[tuple[_Admitted, int] | None] = [None] * slots
-        buffers = _SlotBuffers(slots, max_new)
-        state = engine.init_decode_state(key, sampling)
+        yield from self.run(self.open_session(key, sampling, lambda: next(pending, None)), refill=refill)
+
+    def open_session(self, key: jax.Array, sampling: SamplingParams, pull: Callable[[], Request | None]) -> _Session:
+        slots = self.engine.max_concurrent_decodes
+        max_new = max(self.engine.max_len - self.engine.max_prefill_length, 1)
+        return _Session(self.engine.init_decode_state(key, sampling), _SlotBuffers(slots, max_new), [None] * slots, pull)
+
+    def run(self, session: _Session, *, refill: bool = True, stop: Callable[[], bool] = lambda: False) -> Iterator[Completion]:
+        """Generates until every request is done or, checked between generate calls, `stop()`;
+        the session can be run again later (its in-flight call is read before returning)."""
+        slots = self.engine.max_concurrent_decodes
         # One generate call is kept in flight: step t + 1 is dispatched before step t's tokens
         # are read, so host work overlaps device work. A slot freed at step t therefore idles
-        # through step t + 1, whose tokens for it are ignored (`since` below).
-        step, in_flight = 0, None
+        # through step t + 1, whose tokens for it are ignored (`since` in `_SlotBuffers`).
         while True:
-            free = [slot for slot in range(slots) if owner[slot] is None]
-            if free and (refill or len(free) == slots):
-                state, waiting = self._admit(state, pending, waiting, free, owner, buffers, since=step)
+            stopping = stop()
+            free = [slot for slot in range(slots) if session.owner[slot] is None]
+            if free and not stopping and (refill or len(free) == slots):
+                self._admit(session, free)
             dispatched = None
-            if any(entry is not None for entry in owner):
-                published = self.weight_source() if self.weight_source is not None else None
-                if published is not None:
-                    self.update_weights(*published)
-                    self.mid_batch_swaps += 1
-                state, result = engine.generate(self.params, state)
+            if session.live_slots() and not stopping:
+                yield from self._swap_if_published(session)
+                session.state, result = self.engine.generate(self.params, session.state)
                 result.copy_to_host_async()
-                dispatched, step = (result.convert_to_numpy, step, self.version), step + 1
-            elif in_flight is None:
+                dispatched, session.step = (result.convert_to_numpy, session.step, self.version), session.step + 1
+            elif session.in_flight is None:
                 return
-            if in_flight is not None:
-                to_numpy, at, version = in_flight
-                for slot in buffers.append(to_numpy(), at, version, self.engine.stop_tokens):
-                    admitted, sample = owner[slot]
-                    owner[slot] = None
-                    yield Completion(admitted.request.tag, sample, admitted.prompt, *buffers.take(slot), admitted.truncated)
-            in_flight = dispatched
+            yield from self._read_in_flight(session)
+            session.in_flight = dispatched
 
-    def _admit(self, state, pending: Iterator[Request], waiting: _Admitted | None, free: list[int], owner, buffers, since: int) -> tuple[Any, _Admitted | None]:
+    def _read_in_flight(self, session: _Session) -> Iterator[Completion]:
+        if session.in_flight is None:
+            return
+        (to_numpy, at, version), session.in_flight = session.in_flight, None
+        for slot in session.buffers.append(to_numpy(), at, version, self.engine.stop_tokens):
+            admitted, sample = session.owner[slot]
+            session.owner[slot] = None
+            yield Completion(admitted.request.tag, sample, admitted.prompt, *session.buffers.take(slot), admitted.truncated)
+
+    def _swap_if_published(self, session: _Session) -> Iterator[Completion]:
+        """Interruptible rollouts: new weights from `weight_source` are swapped in between generate calls."""
+        published = self.weight_source() if self.weight_source is not None else None
+        if published is None:
+            return
+        if self.interrupt == "recompute_cache":
+            yield from self._read_in_flight(session)  # the host then holds every token the slots hold
+        self.params, self.version = self.engine.load_params(published[0]), published[1]
+        self.mid_batch_swaps += 1
+        if self.interrupt == "recompute_cache":
+            self._recompute(session)
+
+    def _recompute(self, session: _Session | None) -> None:
+        """Rebuilds every live slot's KV cache under the current weights from prompt + tokens so far."""
+        live = session.live_slots() if session is not None else []
+        if not live:
+            return
+        assert session.in_flight is None, "recompute needs every generated token on the host"
+        start = np.asarray(session.state.start)
+        tokens = np.full((len(session.owner), self.engine.max_len), self.engine.pad_id, np.int32)
+        for slot in live:
+            admitted, _ = session.owner[slot]
+            sequence = np.concatenate([admitted.prompt, session.buffers.tokens[slot, :session.buffers.count[slot]]])
+            tokens[slot, start[slot]:start[slot] + len(sequence)] = sequence
+        session.state = self.engine.recompute(self.params, session.state, tokens, np.array(live))
+
+    def _admit(self, session: _Session, free: list[int]) -> None:
         """Fills free slots with waiting samples; prefills newly pulled requests in one batch."""
         placements: list[tuple[_Admitted, int, int]] = []  # (request, sample, slot)
         fresh: list[_Admitted] = []
+        waiting, owner, buffers = session.waiting, session.owner, session.buffers
         for slot in free:
             if waiting is None or waiting.next_sample == waiting.request.samples:
-                request = next(pending, None)
+                request = session.pull()
                 if request is None:
                     break
                 waiting = self._accept(request)
                 fresh.append(waiting)
             placements.append((waiting, waiting.next_sample, slot))
-            buffers.reset(slot, waiting.request.max_tokens, since)
+            buffers.reset(slot, waiting.request.max_tokens, session.step)
             owner[slot] = (waiting, waiting.next_sample)
             waiting.next_sample += 1
         if fresh:
@@ -159,11 +226,11 @@ class RolloutDriver:
                 admitted.prefix, admitted.row = prefix, row
         for _, group in itertools.groupby(placements, key=lambda p: id(p[0].prefix)):
             group = list(group)
-            state = self.engine.insert_rows(group[0][0].prefix, state, [a.row for a, _, _ in group], [slot for _, _, slot in group])
+            session.state = self.engine.insert_rows(group[0][0].prefix, session.state, [a.row for a, _, _ in group], [slot for _, _, slot in group])
         for admitted in [*fresh, waiting]:
             if admitted is not None and admitted.next_sample == admitted.request.samples:
                 admitted.prefix = None  # every sample is placed: let the prefix's buffers go
-        return state, waiting
+        session.waiting = waiting
 
     def _accept(self, request: Request) -> _Admitted:
         if request.samples < 1 or request.max_tokens < 1:
@@ -172,8 +239,13 @@ class RolloutDriver:
         self.truncated_prompts += truncated
         return _Admitted(request, prompt, truncated)
 
-    def generate_groups(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int) -> GroupRollout:
-        """`n` samples of every prompt, rows ordered prompt-major, as the trainer consumes them."""
+    def generate_groups(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int,
+                        *, min_version: int | None = None) -> GroupRollout:
+        """`n` samples of every prompt, rows ordered prompt-major, as the trainer consumes them.
+        With a `token_budget`, as many complete groups, possibly of earlier prompts (`rlx.rollout.partial`);
+        `min_version` is then the oldest policy version a carried-over sample may hold."""
+        if self.partial is not None:
+            return self.partial.step(prompts, n, key, sampling, max_new_tokens, min_version)
         truncated_before = self.truncated_prompts
         requests = [
             Request(tokens[start:], max_new_tokens, samples=n, tag=row, media=prompts.row_media(row))
@@ -210,6 +282,7 @@ class _SlotBuffers:
         self.limit = np.zeros((slots,), np.int32)
         self.active = np.zeros((slots,), bool)
         self.since = np.zeros((slots,), np.int64)  # first generate step whose tokens belong to the slot's sample
+        self.appended = 0  # tokens appended since creation (a token budget counts them)
 
     def reset(self, slot: int, max_tokens: int, since: int) -> None:
         self.count[slot], self.limit[slot], self.active[slot], self.since[slot] = 0, min(max_tokens, self.tokens.shape[1]), True, since
@@ -227,6 +300,7 @@ class _SlotBuffers:
             self.log_probs[live, column[live]] = log_probs[live, j]
             self.versions[live, column[live]] = version
             self.count += live
+            self.appended += int(live.sum())
             # An invalid token on an active slot means the engine's row is full.
             finished |= mine & ((live & np.isin(tokens[:, j], stop_tokens)) | (self.count >= self.limit) | ~valid[:, j])
         self.active &= ~finished

@@ -179,6 +179,7 @@ class Engine:
         self._prefill = jax.jit(self._prefill_impl)
         self._insert = jax.jit(self._insert_impl, donate_argnums=(1,))
         self._generate = jax.jit(self._generate_impl, donate_argnums=(1,))
+        self._recompute = jax.jit(self._recompute_impl, donate_argnums=(1,))
         self._score = jax.jit(self._score_impl, static_argnums=(3,))
 
     # -- JetStream Engine API: properties ---------------------------------------------------------
@@ -330,6 +331,31 @@ class Engine:
         k = self.steps_per_generate
         data = jnp.concatenate([tokens.T, valid.T.astype(jnp.int32), state.generated[:, None]], axis=1)
         return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1))
+
+    # -- recompute ----------------------------------------------------------------------------------
+    def recompute(self, params: nnx.State, decode_state: DecodeState, tokens: np.ndarray, slots: np.ndarray) -> DecodeState:
+        """Rebuilds the KV cache and next-token logits of `slots` under `params` (after a weight swap).
+
+        `tokens [slots, max_len]` holds each slot's sequence at its own columns (prompt from
+        `start`, generated tokens up to `index`); one full-width forward pass, one compiled
+        shape whatever the slots' lengths. Rows not in `slots` keep their state.
+        """
+        chosen = np.zeros((self._slots,), bool)
+        chosen[np.asarray(slots, np.int64)] = True
+        return self._recompute(params, decode_state, jnp.asarray(tokens, jnp.int32), jnp.asarray(chosen))
+
+    def _recompute_impl(self, params, state: DecodeState, tokens, chosen):
+        model = nnx.merge(self._graphdef, params)
+        cache = KVCache.zeros(self.model_config, self._slots, self.max_len)
+        # Columns past `index` hold padding; decode overwrites each before any query can see it.
+        logits, cache = model(tokens, start=state.start, cache=cache, cache_index=0)
+        last = jnp.clip(state.index - 1, 0, self.max_len - 1)
+        keep = lambda new, old: jnp.where(chosen.reshape((1, -1) + (1,) * (old.ndim - 2)), new, old)
+        return dataclasses.replace(
+            state,
+            cache=KVCache(keep(cache.k, state.cache.k), keep(cache.v, state.cache.v)),
+            logits=jnp.where(chosen[:, None], logits[jnp.arange(self._slots), last], state.logits),
+        )
 
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, params: nnx.State, tokens: np.ndarray, start: np.ndarray, prompt_len: int, temperature: float) -> np.ndarray:

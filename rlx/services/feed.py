@@ -23,9 +23,11 @@ class RolloutFeed:
         self.bus = TransferQueue(config.bus.groups_held(config.data.prompts_per_step))
         self.gate = StalenessGate(self.max_staleness, published=trainer.published_version)
         self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last)
-        if config.bus.interrupt == "keep_cache":
+        if config.bus.interrupt != "off":
             trainer.rollout.weight_source = trainer.mailbox.take
+            trainer.rollout.interrupt = config.bus.interrupt
         self.take_timeout_s = take_timeout_s
+        self._partial = getattr(trainer.rollout, "partial", None)
         self._data_state: dict[str, Any] | None = None
 
     def __enter__(self) -> "RolloutFeed":
@@ -63,5 +65,7 @@ class RolloutFeed:
         self.gate.publish(version)
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """What `Trainer.save` needs: where the prompt stream resumes, and how many drawn-ahead groups it will redraw."""
-        return {"data_state": self._data_state, "bus_groups": len(self.bus.pending())}
+        """What `Trainer.save` needs: where the prompt stream resumes, how many drawn-ahead groups it will
+        redraw, and how many partial-rollout groups (drawn, not yet complete) a resumed run loses."""
+        carried = self._partial.carried_groups if self._partial is not None else 0
+        return {"data_state": self._data_state, "bus_groups": len(self.bus.pending()), "carried_groups": carried}

@@ -7,6 +7,7 @@ learner role calls `learn` (update, then publish the new weights onto the genera
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -60,7 +61,10 @@ class Trainer:
                               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh)
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
         self.rollout = build_backend(engine, published, config.rollout)
-        self.validator = build_backend(engine, published, config.rollout)
+        if getattr(self.rollout, "partial", None) is not None:
+            self.rollout.partial.draw = lambda: next(self.prompts)  # partial rollouts keep slots busy with later prompts
+        # Validation answers every prompt it is given: never a token budget that carries samples over.
+        self.validator = build_backend(engine, published, dataclasses.replace(config.rollout, token_budget=None))
         self.mailbox = WeightMailbox()
         self.published_version = 0
         self.reward_fn = resolve_reward_fn(config.reward.fn)
@@ -208,8 +212,10 @@ class Trainer:
         key = jax.random.fold_in(self._base_key, step)
         if round_:
             key = jax.random.fold_in(key, round_)
+        # Partial rollouts carry samples across steps: none may hold a token staler than the bus allows at `step`.
+        oldest = {"min_version": step - 1 - self.config.bus.max_staleness} if rollout_config.token_budget is not None else {}
         return self.rollout.generate_groups(
-            next(self.prompts), rollout_config.n_samples, key, sampling_params(rollout_config), rollout_config.max_new_tokens,
+            next(self.prompts), rollout_config.n_samples, key, sampling_params(rollout_config), rollout_config.max_new_tokens, **oldest,
         )
 
     @staticmethod
@@ -240,10 +246,13 @@ class Trainer:
         return evaluate(self.validator, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len, self.config.rollout.max_new_tokens,
                         self.media)
 
-    def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0) -> None:
+    def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0, carried_groups: int = 0) -> None:
         """`data_state`: the prompt stream's position after step `step`'s draws (default: now). `bus_groups`
-        rollouts drawn ahead and not yet trained are not saved: a resumed run draws them again, counted."""
-        meta = {"step": step, "seed": self.config.run.seed, "data_state": data_state or self.prompts.get_state(), "bus_groups": bus_groups}
+        rollouts drawn ahead and not yet trained are not saved: a resumed run draws them again, counted.
+        `carried_groups` (partial rollouts, drawn before that position, unfinished) are not saved either:
+        a resumed run skips those prompts, counted in `rollout/carried_lost_on_resume`."""
+        meta = {"step": step, "seed": self.config.run.seed, "data_state": data_state or self.prompts.get_state(),
+                "bus_groups": bus_groups, "carried_groups": carried_groups}
         self.checkpointer.save(step, self.learner.state_dict(), meta)
 
     def _restore(self, step: int) -> None:
@@ -256,7 +265,8 @@ class Trainer:
         self.learner.load_state_dict(trees)
         self.publish(version=step)
         self.prompts.set_state(meta["data_state"])
-        self._resume_metrics = {"bus/regenerated_on_resume": float(meta.get("bus_groups", 0))}
+        self._resume_metrics = {"bus/regenerated_on_resume": float(meta.get("bus_groups", 0)),
+                                "rollout/carried_lost_on_resume": float(meta.get("carried_groups", 0))}
 
     def close(self) -> Path:
         self.prompts.close()

@@ -1,70 +1,14 @@
 """The engine and the continuous-batching driver against full-forward references."""
 
-import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from rlx.data import PromptBatch, PromptRecord
 from rlx.learner.logprobs import response_log_probs
-from rlx.models import ModelConfig, Qwen3
 from rlx.rollout import Engine, Request, RolloutDriver, SamplingParams
-
-PAD = 0
-PROMPTS = [np.array(p, np.int32) for p in ([1, 7, 8, 9], [1, 5, 6, 7, 8, 9], [1, 4, 4], [1, 3])]
-GREEDY = SamplingParams(temperature=0.0)
-
-
-@pytest.fixture(scope="module")
-def model() -> Qwen3:
-    config = ModelConfig(vocab_size=19, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, max_seq_len=24)
-    return Qwen3(config, rngs=nnx.Rngs(3))
-
-
-@pytest.fixture(scope="module")
-def make_engine(model):
-    """Engines by shape, shared within the module so each compiles once."""
-    graphdef, params = nnx.split(model)
-
-    @functools.lru_cache
-    def make(slots=3, stop=(), max_prefill=12) -> Engine:
-        return Engine(graphdef, params, model.config, max_concurrent_decodes=slots, max_prefill_length=max_prefill,
-                      max_decode_length=8, stop_tokens=stop, pad_id=PAD, steps_per_generate=2)
-
-    return make
-
-
-@pytest.fixture(scope="module")
-def driver(make_engine) -> RolloutDriver:
-    """No stop token, 3 slots: 4 prompts x 2 samples queue for slots and reuse them."""
-    engine = make_engine()
-    return RolloutDriver(engine, engine.load_params())
-
-
-@pytest.fixture(scope="module")
-def greedy_reference(model):
-    """Reference: append the argmax of a full (cache-free) forward pass, one token at a time."""
-    graphdef, params = nnx.split(model)
-    next_token = jax.jit(lambda p, ids, start: jnp.argmax(nnx.merge(graphdef, p)(ids, start=start)[0][:, -1], axis=-1))
-
-    def greedy(prompt, steps):
-        sequence = list(prompt)
-        for _ in range(steps):
-            width = 16  # one compiled shape: left-pad every prefix to 16 columns
-            ids = np.array([[PAD] * (width - len(sequence)) + sequence], np.int32)
-            sequence.append(int(next_token(params, ids, np.array([width - len(sequence)], np.int32))[0]))
-        return np.array(sequence[len(prompt):])
-
-    return greedy
-
-
-def prompt_batch(prompts) -> PromptBatch:
-    width = max(len(p) for p in prompts)
-    tokens = np.stack([np.pad(p, (width - len(p), 0)) for p in prompts]).astype(np.int32)
-    records = [PromptRecord(str(i), "x", "y") for i in range(len(prompts))]
-    return PromptBatch(records, tokens, np.array([width - len(p) for p in prompts], np.int32))
+from tests.rollout.conftest import GREEDY, PAD, PROMPTS, prompt_batch
 
 
 def test_greedy_tokens_equal_full_forward_argmax_with_queued_requests_and_reused_slots(greedy_reference, driver):
@@ -211,3 +155,32 @@ def test_interrupted_rollout_continues_under_new_weights_and_stamps_their_versio
         np.testing.assert_array_equal(completion.tokens[old], expected[: old.sum()])
         mixed += bool(old.any() and (~old).any())
     assert mixed > 0
+
+
+def test_recompute_cache_continues_exactly_as_the_new_weights_would_from_the_prefix(make_engine, greedy_reference):
+    """After a swap with `recompute_cache`, each sequence goes on as a fresh greedy run of the new
+    weights from prompt + tokens so far; `keep_cache` does not; nothing recompiles after warm-up."""
+    engine = make_engine()
+    requests = [Request(p, max_tokens=8, tag=i) for i, p in enumerate(PROMPTS)]
+    other = jax.tree.map(lambda x: x * 1.5, engine.load_params())
+
+    def run(interrupt):
+        calls = []
+        driver = RolloutDriver(engine, engine.load_params(), interrupt=interrupt)
+        driver.weight_source = lambda: calls.append(None) or ((other, 1) if len(calls) == 3 else None)
+        return {c.tag: c for c in driver.stream(requests, jax.random.key(5), GREEDY)}
+
+    run("recompute_cache")  # warm-up: compiles the recompute program once
+    programs = lambda: (engine._generate._cache_size(), engine._prefill._cache_size(), engine._recompute._cache_size())
+    compiled = programs()
+    recomputed, kept = run("recompute_cache"), run("keep_cache")
+    assert programs() == compiled
+    mixed = 0
+    for tag, completion in recomputed.items():
+        new = completion.versions == 1
+        assert (np.diff(completion.versions) >= 0).all()
+        prefix = np.concatenate([PROMPTS[tag], completion.tokens[~new]])
+        np.testing.assert_array_equal(completion.tokens[new], greedy_reference(prefix, int(new.sum()), other))
+        mixed += bool(new.any() and (~new).any())
+    assert mixed > 0
+    assert any(not np.array_equal(recomputed[tag].tokens, kept[tag].tokens) for tag in recomputed)

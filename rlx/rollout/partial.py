@@ -1,0 +1,148 @@
+"""Partial rollouts under a per-step token budget (C3PO++ style): long sequences do not hold a step back.
+
+Slots stay busy: when one frees and nothing waits, the next prompt batch is drawn (`draw`),
+up to one step's prompts ahead. A step ends once it has generated `token_budget` tokens *and* as many
+prompt groups as its batch has are complete; the oldest complete groups form the step's batch.
+Unfinished samples keep their decode slots and KV cache and continue in the next step, under
+newer weights if some were published (each token keeps the version that produced it).
+A step's batch is always whole groups, `prompts_per_step` of them: the learner's shapes never
+change (no recompiles) and group statistics (GRPO) see every sample of a prompt, where padding
+with masked rows would spend learner compute on nothing and split groups. So the budget can be
+overrun while too few groups are complete; `rollout/step_tokens` reports what a step generated.
+
+A carried-over sample holding a token older than `min_version` (the staleness bound) is
+restarted from its prompt and counted (`rollout/restarted_stale_samples`), never trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING, Callable
+
+import jax
+import numpy as np
+
+from rlx.data import PromptBatch, PromptRecord
+from rlx.rollout.driver import Completion, GroupRollout, Request, assemble_groups
+from rlx.rollout.engine import SamplingParams, stack_media
+
+if TYPE_CHECKING:
+    from rlx.rollout.driver import RolloutDriver, _Session
+
+
+@dataclasses.dataclass
+class _HeldPrompt:
+    """A prompt whose group is not trained yet, and its finished samples so far."""
+
+    record: PromptRecord
+    request: Request
+    done: list[Completion] = dataclasses.field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == self.request.samples
+
+
+class PartialRollouts:
+    def __init__(self, driver: "RolloutDriver", token_budget: int):
+        if token_budget < 1:
+            raise ValueError(f"rollout.token_budget must be >= 1 generated tokens per step or null (off), got {token_budget}")
+        self.driver, self.token_budget = driver, token_budget
+        self.session: "_Session | None" = None
+        self.queue: deque[Request] = deque()
+        self.held: dict[int, _HeldPrompt] = {}  # by tag, oldest first
+        self._tags = itertools.count()
+        self.draw: Callable[[], PromptBatch] | None = None  # more prompts, when slots would idle
+        self._shape = (1, 1)  # (samples, max_new_tokens) of the current step's requests
+        self._backlog = 1  # prompt groups held before `draw` is not called any more
+
+    @property
+    def carried_groups(self) -> int:
+        """Prompt groups drawn but not handed out yet (a checkpoint does not hold them)."""
+        return len(self.held)
+
+    def step(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int,
+             min_version: int | None) -> GroupRollout:
+        """One step's batch: `len(prompts)` complete groups, the oldest first."""
+        wanted = len(prompts.records)
+        # One step's prompts drawn ahead at most: more would only grow stale before the learner gets to them.
+        self._shape, self._backlog = (n, max_new_tokens), 2 * wanted
+        self._enqueue(prompts)
+        if self.session is None:
+            self.session = self.driver.open_session(key, sampling, self._pull)
+        else:  # a fresh key per step, as without a budget: sampling keys are never reused
+            self.session.state = dataclasses.replace(self.session.state, key=jax.random.clone(key))
+        restarted = self._restart_stale(min_version) if min_version is not None else 0
+        truncated_before, began = self.driver.truncated_prompts, self.session.buffers.appended
+        spent = lambda: self.session.buffers.appended - began >= self.token_budget
+        enough = lambda: sum(held.complete for held in self.held.values()) >= wanted
+        for completion in self.driver.run(self.session, stop=lambda: spent() and enough()):
+            self.held[completion.tag].done.append(completion)
+        ready = [tag for tag, held in self.held.items() if held.complete][:wanted]
+        batch, completions = self._batch([self.held.pop(tag) for tag in ready])
+        rollout = assemble_groups(batch, completions, n, max_new_tokens, pad_id=self.driver.engine.pad_id, metrics={})
+        rollout.metrics.update(self._metrics(rollout, self.session.buffers.appended - began, restarted))
+        rollout.metrics["rollout/truncated_prompts"] = float(self.driver.truncated_prompts - truncated_before)
+        return rollout
+
+    def _enqueue(self, prompts: PromptBatch) -> None:
+        n, max_new_tokens = self._shape
+        for row, (tokens, start) in enumerate(zip(prompts.tokens, prompts.start)):
+            tag = next(self._tags)
+            request = Request(tokens[start:], max_new_tokens, samples=n, tag=tag, media=prompts.row_media(row))
+            self.held[tag] = _HeldPrompt(prompts.records[row], request)
+            self.queue.append(request)
+
+    def _pull(self) -> Request | None:
+        """The next request for a free slot; draws the next prompt batch rather than let slots idle."""
+        if not self.queue and self.draw is not None and len(self.held) < self._backlog:
+            self._enqueue(self.draw())
+        return self.queue.popleft() if self.queue else None
+
+    def _restart_stale(self, min_version: int) -> int:
+        """Samples (in flight or finished, not handed out) holding a token older than `min_version`
+        start over from their prompt, ahead of the queue."""
+        session, buffers = self.session, self.session.buffers
+        restarted = 0
+        for slot in session.live_slots():
+            if buffers.count[slot] and buffers.versions[slot, :buffers.count[slot]].min() < min_version:
+                admitted, _ = session.owner[slot]
+                session.owner[slot], buffers.active[slot] = None, False
+                self.queue.appendleft(dataclasses.replace(admitted.request, samples=1))
+                restarted += 1
+        for held in self.held.values():
+            fresh = [c for c in held.done if c.versions.min() >= min_version]
+            for _ in range(len(held.done) - len(fresh)):
+                self.queue.appendleft(dataclasses.replace(held.request, samples=1))
+            restarted += len(held.done) - len(fresh)
+            held.done = fresh
+        return restarted
+
+    @staticmethod
+    def _batch(groups: list[_HeldPrompt]) -> tuple[PromptBatch, list[Completion]]:
+        """The groups' prompts as one left-padded batch, and their completions tagged by its rows."""
+        width = max(len(held.request.prompt) for held in groups)
+        tokens = np.zeros((len(groups), width), np.int32)
+        start = np.array([width - len(held.request.prompt) for held in groups], np.int32)
+        for row, held in enumerate(groups):
+            tokens[row, start[row]:] = held.request.prompt
+        media = stack_media([held.request.media for held in groups], len(groups)) if groups[0].request.media else None
+        batch = PromptBatch([held.record for held in groups], tokens, start, media)
+        completions = [dataclasses.replace(c, tag=row) for row, held in enumerate(groups) for c in held.done]
+        return batch, completions
+
+    def _metrics(self, rollout: GroupRollout, step_tokens: int, restarted: int) -> dict[str, float]:
+        session = self.session
+        live = session.live_slots()
+        versions = rollout.policy_version
+        spans = [len(np.unique(row[row >= 0])) for row in versions]
+        return {
+            "rollout/step_tokens": float(step_tokens),
+            "rollout/carried_over_samples": float(len(live)),
+            "rollout/partial_tokens": float(session.buffers.count[live].sum()) if live else 0.0,
+            "rollout/carried_over_groups": float(len(self.held)),
+            "rollout/multi_version_samples": float(sum(span > 1 for span in spans)),
+            "rollout/restarted_stale_samples": float(restarted),
+        }
