@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.results_table import machine_description, write_section
+from benchmarks.results_table import machine_description, report
 from rlx.config import load_config
 from rlx.services import train
 from rlx.services.tracking import read_metrics
@@ -83,10 +83,7 @@ def main() -> None:
             results[name] = run_one(name, args.steps, args.warmup_steps, Path(root))
             print(name, {key: round(value, 3) for key, value in results[name].items()}, flush=True)
     body = table(results, args.steps, args.warmup_steps)
-    print(body)
-    if not args.no_write:
-        write_section(TITLE, body)
-    print("RESULT " + " ".join(f"{name}={r['acc']:.3f}" for name, r in results.items()))
+    report(TITLE, body, " ".join(f"{name}={r['acc']:.3f}" for name, r in results.items()), write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from benchmarks.results_table import machine_description, write_section
+from benchmarks.results_table import machine_description, report
 from pallas_kernels.fused_logprob import resolve_impl, token_logprobs_and_entropy
 
 N, HIDDEN, VOCAB = 8192, 2560, 151_936  # Qwen3-4B, tokens per step in the issue
@@ -98,10 +98,7 @@ def main() -> None:
         "",
         f"`RESULT {verdict}`",
     ])
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
-    print(f"RESULT {verdict}")
+    report(SECTION, body, verdict, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.results_table import machine_description, write_section
+from benchmarks.results_table import machine_description, report
 from pallas_kernels.fused_logprob import resolve_impl, token_logprobs_and_entropy
 
 HIDDEN, VOCAB = 2560, 151_936  # Qwen3-4B
@@ -162,10 +162,7 @@ def main() -> None:
         *([pallas_note, ""] if pallas_note else []),
         f"`RESULT naive_temp_over_fused={x:.1f} fused_time_over_naive={y:.2f}` (at N = {args.n})",
     ])
-    print(body)
-    if not args.no_write:
-        write_section(SECTION, body)
-    print(f"RESULT naive_temp_over_fused={x:.1f} fused_time_over_naive={y:.2f}")
+    report(SECTION, body, f"naive_temp_over_fused={x:.1f} fused_time_over_naive={y:.2f}", write=not args.no_write)
 
 
 if __name__ == "__main__":

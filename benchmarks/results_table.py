@@ -53,6 +53,15 @@ def write_section(title: str, body_markdown: str, path: Path = RESULTS_PATH) -> 
     path.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
+def report(title: str, body_markdown: str, result: str, write: bool = True) -> None:
+    """Prints the table, writes it as the ``## {title}`` section (unless ``write`` is false)
+    and prints ``RESULT {result}`` as the last line, the form every benchmark ends with."""
+    print(body_markdown)
+    if write:
+        write_section(title, body_markdown)
+    print(f"RESULT {result}")
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

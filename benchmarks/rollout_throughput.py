@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks.results_table import machine_description, write_section
+from benchmarks.results_table import machine_description, report
 from rlx.data import CharTokenizer
 from rlx.models import ModelConfig, Qwen3
 from rlx.rollout import Engine, Request, RolloutDriver, SamplingParams
@@ -108,9 +108,7 @@ in rotating order; "continuous over mode" is the median of the per-round time ra
 |---|---|---|---|
 {rows}
 """
-    write_section("Rollout throughput (issue 3)", body)
-    print(body)
-    print(f"RESULT continuous_over_static={x:.2f} continuous_over_jetstream={y:.2f}")
+    report("Rollout throughput (issue 3)", body, f"continuous_over_static={x:.2f} continuous_over_jetstream={y:.2f}")
 
 
 if __name__ == "__main__":
