@@ -81,6 +81,7 @@ class _Admitted:
     prompt: np.ndarray
     truncated: bool
     prefix: Prefix | None = None
+    prefix_version: int = -1  # version of the weights that prefilled `prefix`
     row: int = 0
     next_sample: int = 0
 
@@ -202,6 +203,7 @@ class RolloutDriver:
             sequence = np.concatenate([admitted.prompt, session.buffers.tokens[slot, :session.buffers.count[slot]]])
             tokens[slot, start[slot]:start[slot] + len(sequence)] = sequence
         session.state = self.engine.recompute(self.params, session.state, tokens, np.array(live))
+        session.buffers.logits_version[live] = self.version
 
     def _admit(self, session: _Session, free: list[int]) -> None:
         """Fills free slots with waiting samples; prefills newly pulled requests in one batch."""
@@ -223,10 +225,12 @@ class RolloutDriver:
             media = [admitted.request.media for admitted in fresh] if fresh[0].request.media else None
             prefix = self.engine.prefill_batch(self.params, [admitted.prompt for admitted in fresh], media)
             for row, admitted in enumerate(fresh):
-                admitted.prefix, admitted.row = prefix, row
+                admitted.prefix, admitted.prefix_version, admitted.row = prefix, self.version, row
         for _, group in itertools.groupby(placements, key=lambda p: id(p[0].prefix)):
             group = list(group)
             session.state = self.engine.insert_rows(group[0][0].prefix, session.state, [a.row for a, _, _ in group], [slot for _, _, slot in group])
+            # A prefix kept for later samples may predate a weight swap: its logits keep their version.
+            buffers.logits_version[[slot for _, _, slot in group]] = group[0][0].prefix_version
         for admitted in [*fresh, waiting]:
             if admitted is not None and admitted.next_sample == admitted.request.samples:
                 admitted.prefix = None  # every sample is placed: let the prefix's buffers go
@@ -282,6 +286,10 @@ class _SlotBuffers:
         self.limit = np.zeros((slots,), np.int32)
         self.active = np.zeros((slots,), bool)
         self.since = np.zeros((slots,), np.int64)  # first generate step whose tokens belong to the slot's sample
+        # Version of the weights that computed each slot's pending next-token logits: a generate
+        # call samples its first token from them, so after a weight swap without recompute that
+        # token still comes from the old weights.
+        self.logits_version = np.full((slots,), -1, np.int32)
         self.appended = 0  # tokens appended since creation (a token budget counts them)
 
     def reset(self, slot: int, max_tokens: int, since: int) -> None:
@@ -298,11 +306,12 @@ class _SlotBuffers:
             column = np.minimum(self.count, self.tokens.shape[1] - 1)
             self.tokens[live, column[live]] = tokens[live, j]
             self.log_probs[live, column[live]] = log_probs[live, j]
-            self.versions[live, column[live]] = version
+            self.versions[live, column[live]] = self.logits_version[live] if j == 0 else version
             self.count += live
             self.appended += int(live.sum())
             # An invalid token on an active slot means the engine's row is full.
             finished |= mine & ((live & np.isin(tokens[:, j], stop_tokens)) | (self.count >= self.limit) | ~valid[:, j])
+        self.logits_version[mine] = version
         self.active &= ~finished
         return list(rows[finished])
 

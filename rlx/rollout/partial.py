@@ -102,12 +102,18 @@ class PartialRollouts:
         return self.queue.popleft() if self.queue else None
 
     def _restart_stale(self, min_version: int) -> int:
-        """Samples (in flight or finished, not handed out) holding a token older than `min_version`
-        start over from their prompt, ahead of the queue."""
+        """Samples (in flight or finished, not handed out) holding a token older than `min_version`,
+        or whose next token would come from older logits, start over from their prompt, ahead of the
+        queue; samples not placed yet whose shared prefill is older are prefilled again."""
         session, buffers = self.session, self.session.buffers
+        waiting = session.waiting
+        if waiting is not None and waiting.prefix is not None and waiting.prefix_version < min_version:
+            self.queue.appendleft(dataclasses.replace(waiting.request, samples=waiting.request.samples - waiting.next_sample))
+            session.waiting = None
         restarted = 0
         for slot in session.live_slots():
-            if buffers.count[slot] and buffers.versions[slot, :buffers.count[slot]].min() < min_version:
+            held_versions = buffers.versions[slot, :buffers.count[slot]]
+            if buffers.logits_version[slot] < min_version or (held_versions.size and held_versions.min() < min_version):
                 admitted, _ = session.owner[slot]
                 session.owner[slot], buffers.active[slot] = None, False
                 self.queue.appendleft(dataclasses.replace(admitted.request, samples=1))

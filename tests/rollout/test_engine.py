@@ -151,8 +151,13 @@ def test_interrupted_rollout_continues_under_new_weights_and_stamps_their_versio
         versions = completion.versions
         assert (np.diff(versions) >= 0).all() and set(versions) <= {0, 1}
         old = versions == 0
-        expected = reference[(completion.tag, completion.sample)].tokens
-        np.testing.assert_array_equal(completion.tokens[old], expected[: old.sum()])
+        expected = reference[(completion.tag, completion.sample)]
+        np.testing.assert_array_equal(completion.tokens[old], expected.tokens[: old.sum()])
+        np.testing.assert_allclose(completion.log_probs[old], expected.log_probs[: old.sum()], rtol=1e-5)
+        if (~old).any() and old.sum() < len(expected.log_probs):
+            # The call after the swap samples its first token from logits the old weights computed:
+            # that token is stamped 0, so the first token stamped 1 comes from the new weights.
+            assert not np.isclose(completion.log_probs[old.sum()], expected.log_probs[old.sum()], rtol=1e-5)
         mixed += bool(old.any() and (~old).any())
     assert mixed > 0
 
