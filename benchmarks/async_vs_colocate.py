@@ -11,14 +11,15 @@ cut at the 32-token limit), so the warmed-up policy often keeps going and the ex
 verifier (reward 0 for a rambling answer) teaches it to stop. The table reports the measured
 length distribution.
 
-Role balance: in LLM RL generation is usually 50-70% of a synchronous step. On these CPU
-devices a decode step of the tiny model is cheap, and the number of decode slots hardly
-matters (measured under load: generate 0.30-0.37 s per step with 4 or 8 slots, learn
-0.7-1.0 s); what sets generate time is the number of generated tokens, while the update
-always runs over the padded 32-token width. So the balance comes from the response lengths:
-the 70% rambling rate (with 50% generation was about a third of a step) and the 32-token
-limit. `rollout.max_concurrent_decodes: 16` slots (a KV-cache budget) make the 256 responses
-of a step decode in continuous-batching waves, as a real engine would.
+Role balance: in LLM RL generation is usually 50-70% of a synchronous step; here it is less
+(28% of a colocated step in RESULTS.md). On these CPU devices a decode step of the tiny model
+is cheap, and the number of decode slots hardly matters (measured under load: generate
+0.30-0.37 s per step with 4 or 8 slots, learn 0.7-1.0 s); what sets generate time is the number
+of generated tokens, while the update always runs over the padded 32-token width. So the
+balance comes from the response lengths: the 70% rambling rate and the 32-token limit (RL
+soon teaches the policy to stop, which shortens generation again). `rollout.max_concurrent_decodes:
+16` slots (a KV-cache budget) make a step's 256 responses decode in continuous-batching waves,
+as a real engine would.
 
 Every variant resumes from one shared warm-up checkpoint with the same seed, data, config and
 step count; only placement, meshes and max_staleness differ. Variants on two simulated CPU
@@ -29,7 +30,10 @@ data-parallel over both: the same hardware async uses);
 between the ends of step 2 and of step N-1 (compilation and the final validation excluded);
 per-role times are summed over those steps. "cores busy" is process CPU time / wall time over
 the same window; a probe before the variants measures it for each role alone (how many cores
-XLA's CPU kernels use on one simulated device). The ratio in the RESULT line is against the
+XLA's CPU kernels use on one simulated device: 1.5-1.8 of 2 on a quiet machine, so a simulated
+device is not one core; `XLA_FLAGS=--xla_cpu_multi_thread_eigen=false` does not change that in
+jax 0.10.2, measured 1.54/1.76 cores with it and 1.55/1.77 without, hence no pinning here).
+The ratio in the RESULT line is against the
 faster colocate variant. The last printed line is
 ``RESULT best_async_over_colocate=X.XX accuracy_delta_pts=D.D``.
 """
@@ -174,8 +178,7 @@ def table(results: dict[str, dict], args: argparse.Namespace, probe: dict[str, f
             f"{r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['accuracy']:.3f} | {r['staleness_mean']:.2f} | "
             f"{r['lengths'].mean():.1f} | {100 * np.mean(r['lengths'] >= MAX_NEW_TOKENS):.1f}% | {roles} | {r['cores_busy']:.2f} | {r['seconds']:.1f} |")
     lines += ["", *explanation(results, probe)]
-    flag = " --single-thread-devices" if args.single_thread_devices else ""
-    lines += ["", f"Reproduce: `python -m benchmarks.async_vs_colocate --steps {args.steps} --warmup-steps {args.warmup_steps}{flag}`."]
+    lines += ["", f"Reproduce: `python -m benchmarks.async_vs_colocate --steps {args.steps} --warmup-steps {args.warmup_steps}`."]
     return "\n".join(lines)
 
 
@@ -189,7 +192,9 @@ def explanation(results: dict[str, dict], probe: dict[str, float]) -> list[str]:
         f"Where the time goes (colocate, one device): the generator role (generate + reward) took {generator:.1f} s and the "
         f"learner role (learn + weight sync) {learner:.1f} s of {one['seconds']:.1f} s, so generation is "
         f"{100 * generator / (generator + learner):.0f}% of a synchronous step. Alone on one simulated device, generation kept "
-        f"{probe['generate']:.2f} cores busy and the update {probe['learn']:.2f} (process CPU time / wall time).",
+        f"{probe['generate']:.2f} cores busy and the update {probe['learn']:.2f} (process CPU time / wall time): one "
+        "simulated device already spreads over both cores, and `--xla_cpu_multi_thread_eigen=false` does not pin it to "
+        "one in jax 0.10.2 (no effect measured), so every variant runs with XLA's default threading.",
         "",
         f"Prediction for separate accelerators (each role on its own device, no shared cores), from these measured role "
         f"times: overlap hides the shorter role, (gen + learn) / max(gen, learn) = {bound:.2f}x colocate. Replaying the "
@@ -226,13 +231,9 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=400, help="SFT warm-up steps, run once and shared")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/RESULTS.md alone")
-    parser.add_argument("--single-thread-devices", action="store_true",
-                        help="XLA CPU kernels single-threaded (--xla_cpu_multi_thread_eigen=false), for every variant")
     args = parser.parse_args()
     if args.steps < 4:
         parser.error(f"--steps {args.steps}: need >= 4 (steps 1-2 compile, the last one validates)")
-    if args.single_thread_devices:  # read when JAX starts its backend, which no import above has done
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()
     if "colocate" not in args.variants:
         args.variants.insert(0, "colocate")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -250,7 +251,7 @@ def main() -> None:
             results[name] = run_one(name, warm, Path(root), args.steps, args.warmup_steps)
             shown = {k: round(v, 3) for k, v in results[name].items() if isinstance(v, float)}
             print(name, shown, "lengths:", length_summary(results[name]["lengths"]), flush=True)
-    body = table(results, args, probe, load, os.environ.get("XLA_FLAGS", ""))
+    body = table(results, args, probe, load, os.environ.get("XLA_FLAGS") or "none")
     print(body)
     if not args.no_write:
         write_section(TITLE, body)
