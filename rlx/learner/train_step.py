@@ -160,6 +160,8 @@ class Learner:
         on the weights' devices. (`tx.init`'s outputs do not depend on the weights' values, so jit alone leaves
         them all on the default device, which a learner slice spanning several devices cannot use.)"""
         state = self._jit_init(params)
+        if isinstance(jax.tree.leaves(params)[0], jax.core.Tracer):
+            return state  # built under `jax.eval_shape` (the dry-run plan): shapes only, nothing placed
         weights = jax.tree.leaves(params)[0].sharding
         replicated = jax.sharding.NamedSharding(weights.mesh, jax.sharding.PartitionSpec()) if isinstance(weights, jax.sharding.NamedSharding) else weights
         return optax.tree_utils.tree_map_params(
