@@ -160,13 +160,16 @@ class Learner:
         on the weights' devices. (`tx.init`'s outputs do not depend on the weights' values, so jit alone leaves
         them all on the default device, which a learner slice spanning several devices cannot use.)"""
         state = self._jit_init(params)
-        if isinstance(jax.tree.leaves(params)[0], jax.core.Tracer):
-            return state  # built under `jax.eval_shape` (the dry-run plan): shapes only, nothing placed
+        masked = any(isinstance(x, optax.MaskedNode) for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.MaskedNode)))
+        if masked or isinstance(jax.tree.leaves(params)[0], jax.core.Tracer):
+            # eval_shape (dry-run plan): shapes only. Frozen encoders (masked state): not mapped yet, left as jit put it.
+            return state
         weights = jax.tree.leaves(params)[0].sharding
         replicated = jax.sharding.NamedSharding(weights.mesh, jax.sharding.PartitionSpec()) if isinstance(weights, jax.sharding.NamedSharding) else weights
         return optax.tree_utils.tree_map_params(
-            self.tx, lambda leaf, weight: jax.device_put(leaf, weight.sharding), state, params,
-            transform_non_params=lambda leaf: jax.device_put(leaf, replicated))
+            self.tx, lambda leaf, weight: leaf if isinstance(leaf, optax.MaskedNode) else jax.device_put(leaf, weight.sharding),
+            state, params, transform_non_params=lambda leaf: jax.device_put(leaf, replicated),
+            is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode))  # frozen encoders hold no optimizer state
 
     def state_dict(self) -> dict[str, object]:
         state = {"params": self.params, "opt_state": self.opt_state}
