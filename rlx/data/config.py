@@ -14,14 +14,16 @@ class ArithmeticConfig:
 
     `warmup_flaw` makes a fraction `warmup_flaw_rate` of the warm-up demonstrations
     systematically wrong: `no_carry` adds without carrying (157+291 -> 348), `reversed`
-    writes the sum least-significant digit first (448 -> 844). The warmed-up policy
-    then knows the task but often answers in the flawed way, which only the
-    verifier-driven RL phase can fix.
+    writes the sum least-significant digit first (448 -> 844), `ramble` gives the right
+    sum but keeps repeating its digits for a lognormal number of extra characters
+    (median 8, cut at `rollout.max_new_tokens`: 448 -> 44844844; long-tailed response
+    lengths). The warmed-up policy then knows the task but often answers in the flawed
+    way, which only the verifier-driven RL phase can fix.
     """
 
     min_digits: int = 1
     max_digits: int = 3
-    warmup_flaw: Literal["none", "no_carry", "reversed"] = "none"
+    warmup_flaw: Literal["none", "no_carry", "reversed", "ramble"] = "none"
     warmup_flaw_rate: float = 0.0
 
     def __post_init__(self) -> None:

@@ -93,9 +93,7 @@ class Learner:
         self.proximal = learner.proximal
         log.info("learner log-probs: fused kernel %r (learner.logprob_impl=%r)", resolve_fused_logprob_impl(learner.logprob_impl), learner.logprob_impl)
         self.tx = freeze_encoders(make_optimizer(optimizer), model.config)
-        # Jitted, so the optimizer state lands where the weights are (a placed learner slice
-        # included) and the first update does not recompile for an uncommitted step counter.
-        self._init_opt_state = jax.jit(self.tx.init)
+        self._jit_init = jax.jit(self.tx.init)
         self.opt_state = self._init_opt_state(self.params)
         self.ref_params = jax.tree.map(jnp.copy, self.params) if algorithm.kl_coef > 0 else None
         self.critic = Critic(model.config, critic, optimizer.grad_clip, seed=1) if critic.enabled else None
@@ -156,6 +154,22 @@ class Learner:
             self.ref_params = jax.tree.map(jnp.copy, params)
         if self.critic is not None:
             self.critic.init_trunk(params)
+
+    def _init_opt_state(self, params: nnx.State) -> optax.OptState:
+        """Optimizer state placed where the weights are: moments sharded like their weight, counters replicated
+        on the weights' devices. (`tx.init`'s outputs do not depend on the weights' values, so jit alone leaves
+        them all on the default device, which a learner slice spanning several devices cannot use.)"""
+        state = self._jit_init(params)
+        masked = any(isinstance(x, optax.MaskedNode) for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.MaskedNode)))
+        if masked or isinstance(jax.tree.leaves(params)[0], jax.core.Tracer):
+            # eval_shape (dry-run plan): shapes only. Frozen encoders (masked state): not mapped yet, left as jit put it.
+            return state
+        weights = jax.tree.leaves(params)[0].sharding
+        replicated = jax.sharding.NamedSharding(weights.mesh, jax.sharding.PartitionSpec()) if isinstance(weights, jax.sharding.NamedSharding) else weights
+        return optax.tree_utils.tree_map_params(
+            self.tx, lambda leaf, weight: leaf if isinstance(leaf, optax.MaskedNode) else jax.device_put(leaf, weight.sharding),
+            state, params, transform_non_params=lambda leaf: jax.device_put(leaf, replicated),
+            is_leaf=lambda leaf: isinstance(leaf, optax.MaskedNode))  # frozen encoders hold no optimizer state
 
     def state_dict(self) -> dict[str, object]:
         state = {"params": self.params, "opt_state": self.opt_state}

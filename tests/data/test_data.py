@@ -53,6 +53,17 @@ def test_warmup_demonstrations_carry_the_flaw_at_the_configured_rate(flaw, flawe
     assert warmup_demonstrations(records, ArithmeticConfig(), seed=0) == records
 
 
+def test_ramble_demonstrations_repeat_the_answer_for_a_long_tailed_length():
+    records = [PromptRecord(id=str(i), prompt="58+67=", answer="125") for i in range(2000)]
+    demos = warmup_demonstrations(records, ArithmeticConfig(warmup_flaw="ramble", warmup_flaw_rate=0.5), seed=0)
+    rambling = [d.answer for d in demos if d.answer != "125"]
+    assert 0.46 < len(rambling) / len(demos) < 0.54
+    assert all(a.startswith("125") and a == ("125" * len(a))[: len(a)] for a in rambling)
+    extra = np.array([len(a) - 3 for a in rambling])
+    assert 6 <= np.median(extra) <= 10  # lognormal, median 8
+    assert np.percentile(extra, 90) > 3 * np.median(extra)  # the long tail
+
+
 @pytest.mark.parametrize("fields", [dict(warmup_flaw="no_carry"), dict(warmup_flaw_rate=0.5), dict(warmup_flaw="reversed", warmup_flaw_rate=1.5)])
 def test_warmup_flaw_needs_both_knobs(fields):
     with pytest.raises(ValueError, match="warmup_flaw"):

@@ -132,3 +132,13 @@ def test_checkpoint_round_trip(tmp_path):
     same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), (fresh.params, fresh.opt_state), (learner.params, learner.opt_state))
     assert all(jax.tree.leaves(same))
     checkpointer.close()
+
+
+def test_optimizer_state_follows_weights_placed_on_a_two_device_slice():
+    learner = make_learner()
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[2:4]), ("fsdp",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    learner.reset_weights(jax.device_put(learner.params, replicated))
+    for leaf in jax.tree.leaves(learner.opt_state):
+        assert set(leaf.devices()) == set(jax.devices()[2:4])
+    assert np.isfinite(learner.update(make_batch())["actor/loss"])
