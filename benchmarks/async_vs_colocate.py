@@ -53,7 +53,7 @@ simulate_cpu_devices(2)  # before JAX starts: one device per role
 
 import numpy as np  # noqa: E402
 
-from benchmarks.results_table import machine_description, write_section  # noqa: E402
+from benchmarks.results_table import machine_description, report  # noqa: E402
 from rlx.config import load_config  # noqa: E402
 from rlx.services import train  # noqa: E402
 from rlx.services.trainer import Trainer  # noqa: E402
@@ -252,13 +252,11 @@ def main() -> None:
             shown = {k: round(v, 3) for k, v in results[name].items() if isinstance(v, float)}
             print(name, shown, "lengths:", length_summary(results[name]["lengths"]), flush=True)
     body = table(results, args, probe, load, os.environ.get("XLA_FLAGS") or "none")
-    print(body)
-    if not args.no_write:
-        write_section(TITLE, body)
     base = max((results[n] for n in COLOCATE if n in results), key=lambda r: r["samples_per_s"])
     best = max((n for n in results if VARIANTS[n][0] == "disaggregated" and VARIANTS[n][1] >= 1), key=lambda n: results[n]["samples_per_s"])
     ratio = results[best]["samples_per_s"] / base["samples_per_s"]
-    print(f"RESULT best_async_over_colocate={ratio:.2f} accuracy_delta_pts={100 * (results[best]['accuracy'] - base['accuracy']):.1f}")
+    result = f"best_async_over_colocate={ratio:.2f} accuracy_delta_pts={100 * (results[best]['accuracy'] - base['accuracy']):.1f}"
+    report(TITLE, body, result, write=not args.no_write)
 
 
 if __name__ == "__main__":
