@@ -49,17 +49,23 @@ class StalenessGate:
             self._changed.notify_all()
 
 
-def token_staleness(versions: np.ndarray, train_step: int) -> np.ndarray:
-    """Versions behind the weights that train step `train_step` (= `train_step - 1`), per real token (version >= 0)."""
+def version_lag(versions: np.ndarray, train_step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lag, real), shaped like `versions`: how many versions each token is behind the weights that
+    train step `train_step` updates (`train_step - 1`), and which entries are real tokens (version >= 0)."""
     versions = np.asarray(versions)
-    return (train_step - 1 - versions[versions >= 0]).astype(np.int64)
+    return (train_step - 1 - versions).astype(np.int64), versions >= 0
+
+
+def token_staleness(versions: np.ndarray, train_step: int) -> np.ndarray:
+    """The lag of every real token, flattened."""
+    lag, real = version_lag(versions, train_step)
+    return lag[real]
 
 
 def stale_rows(versions: np.ndarray, train_step: int, max_staleness: int) -> np.ndarray:
     """[rows] bool: rows holding a token staler than `max_staleness` at `train_step`."""
-    versions = np.asarray(versions)
-    real = versions >= 0
-    return np.any(real & (train_step - 1 - versions > max_staleness), axis=1)
+    lag, real = version_lag(versions, train_step)
+    return np.any(real & (lag > max_staleness), axis=1)
 
 
 def staleness_metrics(staleness: np.ndarray) -> dict[str, float]:

@@ -19,6 +19,7 @@ import yaml
 from flax import nnx
 
 from rlx.algorithms import overlong_penalty
+from rlx.bus import version_lag
 from rlx.config import Config, to_dict
 from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
@@ -221,8 +222,8 @@ class Trainer:
     @staticmethod
     def _train_batch(step: int, rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
         generation = rollout.generation
-        # Step `step` trains weights of version `step - 1`; padding (version -1) gets 0.
-        staleness = np.where(rollout.policy_version >= 0, step - 1 - rollout.policy_version, 0).astype(np.float32)
+        lag, real = version_lag(rollout.policy_version, step)
+        staleness = np.where(real, lag, 0).astype(np.float32)  # padding gets 0
         return TrainBatch(
             tokens=np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1),
             start=rollout.start,
