@@ -28,6 +28,6 @@ def response_log_probs(
     batch, length, width = hidden.shape
     targets = tokens[:, prompt_len:]
     log_probs, entropy = token_logprobs_and_entropy(
-        hidden.reshape(batch * length, width), model.unembedding(), targets.reshape(-1), temperature, impl=impl
+        hidden.reshape(batch * length, width), model.unembedding().astype(hidden.dtype), targets.reshape(-1), temperature, impl=impl
     )
     return log_probs.reshape(batch, length), entropy.reshape(batch, length)

@@ -1,4 +1,8 @@
-"""Grouped-query attention with q/k RMSNorm (Qwen3), reading and writing a column KV cache."""
+"""Grouped-query attention with q/k RMSNorm (Qwen3), reading and writing a column KV cache.
+
+The score computation is chosen by `model.attention_impl` (see `rlx.models.attention_kernels`);
+the projections, norms, rotary embedding and cache handling here are the same for all of them.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlx.models.attention_kernels import attend
 from rlx.models.config import ModelConfig
 from rlx.models.kv_cache import KVCache
 from rlx.models.layers import RMSNorm, param, rope
-
-
-def attention_mask(start: jax.Array, query_columns: jax.Array, num_keys: int) -> jax.Array:
-    """[B, S, T]: key column j is visible to a query at column i iff start[b] <= j <= i.
-
-    Rows are left-padded: columns before `start[b]` are padding and never attended.
-    The same rule serves training (no cache), prefill and decode. `query_columns` is
-    `[S]` (shared by all rows) or `[B, S]` (decode slots at different lengths).
-    """
-    keys = jnp.arange(num_keys)[None, None, :]
-    return (keys >= start[:, None, None]) & (keys <= jnp.atleast_2d(query_columns)[:, :, None])
 
 
 class Attention(nnx.Module):
@@ -40,11 +34,18 @@ class Attention(nnx.Module):
         self,
         x: jax.Array,
         positions: jax.Array,
-        mask: jax.Array,
+        q_columns: jax.Array,
+        start: jax.Array,
         cache: KVCache | None,
-        layer: int,
+        layer: jax.Array | int,
         cache_index: jax.Array | int,
+        kv_len: int | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
+        """`x [B, S, D]` at rotary `positions` and cache columns `q_columns` (both `[B, S]`).
+
+        With a cache, the new keys/values are written at `cache_index` of `layer` and the
+        queries attend over the cache's first `kv_len` columns (default: all of them).
+        """
         cfg, dtype = self.config, x.dtype
         q = jnp.einsum("bsd,dhk->bshk", x, self.q_proj[...].astype(dtype))
         k = jnp.einsum("bsd,dhk->bshk", x, self.k_proj[...].astype(dtype))
@@ -52,14 +53,11 @@ class Attention(nnx.Module):
         q = rope(self.q_norm(q), positions, cfg.rope_theta)
         k = rope(self.k_norm(k), positions, cfg.rope_theta)
         if cache is not None:
-            cache, k, v = cache.update(layer, k, v, cache_index)
+            cache = cache.write(layer, k, v, cache_index)
+            k, v = cache.read(layer, kv_len)
         batch, steps = x.shape[:2]
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(batch, steps, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("bskgd,btkd->bkgst", q, k.astype(dtype)).astype(jnp.float32)
-        scores = scores / jnp.sqrt(jnp.float32(cfg.head_dim))
-        scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum("bkgst,btkd->bskgd", probs, v.astype(dtype))
+        out = attend(q, k.astype(dtype), v.astype(dtype), q_columns, start, cfg.attention_impl)
         out = out.reshape(batch, steps, cfg.num_heads, cfg.head_dim)
         return jnp.einsum("bshk,hkd->bsd", out, self.o_proj[...].astype(dtype)), cache

@@ -9,6 +9,7 @@ from rlx.checks import require_positive
 from rlx.models.encoder_config import AudioConfig, VisionConfig
 
 DType = Literal["float32", "bfloat16"]
+AttentionImpl = Literal["auto", "reference", "xla", "chunked", "cudnn"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +21,8 @@ class ModelConfig:
     each token goes to `num_experts_per_tok` SwiGLU experts of width `moe_intermediate_size`,
     weighted by the router's softmax (renormalized over the chosen experts if `norm_topk_prob`).
     `vision` and `audio` add modality encoders (see `rlx.models.encoders`); both are off by default.
+    `attention_impl` picks how attention scores are computed (`rlx.models.attention_kernels`):
+    `auto` is cuDNN flash attention on GPU and an online-softmax scan over key blocks elsewhere.
     """
 
     vocab_size: int | None = None
@@ -35,6 +38,7 @@ class ModelConfig:
     max_seq_len: int = 64
     dtype: DType = "float32"
     param_dtype: DType = "float32"
+    attention_impl: AttentionImpl = "auto"
     num_experts: int = 0
     num_experts_per_tok: int = 8
     moe_intermediate_size: int = 768
@@ -68,6 +72,17 @@ class ModelConfig:
     def is_moe_layer(self, layer: int) -> bool:
         """Whether decoder layer `layer` uses the expert MLP (the Hugging Face Qwen3-MoE rule)."""
         return bool(self.num_experts) and layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
+
+    def layer_runs(self) -> list[tuple[int, int, bool]]:
+        """Maximal runs of consecutive layers of one kind: (first layer, count, is_moe). Each run is one scanned stack."""
+        runs: list[tuple[int, int, bool]] = []
+        for layer in range(self.num_layers):
+            moe = self.is_moe_layer(layer)
+            if runs and runs[-1][2] == moe:
+                runs[-1] = (runs[-1][0], runs[-1][1] + 1, moe)
+            else:
+                runs.append((layer, 1, moe))
+        return runs
 
     def with_vocab(self, tokenizer_vocab_size: int) -> "ModelConfig":
         """Resolves `vocab_size` against the tokenizer: fills it in, or checks it is large enough."""

@@ -2,8 +2,9 @@
 
 A checkpoint directory holds `config.json` and `model.safetensors`, or shards listed in
 `model.safetensors.index.json`. Hugging Face linear weights are `[out, in]`; rlx keeps
-`[in, out]` with heads split out (q_proj `[D, H, Dh]`, o_proj `[H, Dh, D]`), and stacks
-Qwen3-MoE experts on a leading axis, so each tensor is transposed and reshaped on the way.
+`[in, out]` with heads split out (q_proj `[D, H, Dh]`, o_proj `[H, Dh, D]`), stacks the decoder
+layers of each run of one kind on a leading axis (`Qwen3.layers[r].layer`), and stacks Qwen3-MoE
+experts on the axis after it, so each tensor is transposed, reshaped and placed on the way.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ class CheckpointError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class TensorMap:
-    """One Hugging Face tensor and where it lives in rlx: `path` in the state, `expert` slot if stacked."""
+    """One Hugging Face tensor and where it lives in rlx: `path` in the state, at `index` of its leading
+    (stacked) axes: the layer within its stack, then the expert."""
 
     hf_name: str
     hf_shape: tuple[int, ...]
     path: tuple[str | int, ...]
     linear: bool  # stored [out, in] by Hugging Face: transpose, then reshape to the rlx shape
-    expert: int | None = None
+    index: tuple[int, ...] = ()
 
 
 def tensor_maps(config: ModelConfig) -> list[TensorMap]:
@@ -51,32 +53,34 @@ def tensor_maps(config: ModelConfig) -> list[TensorMap]:
             TensorMap("model.norm.weight", (d,), ("final_norm", "scale"), False)]
     if not config.tie_word_embeddings:
         maps.append(TensorMap("lm_head.weight", (config.vocab_size, d), ("lm_head",), True))
+    stack_of = {first + j: (run, j) for run, (first, count, _) in enumerate(config.layer_runs()) for j in range(count)}
     for i in range(config.num_layers):
-        pre, at = f"model.layers.{i}.", ("layers", i)
+        run, within = stack_of[i]
+        pre, at, layer = f"model.layers.{i}.", ("layers", run, "layer"), (within,)
         maps += [
-            TensorMap(pre + "input_layernorm.weight", (d,), at + ("input_norm", "scale"), False),
-            TensorMap(pre + "post_attention_layernorm.weight", (d,), at + ("post_attn_norm", "scale"), False),
-            TensorMap(pre + "self_attn.q_proj.weight", (h * hd, d), at + ("attn", "q_proj"), True),
-            TensorMap(pre + "self_attn.k_proj.weight", (kv * hd, d), at + ("attn", "k_proj"), True),
-            TensorMap(pre + "self_attn.v_proj.weight", (kv * hd, d), at + ("attn", "v_proj"), True),
-            TensorMap(pre + "self_attn.o_proj.weight", (d, h * hd), at + ("attn", "o_proj"), True),
-            TensorMap(pre + "self_attn.q_norm.weight", (hd,), at + ("attn", "q_norm", "scale"), False),
-            TensorMap(pre + "self_attn.k_norm.weight", (hd,), at + ("attn", "k_norm", "scale"), False),
+            TensorMap(pre + "input_layernorm.weight", (d,), at + ("input_norm", "scale"), False, layer),
+            TensorMap(pre + "post_attention_layernorm.weight", (d,), at + ("post_attn_norm", "scale"), False, layer),
+            TensorMap(pre + "self_attn.q_proj.weight", (h * hd, d), at + ("attn", "q_proj"), True, layer),
+            TensorMap(pre + "self_attn.k_proj.weight", (kv * hd, d), at + ("attn", "k_proj"), True, layer),
+            TensorMap(pre + "self_attn.v_proj.weight", (kv * hd, d), at + ("attn", "v_proj"), True, layer),
+            TensorMap(pre + "self_attn.o_proj.weight", (d, h * hd), at + ("attn", "o_proj"), True, layer),
+            TensorMap(pre + "self_attn.q_norm.weight", (hd,), at + ("attn", "q_norm", "scale"), False, layer),
+            TensorMap(pre + "self_attn.k_norm.weight", (hd,), at + ("attn", "k_norm", "scale"), False, layer),
         ]
         mlp = at + ("mlp",)
         if config.is_moe_layer(i):
             f = config.moe_intermediate_size
-            maps.append(TensorMap(pre + "mlp.gate.weight", (config.num_experts, d), mlp + ("router",), True))
+            maps.append(TensorMap(pre + "mlp.gate.weight", (config.num_experts, d), mlp + ("router",), True, layer))
             for e in range(config.num_experts):
                 ex = f"{pre}mlp.experts.{e}."
-                maps += [TensorMap(ex + "gate_proj.weight", (f, d), mlp + ("gate",), True, e),
-                         TensorMap(ex + "up_proj.weight", (f, d), mlp + ("up",), True, e),
-                         TensorMap(ex + "down_proj.weight", (d, f), mlp + ("down",), True, e)]
+                maps += [TensorMap(ex + "gate_proj.weight", (f, d), mlp + ("gate",), True, layer + (e,)),
+                         TensorMap(ex + "up_proj.weight", (f, d), mlp + ("up",), True, layer + (e,)),
+                         TensorMap(ex + "down_proj.weight", (d, f), mlp + ("down",), True, layer + (e,))]
         else:
             f = config.intermediate_size
-            maps += [TensorMap(pre + "mlp.gate_proj.weight", (f, d), mlp + ("gate",), True),
-                     TensorMap(pre + "mlp.up_proj.weight", (f, d), mlp + ("up",), True),
-                     TensorMap(pre + "mlp.down_proj.weight", (d, f), mlp + ("down",), True)]
+            maps += [TensorMap(pre + "mlp.gate_proj.weight", (f, d), mlp + ("gate",), True, layer),
+                     TensorMap(pre + "mlp.up_proj.weight", (f, d), mlp + ("up",), True, layer),
+                     TensorMap(pre + "mlp.down_proj.weight", (d, f), mlp + ("down",), True, layer)]
     return maps
 
 
@@ -131,14 +135,14 @@ def from_pretrained(path: str | Path, *, dtype: str | None = None) -> Pretrained
 def _load_tensor(m: TensorMap, tensor: np.ndarray, values: dict, stacked: dict, dtype_np: np.dtype) -> None:
     """Checks one checkpoint tensor's shape and puts it, transposed and cast, into `values` (or `stacked`)."""
     target = _get(values, m.path)
-    shape = target.shape[1:] if m.expert is not None else target.shape
+    shape = target.shape[len(m.index):]
     if tuple(tensor.shape) != m.hf_shape:
         raise CheckpointError(f"{m.hf_name}: shape {tuple(tensor.shape)} in the checkpoint, config.json implies {m.hf_shape}")
     array = (tensor.T if m.linear else tensor).reshape(shape).astype(dtype_np)
-    if m.expert is None:
+    if not m.index:
         _set(values, m.path, jnp.asarray(array))
     else:
-        stacked.setdefault(m.path, np.empty(target.shape, dtype_np))[m.expert] = array
+        stacked.setdefault(m.path, np.empty(target.shape, dtype_np))[m.index] = array
 
 
 def save_pretrained(model: PretrainedModel | Qwen3, path: str | Path, *, max_shard_bytes: int = 5 << 30) -> None:
@@ -150,9 +154,7 @@ def save_pretrained(model: PretrainedModel | Qwen3, path: str | Path, *, max_sha
     values = nnx.to_pure_dict(nnx.state(qwen, nnx.Param))
     tensors: dict[str, np.ndarray] = {}
     for m in tensor_maps(qwen.config):
-        array = np.asarray(jax.device_get(_get(values, m.path)))
-        if m.expert is not None:
-            array = array[m.expert]
+        array = np.asarray(jax.device_get(_get(values, m.path)))[m.index]
         tensors[m.hf_name] = np.ascontiguousarray(array.reshape(m.hf_shape[::-1]).T if m.linear else array)
     shards = _split_shards(tensors, max_shard_bytes)
     if len(shards) == 1:

@@ -26,19 +26,26 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, layer: int, k: jax.Array, v: jax.Array, index: jax.Array | int) -> tuple["KVCache", jax.Array, jax.Array]:
-        """Writes `k, v [batch, steps, ...]` at column `index` of `layer`; returns that layer's full k, v.
+    def write(self, layer: jax.Array | int, k: jax.Array, v: jax.Array, index: jax.Array | int) -> "KVCache":
+        """Writes `k, v [batch, steps, ...]` of `layer` (may be traced) at column `index` onwards.
 
         `index` is one column for every row, or `[batch]` columns (decode slots at different lengths).
         """
         index = jnp.asarray(index, jnp.int32)
-        layer_k = _write_columns(self.k[layer], k.astype(self.k.dtype), index)
-        layer_v = _write_columns(self.v[layer], v.astype(self.v.dtype), index)
-        return KVCache(self.k.at[layer].set(layer_k), self.v.at[layer].set(layer_v)), layer_k, layer_v
+        return KVCache(_write(self.k, layer, k.astype(self.k.dtype), index), _write(self.v, layer, v.astype(self.v.dtype), index))
+
+    def read(self, layer: jax.Array | int, length: int | None = None) -> tuple[jax.Array, jax.Array]:
+        """`layer`'s keys and values `[batch, length, ...]`: the first `length` columns (default all)."""
+        length = self.max_len if length is None else length
+        take = lambda x: jax.lax.dynamic_slice(x, (layer, 0, 0, 0, 0), (1, x.shape[1], length, *x.shape[3:]))[0]
+        return take(self.k), take(self.v)
 
 
-def _write_columns(layer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+def _write(cache: jax.Array, layer: jax.Array | int, new: jax.Array, index: jax.Array) -> jax.Array:
     if index.ndim == 0:
-        return jax.lax.dynamic_update_slice(layer, new, (0, index, 0, 0))
-    write_row = lambda row, values, column: jax.lax.dynamic_update_slice(row, values, (column, 0, 0))
-    return jax.vmap(write_row)(layer, new, index)
+        return jax.lax.dynamic_update_slice(cache, new[None], (layer, 0, index, 0, 0))
+    batch, steps = new.shape[:2]
+    rows = jnp.arange(batch)[:, None]
+    columns = index[:, None] + jnp.arange(steps)[None, :]
+    # Out-of-range columns (a full slot) are dropped, as dynamic_update_slice would clamp them.
+    return cache.at[layer, rows, columns].set(new, mode="drop")

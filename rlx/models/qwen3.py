@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rlx.models.attention import Attention, attention_mask
+from rlx.models.attention import Attention
 from rlx.models.config import ModelConfig
 from rlx.models.encoders import AudioEncoder, VisionEncoder
 from rlx.models.kv_cache import KVCache
@@ -15,24 +15,62 @@ from rlx.models.moe import MoEBlock
 from rlx.models.multimodal import Media, ModalityEmbeddings, merge_modality_embeddings
 
 
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class DecoderLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, layer: int, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, moe: bool, *, rngs: nnx.Rngs):
         dt = jnp.dtype(config.param_dtype)
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
         self.attn = Attention(config, rngs=rngs)
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
-        self.is_moe = config.is_moe_layer(layer)
-        if self.is_moe:
+        self.is_moe = moe
+        if moe:
             self.mlp = MoEBlock(config, rngs=rngs)
         else:
             self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, param_dtype=dt, rngs=rngs)
 
-    def __call__(self, x, positions, mask, cache, layer, cache_index):
-        attended, cache = self.attn(self.input_norm(x), positions, mask, cache, layer, cache_index)
+    def __call__(self, x, positions, q_columns, start, cache, layer, cache_index, kv_len):
+        attended, cache = self.attn(self.input_norm(x), positions, q_columns, start, cache, layer, cache_index, kv_len)
         x = x + attended
         mlp_in = self.post_attn_norm(x)
         mlp_out = self.mlp(mlp_in)[0] if self.is_moe else self.mlp(mlp_in)
         return x + mlp_out, cache
+
+
+class LayerStack(nnx.Module):
+    """`count` decoder layers of one kind (dense or MoE), global indices `first ..`, weights stacked on a
+    leading `layers` axis and run by one `lax.scan`: compile time stays flat as depth grows."""
+
+    def __init__(self, config: ModelConfig, first: int, count: int, moe: bool, *, rngs: nnx.Rngs):
+        self.first, self.count = first, count
+
+        @nnx.split_rngs(splits=count)
+        @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=count)
+        def stacked(rngs: nnx.Rngs) -> DecoderLayer:
+            return DecoderLayer(config, moe, rngs=rngs)
+
+        self.layer = stacked(rngs)
+        for _, variable in nnx.iter_graph(self.layer):
+            if isinstance(variable, nnx.Variable) and variable.get_metadata().get("out_sharding") is not None:
+                variable.set_metadata(out_sharding=("layers", *variable.get_metadata()["out_sharding"]))
+
+    def __call__(self, x, positions, q_columns, start, cache, cache_index, kv_len, remat: str):
+        graphdef, weights = nnx.split(self.layer)
+
+        def one_layer(carry, layer_weights):
+            x, cache, index = carry
+            x, cache = nnx.merge(graphdef, layer_weights)(x, positions, q_columns, start, cache, index, cache_index, kv_len)
+            return (x, cache, index + 1), None
+
+        if REMAT_POLICIES[remat] is not None:
+            one_layer = jax.checkpoint(one_layer, policy=REMAT_POLICIES[remat])
+        (x, cache, _), _ = jax.lax.scan(one_layer, (x, cache, jnp.int32(self.first)), weights)
+        return x, cache
 
 
 class Qwen3(nnx.Module):
@@ -49,7 +87,7 @@ class Qwen3(nnx.Module):
         self.config = config
         dt = jnp.dtype(config.param_dtype)
         self.embed = param(rngs, nnx.initializers.normal(0.02), (config.vocab_size, config.hidden_size), ("vocab", "embed"), dt)
-        self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs) for i in range(config.num_layers)])
+        self.layers = nnx.List([LayerStack(config, first, count, moe, rngs=rngs) for first, count, moe in config.layer_runs()])
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
         if not config.tie_word_embeddings:
             self.lm_head = param(rngs, nnx.initializers.normal(0.02), (config.hidden_size, config.vocab_size), ("embed", "vocab"), dt)
@@ -86,30 +124,39 @@ class Qwen3(nnx.Module):
         cache_index: jax.Array | int = 0,
         modality: ModalityEmbeddings | None = None,
         media: Media | None = None,
+        kv_len: int | None = None,
+        remat: str = "none",
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, S, hidden] (and the updated cache).
 
         `media` (encoder inputs by modality, see `Media`) is encoded and merged into the
-        placeholder columns; `modality` merges features that were encoded already.
+        placeholder columns; `modality` merges features that were encoded already. With a
+        cache, attention reads only its first `kv_len` columns (default: all; every query's
+        column must lie below it). `remat` (`none`, `full`, `save_dots`) rematerialises each
+        decoder layer in the backward pass instead of keeping its activations.
         """
         batch, steps = input_ids.shape
         if start is None:
             start = jnp.zeros((batch,), jnp.int32)
         cache_index = jnp.asarray(cache_index, jnp.int32)
         columns = cache_index[..., None] + jnp.arange(steps, dtype=jnp.int32)  # [S], or [B, S] per-row indices
-        positions = jnp.maximum(jnp.atleast_2d(columns) - start[:, None], 0)
-        num_keys = steps if cache is None else cache.max_len
-        mask = attention_mask(start, columns, num_keys)
+        q_columns = jnp.broadcast_to(jnp.atleast_2d(columns), (batch, steps))
+        positions = jnp.maximum(q_columns - start[:, None], 0)
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {remat!r} is not one of {', '.join(REMAT_POLICIES)}")
         dtype = jnp.dtype(self.config.dtype)
         x = merge_modality_embeddings(self.embed[...][input_ids].astype(dtype), modality)
         for encoded in self.encode_media(input_ids, media) if media else ():
             x = merge_modality_embeddings(x, encoded)
-        for index, layer in enumerate(self.layers):
-            x, cache = layer(x, positions, mask, cache, index, cache_index)
+        for stack in self.layers:
+            x, cache = stack(x, positions, q_columns, start, cache, cache_index, kv_len, remat)
         return self.final_norm(x), cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Float32 logits [..., vocab] of final hidden states [..., hidden], computed in the hidden states' dtype."""
+        return jnp.einsum("...d,dv->...v", hidden, self.unembedding().astype(hidden.dtype), preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids: jax.Array, **kwargs) -> tuple[jax.Array, KVCache | None]:
         """Float32 logits [B, S, vocab] (and the updated cache); keyword arguments as `hidden_states`."""
         hidden, cache = self.hidden_states(input_ids, **kwargs)
-        logits = jnp.einsum("bsd,dv->bsv", hidden, self.unembedding().astype(hidden.dtype), preferred_element_type=jnp.float32)
-        return logits, cache
+        return self.logits(hidden), cache

@@ -70,9 +70,9 @@ def test_replayed_routes_are_used_and_reweighted(block):
 
 def test_moe_layers_follow_the_hf_rule_and_name_their_axes():
     model = nnx.eval_shape(lambda: Qwen3(CONFIG, rngs=nnx.Rngs(0)))
-    assert [layer.is_moe for layer in model.layers] == [True, False, True]
-    names = model.layers[0].mlp.gate.get_metadata()["out_sharding"]
-    assert names == ("exp", "embed", "moe_mlp")
+    assert [(stack.first, stack.count, stack.layer.is_moe) for stack in model.layers] == [(0, 1, True), (1, 1, False), (2, 1, True)]
+    names = model.layers[0].layer.mlp.gate.get_metadata()["out_sharding"]
+    assert names == ("layers", "exp", "embed", "moe_mlp")
     step2 = ModelConfig(num_layers=4, num_experts=4, num_experts_per_tok=1, decoder_sparse_step=2)
     assert [step2.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
     assert not ModelConfig().is_moe_layer(0)

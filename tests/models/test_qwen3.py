@@ -66,10 +66,9 @@ def test_gqa_equals_explicit_repeated_kv_heads():
     _, gqa_state = nnx.split(gqa)
     graphdef, mha_state = nnx.split(mha)
     gqa_params, mha_params = nnx.to_pure_dict(gqa_state), nnx.to_pure_dict(mha_state)
-    for layer in range(2):
-        attn = gqa_params["layers"][layer]["attn"]
-        attn["k_proj"] = jnp.repeat(attn["k_proj"], 2, axis=1)
-        attn["v_proj"] = jnp.repeat(attn["v_proj"], 2, axis=1)
+    attn = gqa_params["layers"][0]["layer"]["attn"]  # both layers, stacked on axis 0
+    attn["k_proj"] = jnp.repeat(attn["k_proj"], 2, axis=2)
+    attn["v_proj"] = jnp.repeat(attn["v_proj"], 2, axis=2)
     nnx.replace_by_pure_dict(mha_state, gqa_params)
     ids = random_ids((2, 6))
     np.testing.assert_allclose(gqa(ids)[0], nnx.merge(graphdef, mha_state)(ids)[0], atol=1e-5)

@@ -79,9 +79,9 @@ def test_sharded_forward_and_backward_match_unsharded(unsharded, mesh, preset):
 
 def test_expert_weights_are_split_over_the_expert_axis(model, mesh):
     params = reshard(nnx.state(model, nnx.Param), tree_shardings(nnx.state(model, nnx.Param), mesh, rules_for("fsdp_tp_ep")))
-    gate = params["layers"][0]["mlp"]["gate"][...]
-    assert gate.shape == (4, 32, 16)
-    assert {shard.data.shape for shard in gate.addressable_shards} == {(2, 16, 8)}
+    gate = params["layers"][0]["layer"]["mlp"]["gate"][...]
+    assert gate.shape == (1, 4, 32, 16)  # one layer in the first (MoE) stack
+    assert {shard.data.shape for shard in gate.addressable_shards} == {(1, 2, 16, 8)}
 
 
 def test_reshard_learner_slice_to_generator_slice_keeps_values(model):
@@ -95,8 +95,8 @@ def test_reshard_learner_slice_to_generator_slice_keeps_values(model):
     for before, after in zip(jax.tree.leaves(params), jax.tree.leaves(on_generator)):
         assert set(after.sharding.device_set) <= set(generator_mesh.devices.flat)
         np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
-    router = on_generator["layers"][0]["mlp"]["router"][...]
-    assert router.sharding.spec == jax.sharding.PartitionSpec(None, None)  # "router" is left whole
+    router = on_generator["layers"][0]["layer"]["mlp"]["router"][...]
+    assert router.sharding.spec == jax.sharding.PartitionSpec(None, None, None)  # "layers" and "router" are left whole
 
 
 def test_bad_shardings_are_explained(mesh):
