@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union, get_args, get_origin, get_type_hints
@@ -28,6 +30,21 @@ from rlx.rollout.config import RolloutConfig
 
 class ConfigError(ValueError):
     """A config value or key is wrong; the message says which and what was expected."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 with numbers as people write them: `3e-4` and `1E6` are floats (YAML 1.1 asks for `3.0e-4`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +163,7 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"config files include each other in a cycle: {' -> '.join(map(str, _seen + (path,)))}")
-    loaded = yaml.safe_load(path.read_text())
+    loaded = parse_yaml(path.read_text())
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
@@ -178,7 +195,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    node[parts[-1]] = parse_yaml(text) if text.strip() else ""
 
 
 def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
@@ -257,9 +274,11 @@ def _convert(annotation: Any, value: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}; quote it ('{value}') if it is text")
         return value
     raise ConfigError(f"{key}: unsupported field type {annotation}")  # a schema bug, not user input

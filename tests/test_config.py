@@ -145,3 +145,18 @@ def test_modality_encoders_refuse_paths_that_would_drop_media():
 def test_async_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("optimizer:\n  learning_rate: 3e-4\nreward:\n  on_error_reward: -1E1\n")
+    config = load_config(tmp_path / "c.yaml", ["optimizer.warmup_steps=5", "warmup.learning_rate=2e-3"])
+    assert (config.optimizer.learning_rate, config.reward.on_error_reward, config.warmup.learning_rate) == (3e-4, -10.0, 2e-3)
+    with pytest.raises(ConfigError, match="run.output_dir: expected a string, got 100000.0; quote it"):
+        load_config(None, ["run.output_dir=1e5"])
+
+
+@pytest.mark.parametrize("override", ["optimizer.learning_rate=.nan", "optimizer.learning_rate=.inf", "model.rope_theta=-.inf",
+                                      "reward.on_error_reward=.nan"])
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(ConfigError, match="expected a finite number"):
+        load_config(None, [override])
