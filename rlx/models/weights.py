@@ -100,20 +100,23 @@ def _shard_reader(reader: CheckpointReader, maps: list[TensorMap], shape: tuple[
     """
     stacked = len(maps[0].index)
     by_index = {m.index: m for m in maps}
+    blocks: dict[tuple, np.ndarray] = {}  # devices holding the same block (replicas) share one read
 
     def read(index: tuple[slice, ...]) -> np.ndarray:
-        bounds = [s.indices(n)[:2] for s, n in zip(index, shape)]
-        lead, rest = bounds[:stacked], bounds[stacked:]
-        block = np.empty([stop - start for start, stop in bounds], dtype)
-        for position in itertools.product(*(range(start, stop) for start, stop in lead)):
-            at = tuple(p - start for p, (start, _) in zip(position, lead))
-            block[at] = _read_tensor_block(reader, by_index[position], shape[stacked:], rest)
-        return block
+        bounds = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+        if bounds not in blocks:
+            lead, rest = bounds[:stacked], bounds[stacked:]
+            block = np.empty([stop - start for start, stop in bounds], dtype)
+            for position in itertools.product(*(range(start, stop) for start, stop in lead)):
+                at = tuple(p - start for p, (start, _) in zip(position, lead))
+                block[at] = _read_tensor_block(reader, by_index[position], shape[stacked:], rest)
+            blocks[bounds] = block
+        return blocks[bounds]
 
     return read
 
 
-def _read_tensor_block(reader: CheckpointReader, m: TensorMap, shape: tuple[int, ...], bounds: list[tuple[int, int]]) -> np.ndarray:
+def _read_tensor_block(reader: CheckpointReader, m: TensorMap, shape: tuple[int, ...], bounds: tuple[tuple[int, int], ...]) -> np.ndarray:
     """The block `bounds` of one tensor in rlx layout (`shape`), read from its Hugging Face layout.
 
     A linear weight is `[out, in]` in the checkpoint and `[*in_dims, *out_dims]` in rlx (the
@@ -129,7 +132,7 @@ def _read_tensor_block(reader: CheckpointReader, m: TensorMap, shape: tuple[int,
     return block[in_cut + out_cut]
 
 
-def _flat_range(bounds: list[tuple[int, int]], dims: tuple[int, ...]) -> tuple[slice, tuple[int, ...], tuple[slice, ...]]:
+def _flat_range(bounds: tuple[tuple[int, int], ...], dims: tuple[int, ...]) -> tuple[slice, tuple[int, ...], tuple[slice, ...]]:
     """For rlx dims `dims` that one checkpoint dim holds flattened: the range of it covering `bounds` on
     the first dim (whole on the others), the shape of that range unflattened, and the cut of `bounds`."""
     (start, stop), inner = bounds[0], math.prod(dims[1:])
