@@ -1,10 +1,13 @@
 """`model.init_from`: the architecture comes from the checkpoint's config.json, resolved at config load."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from rlx.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 DENSE = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 300, "hidden_size": 48, "intermediate_size": 96,
          "num_hidden_layers": 3, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 8, "rope_theta": 1000000,
@@ -77,3 +80,28 @@ def test_bad_checkpoints_and_combinations_are_explained(tmp_path):
         load_config(None, ["run.export_hf=true", "model.audio.enabled=true"])
     with pytest.raises(ConfigError, match="chat_template: true needs a Hugging Face tokenizer"):
         load_config(None, [*_jsonl(tmp_path), "data.chat_template=true"])
+
+
+QWEN3_1_7B = {"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 151936, "hidden_size": 2048,
+              "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+              "rope_theta": 1000000, "rms_norm_eps": 1e-06, "tie_word_embeddings": True, "max_position_embeddings": 40960,
+              "hidden_act": "silu", "attention_bias": False, "use_sliding_window": False, "torch_dtype": "bfloat16"}
+
+
+def test_the_math_recipe_resolves_against_a_qwen3_directory(tmp_path):
+    from tests.data.test_hf_tokenizer import TEMPLATE, _write
+
+    from rlx.data import load_task
+
+    text = (REPO / "configs" / "qwen3_math.yaml").read_text()
+    assert "python -m rlx.launch --config configs/qwen3_math.yaml" in text.splitlines()[1]
+    ckpt = _checkpoint(tmp_path / "Qwen3-1.7B", QWEN3_1_7B)
+    _write(ckpt, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": TEMPLATE})
+    config = load_config(REPO / "configs" / "qwen3_math.yaml", [f"model.init_from={ckpt}",
+                         f"data.train_path={REPO / 'configs/data/math/train.jsonl'}", f"data.val_path={REPO / 'configs/data/math/val.jsonl'}"])
+    assert (config.model.hidden_size, config.model.num_layers, config.model.tie_word_embeddings) == (2048, 28, True)
+    assert (config.model.dtype, config.model.param_dtype, config.reward.fn, config.run.export_hf) == ("bfloat16", "float32", "boxed_answer", True)
+    assert config.data.tokenizer_path == str(ckpt) and config.warmup.sft_steps == 0
+    task = load_task(config.data)
+    assert (len(task.train), len(task.val), task.counts["data/skipped_bad_rows"]) == (24, 8, 0)
+    assert task.train[0].prompt.startswith("<|im_start|>user\n") and "\\boxed{number}" in task.train[0].prompt
