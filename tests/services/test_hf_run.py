@@ -16,12 +16,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 
 from rlx.config import load_config  # noqa: E402
 from rlx.export import main as export_main  # noqa: E402
+from rlx.models import init_params  # noqa: E402
 from rlx.models.hf import INDEX_FILE  # noqa: E402
 from rlx.parallel import expand_shardings, role_meshes, rules_for, tree_shardings  # noqa: E402
 from rlx.services import train  # noqa: E402
-from rlx.services.hf_export import restore_policy  # noqa: E402
+from rlx.services.hf_export import export_policy, restore_policy  # noqa: E402
 from rlx.services.trainer import Trainer  # noqa: E402
 from rlx.services.tracking import read_metrics  # noqa: E402
+from tests.conftest import tiny_overrides  # noqa: E402
 
 TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -150,3 +152,17 @@ def test_trainer_loads_the_checkpoint_onto_the_learner_shardings(hf_checkpoint, 
         assert len(split) == len([a for a in arrays if not a.sharding.is_fully_replicated]) >= 10
     finally:
         trainer.close()
+
+
+def test_a_character_tokenizer_run_exports_weights_and_config_only(tmp_path, caplog):
+    config = load_config(None, tiny_overrides(tmp_path / "run") + ["model.vocab_size=16"])
+    model = nnx.merge(*init_params(config.model, lambda abstract: jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+                                                                                abstract, is_leaf=lambda x: isinstance(x, nnx.Variable)), 0))
+    export_policy(config, model, tmp_path / "hf")
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors"}
+    assert "character tokenizer" in caplog.text
+    ids = np.arange(12).reshape(2, 6)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf_logits = hf(torch.as_tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(hf_logits, np.asarray(model(jnp.asarray(ids))[0]), atol=1e-4, rtol=0)
