@@ -23,6 +23,7 @@ from rlx.checks import require_positive
 from rlx.data.config import DataConfig
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig, WarmupConfig
 from rlx.models.config import ModelConfig
+from rlx.models.hf_config import UnsupportedCheckpointError, architecture_from_hf, read_hf_config
 from rlx.parallel.config import ParallelConfig
 from rlx.rewards.config import RewardConfig
 from rlx.rollout.config import RolloutConfig
@@ -49,6 +50,8 @@ def parse_yaml(text: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+    """`export_hf: true` writes the final policy as a Hugging Face checkpoint to `<output_dir>/hf/`."""
+
     output_dir: str = "runs/demo"
     steps: int = 100
     seed: int = 0
@@ -58,6 +61,7 @@ class RunConfig:
     save_rollouts: bool = True
     progress: bool = True
     hooks: tuple[str, ...] = ()
+    export_hf: bool = False
 
     def __post_init__(self) -> None:
         require_positive(self, "steps", "eval_every", "checkpoint_every", "keep_checkpoints")
@@ -84,6 +88,7 @@ class Config:
     def __post_init__(self) -> None:
         _check_algorithm_sections(self)
         _check_modalities(self)
+        _check_hf_checkpoints(self)
         _check_bus(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
@@ -104,6 +109,14 @@ def _check_modalities(config: Config) -> None:
         raise ValueError("bus.interrupt=recompute_cache re-runs prompts without their media; use bus.interrupt: keep_cache or off with modality encoders")
     if config.distill.coef > 0 or config.critic.enabled:
         raise ValueError("modality encoders do not work with distill.coef > 0 or critic.enabled yet (teacher and critic see no media)")
+
+
+def _check_hf_checkpoints(config: Config) -> None:
+    """Hugging Face Qwen3 checkpoints hold a text decoder only."""
+    encoders = config.model.vision.enabled or config.model.audio.enabled
+    if encoders and (config.model.init_from is not None or config.run.export_hf):
+        raise ValueError("model.init_from and run.export_hf read and write text-only Qwen3 checkpoints; "
+                         "they do not work with model.vision or model.audio enabled")
 
 
 def _check_bus(config: Config) -> None:
@@ -153,7 +166,46 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
     raw = read_yaml(Path(path)) if path is not None else {}
     for override in overrides:
         apply_override(raw, override)
-    return from_dict(Config, raw)
+    return from_dict(Config, resolve_init_from(raw))
+
+
+def resolve_init_from(raw: dict[str, Any]) -> dict[str, Any]:
+    """Raw config with the architecture of each `init_from` checkpoint (`model`, `distill.teacher`) filled
+    in from its config.json; a field the config sets too must agree. JSONL data without
+    `data.tokenizer_path` takes the tokenizer in `model.init_from`."""
+    resolved = dict(raw)
+    model = _resolve_section(raw.get("model"), "model")
+    if model is not None:
+        resolved["model"] = model
+        data = raw.get("data")
+        if isinstance(data, dict) and data.get("source") == "jsonl" and data.get("tokenizer_path") is None:
+            resolved["data"] = {**data, "tokenizer_path": model["init_from"]}
+    distill = raw.get("distill")
+    teacher = _resolve_section(distill.get("teacher"), "distill.teacher") if isinstance(distill, dict) else None
+    if teacher is not None:
+        resolved["distill"] = {**distill, "teacher": teacher}
+    return resolved
+
+
+def _resolve_section(section: Any, key: str) -> dict[str, Any] | None:
+    """`section` (a raw ModelConfig) with its checkpoint's architecture filled in; None without `init_from`."""
+    if not isinstance(section, dict) or section.get("init_from") is None:
+        return None
+    source = section["init_from"]
+    if not isinstance(source, str):
+        raise ConfigError(f"{key}.init_from: expected a path to a Hugging Face model directory, got {source!r}")
+    try:
+        architecture = architecture_from_hf(read_hf_config(source))
+    except UnsupportedCheckpointError as err:
+        raise ConfigError(f"{key}.init_from: {err}") from None
+    hints = get_type_hints(ModelConfig)
+    for name, value in architecture.items():
+        if name in section and _convert(hints[name], section[name], f"{key}.{name}") != value:
+            raise ConfigError(
+                f"{key}.{name} = {section[name]!r} but {source}/config.json gives {value!r}; the architecture comes from "
+                f"{key}.init_from: remove {key}.{name} from the config (or set it to {value!r})"
+            )
+    return {**section, **architecture}
 
 
 def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

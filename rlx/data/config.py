@@ -68,8 +68,9 @@ class DataConfig:
     (`data/skipped_media`). `media_workers` grain worker processes preprocess media ahead of use.
 
     JSONL data uses a character tokenizer built from its text, or the Hugging Face tokenizer
-    in `tokenizer_path` (a directory with `tokenizer.json`); `chat_template: true` renders
-    each prompt as a user turn through that tokenizer's chat template.
+    in `tokenizer_path` (a directory with `tokenizer.json`; by default `model.init_from`'s, filled
+    in by `rlx.config.load_config`); `chat_template: true` renders each prompt as a user turn
+    through that tokenizer's chat template.
     """
 
     source: Literal["arithmetic", "omni", "jsonl"] = "arithmetic"
@@ -96,4 +97,5 @@ class DataConfig:
         if self.media_workers < 0:
             raise ValueError(f"data.media_workers must be >= 0 (0 = preprocess in the main process), got {self.media_workers}")
         if self.chat_template and self.tokenizer_path is None:
-            raise ValueError("chat_template: true needs data.tokenizer_path (a directory with tokenizer.json and a chat template)")
+            raise ValueError("chat_template: true needs a Hugging Face tokenizer: data.tokenizer_path, or model.init_from "
+                             "(a directory with tokenizer.json and a chat template)")

@@ -23,6 +23,11 @@ class ModelConfig:
     `vision` and `audio` add modality encoders (see `rlx.models.encoders`); both are off by default.
     `attention_impl` picks how attention scores are computed (`rlx.models.attention_kernels`):
     `auto` is cuDNN flash attention on GPU and an online-softmax scan over key blocks elsewhere.
+
+    `init_from` names a Hugging Face Qwen3 / Qwen3-MoE directory (config.json + safetensors) to start
+    from; its config.json fixes the architecture fields (`rlx.models.hf_config.architecture_from_hf`),
+    which `rlx.config.load_config` fills in (a field set in the config too must agree). `dtype`,
+    `param_dtype` and `attention_impl` stay the run's choice. Without it the weights are random.
     """
 
     vocab_size: int | None = None
@@ -47,6 +52,7 @@ class ModelConfig:
     mlp_only_layers: tuple[int, ...] = ()
     vision: VisionConfig = VisionConfig()
     audio: AudioConfig = AudioConfig()
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         require_positive(self, "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "max_seq_len")

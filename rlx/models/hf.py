@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints in and out: `from_pretrained(path)` and `save_pretrained(model, path)`.
+"""The Hugging Face checkpoint format: which tensor goes where (`tensor_maps`), reading slices of them
+(`CheckpointReader`; `rlx.models.weights` loads through it), and writing them (`save_pretrained`).
 
 A checkpoint directory holds `config.json` and `model.safetensors`, or shards listed in
 `model.safetensors.index.json`. Hugging Face linear weights are `[out, in]`; rlx keeps
@@ -16,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from rlx.models.config import ModelConfig
-from rlx.models.hf_config import hf_config_from_model_config, model_config_from_hf
+from rlx.models.hf_config import hf_config_from_model_config
 from rlx.models.qwen3 import Qwen3
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -84,6 +84,40 @@ def tensor_maps(config: ModelConfig) -> list[TensorMap]:
     return maps
 
 
+class CheckpointReader:
+    """The safetensors files of a checkpoint directory, open for reading while in a `with` block.
+
+    `read(name, index)` returns only the slice `index` of a tensor (files are memory-mapped, so only
+    the bytes of that slice are read).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.files = _tensor_files(self.path)
+        self._stack = contextlib.ExitStack()
+        self._handles: dict[Path, Any] = {}
+
+    def __enter__(self) -> "CheckpointReader":
+        for file in sorted(set(self.files.values())):
+            self._handles[file] = self._stack.enter_context(safe_open(file, framework="numpy"))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+        self._handles.clear()
+
+    def check(self, maps: list[TensorMap]) -> None:
+        """Every tensor `maps` expects is present with its shape, and no other tensor is."""
+        _check_names(maps, self.files, self.path)
+        for m in maps:
+            shape = tuple(self._handles[self.files[m.hf_name]].get_slice(m.hf_name).get_shape())
+            if shape != m.hf_shape:
+                raise CheckpointError(f"{m.hf_name}: shape {shape} in the checkpoint, config.json implies {m.hf_shape}")
+
+    def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        return self._handles[self.files[name]].get_slice(name)[index]
+
+
 class PretrainedModel(nnx.Module):
     """A Hugging Face checkpoint loaded into `Qwen3`: `model(input_ids) -> logits [B, S, vocab]`.
 
@@ -106,45 +140,6 @@ class PretrainedModel(nnx.Module):
         return self.model(input_ids, **kwargs)[0]
 
 
-def from_pretrained(path: str | Path, *, dtype: str | None = None) -> PretrainedModel:
-    """Loads a local Hugging Face Qwen3 / Qwen3-MoE directory; `dtype` (float32/bfloat16) overrides the checkpoint's."""
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{path}: no config.json; expected a Hugging Face model directory")
-    hf_config = json.loads(config_file.read_text())
-    config = model_config_from_hf(hf_config, dtype)
-    files = _tensor_files(path)
-    maps = tensor_maps(config)
-    _check_names(maps, files, path)
-    abstract = nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    values = nnx.to_pure_dict(state)
-    stacked: dict[tuple, np.ndarray] = {}
-    dtype_np = jnp.dtype(config.param_dtype)
-    with contextlib.ExitStack() as stack:
-        handles = {f: stack.enter_context(safe_open(f, framework="numpy")) for f in set(files.values())}
-        for m in maps:
-            _load_tensor(m, handles[files[m.hf_name]].get_tensor(m.hf_name), values, stacked, dtype_np)
-    for key, array in stacked.items():
-        _set(values, key, jnp.asarray(array))
-    nnx.replace_by_pure_dict(state, values)
-    return PretrainedModel(nnx.merge(graphdef, state), hf_config)
-
-
-def _load_tensor(m: TensorMap, tensor: np.ndarray, values: dict, stacked: dict, dtype_np: np.dtype) -> None:
-    """Checks one checkpoint tensor's shape and puts it, transposed and cast, into `values` (or `stacked`)."""
-    target = _get(values, m.path)
-    shape = target.shape[len(m.index):]
-    if tuple(tensor.shape) != m.hf_shape:
-        raise CheckpointError(f"{m.hf_name}: shape {tuple(tensor.shape)} in the checkpoint, config.json implies {m.hf_shape}")
-    array = (tensor.T if m.linear else tensor).reshape(shape).astype(dtype_np)
-    if not m.index:
-        _set(values, m.path, jnp.asarray(array))
-    else:
-        stacked.setdefault(m.path, np.empty(target.shape, dtype_np))[m.index] = array
-
-
 def save_pretrained(model: PretrainedModel | Qwen3, path: str | Path, *, max_shard_bytes: int = 5 << 30) -> None:
     """Writes config.json and safetensors (sharded with an index past `max_shard_bytes`) that `transformers` loads."""
     base = model.hf_config if isinstance(model, PretrainedModel) else {}
@@ -153,8 +148,11 @@ def save_pretrained(model: PretrainedModel | Qwen3, path: str | Path, *, max_sha
     path.mkdir(parents=True, exist_ok=True)
     values = nnx.to_pure_dict(nnx.state(qwen, nnx.Param))
     tensors: dict[str, np.ndarray] = {}
+    host: dict[tuple, np.ndarray] = {}  # one host copy per rlx array, however many tensors it stacks
     for m in tensor_maps(qwen.config):
-        array = np.asarray(jax.device_get(_get(values, m.path)))[m.index]
+        if m.path not in host:
+            host[m.path] = np.asarray(jax.device_get(_get(values, m.path)))
+        array = host[m.path][m.index]
         tensors[m.hf_name] = np.ascontiguousarray(array.reshape(m.hf_shape[::-1]).T if m.linear else array)
     shards = _split_shards(tensors, max_shard_bytes)
     if len(shards) == 1:
@@ -226,9 +224,3 @@ def _get(tree: dict, path: tuple) -> Any:
     for key in path:
         tree = tree[key]
     return tree
-
-
-def _set(tree: dict, path: tuple, value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree[key]
-    tree[path[-1]] = value

@@ -7,6 +7,8 @@ library version) are kept verbatim so an export writes them back.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from rlx.models.config import ModelConfig
@@ -19,8 +21,17 @@ class UnsupportedCheckpointError(ValueError):
     """A checkpoint uses an architecture or a setting that rlx does not implement."""
 
 
-def model_config_from_hf(hf: dict[str, Any], dtype: str | None = None) -> ModelConfig:
-    """The `ModelConfig` of a Hugging Face Qwen3 / Qwen3-MoE config; `dtype` overrides the checkpoint's."""
+def read_hf_config(path: str | Path) -> dict[str, Any]:
+    """The `config.json` of a Hugging Face model directory."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise UnsupportedCheckpointError(f"{path}: no config.json; expected a Hugging Face model directory")
+    return json.loads(config_file.read_text())
+
+
+def architecture_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """The `ModelConfig` fields a Hugging Face Qwen3 / Qwen3-MoE config fixes (everything but dtypes and
+    rlx's own choices such as `attention_impl`), refusing settings rlx does not implement."""
     model_type = hf.get("model_type")
     if model_type not in ARCHITECTURES:
         raise UnsupportedCheckpointError(
@@ -42,12 +53,8 @@ def model_config_from_hf(hf: dict[str, Any], dtype: str | None = None) -> ModelC
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_seq_len=hf.get("max_position_embeddings", 32768),
+        num_experts=0,
     )
-    checkpoint_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-    chosen = dtype or checkpoint_dtype
-    if chosen not in _DTYPES:
-        raise UnsupportedCheckpointError(f"dtype {chosen!r} is not supported; pass dtype='float32' or 'bfloat16'")
-    fields.update(dtype=chosen, param_dtype=chosen)
     if model_type == "qwen3_moe":
         fields.update(
             num_experts=hf.get("num_experts") or hf.get("num_local_experts") or 128,
@@ -57,7 +64,25 @@ def model_config_from_hf(hf: dict[str, Any], dtype: str | None = None) -> ModelC
             decoder_sparse_step=hf.get("decoder_sparse_step") or 1,
             mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()),
         )
-    return ModelConfig(**fields)
+    return fields
+
+
+def architecture_mismatches(config: ModelConfig, hf: dict[str, Any]) -> list[str]:
+    """`model.<field> = <config's> but config.json gives <checkpoint's>` for each architecture field that differs."""
+    return [
+        f"model.{name} = {getattr(config, name)!r} but config.json gives {value!r}"
+        for name, value in architecture_from_hf(hf).items() if getattr(config, name) != value
+    ]
+
+
+def model_config_from_hf(hf: dict[str, Any], dtype: str | None = None) -> ModelConfig:
+    """The `ModelConfig` of a Hugging Face Qwen3 / Qwen3-MoE config; `dtype` overrides the checkpoint's."""
+    fields = architecture_from_hf(hf)
+    checkpoint_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    chosen = dtype or checkpoint_dtype
+    if chosen not in _DTYPES:
+        raise UnsupportedCheckpointError(f"dtype {chosen!r} is not supported; pass dtype='float32' or 'bfloat16'")
+    return ModelConfig(**fields, dtype=chosen, param_dtype=chosen)
 
 
 def hf_config_from_model_config(config: ModelConfig, base: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Callable
 
 from rlx.data.records import PromptRecord
@@ -34,6 +35,35 @@ def integer_match(response: str, record: PromptRecord) -> float:
         return float(int(response.strip()) == int(record.answer.strip()))
     except ValueError:
         return 0.0
+
+
+@register_verifier("boxed_answer")
+def boxed_answer(response: str, record: PromptRecord) -> float:
+    """1.0 iff the response's last `\\boxed{...}` holds the answer: numbers by value (`1,000` = `1000.0`,
+    `0.75` = `3/4`), anything else as text without spaces or `$`. No `\\boxed` scores 0."""
+    boxed = last_boxed(response)
+    return float(boxed is not None and _normal_answer(boxed) == _normal_answer(record.answer))
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` in `text` (nested braces kept), or None."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for end in range(begin, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth < 0:
+            return text[begin:end]
+    return None  # unclosed
+
+
+def _normal_answer(text: str) -> Fraction | str:
+    text = text.replace("$", "").replace(" ", "").rstrip(".")
+    try:
+        return Fraction(text.replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return text
 
 
 def resolve_reward_fn(name: str) -> RewardFn:

@@ -1,5 +1,6 @@
 """The RL loop: a generator role fills the bus up to `bus.max_staleness` steps ahead; the learner
-takes each step's batch -> learns -> publishes weights -> (validates) -> (saves)."""
+takes each step's batch -> learns -> publishes weights -> (validates) -> (saves); at the end, with
+`run.export_hf`, the final policy is written as a Hugging Face checkpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from rlx.config import Config
 from rlx.services.feed import RolloutFeed
+from rlx.services.hf_export import export_policy
 from rlx.services.trainer import Trainer
 
 
@@ -27,6 +29,8 @@ def train(config: Config) -> Path:
                 trainer.tracker.log(step, metrics)
                 if step % run.checkpoint_every == 0 or step == run.steps:
                     trainer.save(step, **feed.checkpoint_state())
+        if run.export_hf:
+            export_policy(config, trainer.learner.model(), Path(run.output_dir) / "hf")
     finally:
         curve = trainer.close()
     return curve

@@ -23,7 +23,7 @@ from rlx.bus import version_lag
 from rlx.config import Config, to_dict
 from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
-from rlx.models import Qwen3
+from rlx.models import create_params
 from rlx.parallel import reshard, role_meshes, rules_for, tree_shardings
 from rlx.rewards import Scores, resolve_reward_fn, score_responses
 from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
@@ -47,15 +47,17 @@ class Trainer:
         tokenizer = self.task.tokenizer
         check_placeholder_ids(config.model, tokenizer)
         model_config = config.model.with_vocab(tokenizer.vocab_size)
-        model = Qwen3(model_config, rngs=nnx.Rngs(config.run.seed))
-        # On-policy distillation: the teacher is trained in `_train_teacher` before RL (fresh runs) or restored.
-        teacher = Qwen3(config.distill.teacher.with_vocab(tokenizer.vocab_size), rngs=nnx.Rngs(config.run.seed + 1)) if config.distill.coef > 0 else None
-        self.learner = Learner(model, config.algorithm, config.optimizer, config.rollout.temperature,
-                               config.critic, config.distill, teacher, config.learner)
         # Placement: the learner's weights live on its slice, the generator's copy on its own
         # (the same devices when colocated); every publish is a versioned reshard between them.
         learner_mesh, generator_mesh = role_meshes(config.parallel)
-        self.learner.reset_weights(reshard(self.learner.params, tree_shardings(self.learner.params, learner_mesh, rules_for(config.parallel.learner_rules))))
+        learner_rules = rules_for(config.parallel.learner_rules)
+        on_learner = lambda abstract: tree_shardings(abstract, learner_mesh, learner_rules)
+        # Created (random, or loaded from model.init_from) straight onto the learner's shardings, never whole on one device.
+        graphdef, params = create_params(model_config, on_learner, config.run.seed)
+        # On-policy distillation: the teacher is trained in `_train_teacher` before RL (fresh runs) or restored.
+        teacher = nnx.merge(*create_params(config.distill.teacher.with_vocab(tokenizer.vocab_size), on_learner, config.run.seed + 1)) if config.distill.coef > 0 else None
+        self.learner = Learner(nnx.merge(graphdef, params), config.algorithm, config.optimizer, config.rollout.temperature,
+                               config.critic, config.distill, teacher, config.learner)
         self._generator_shardings = tree_shardings(self.learner.params, generator_mesh, rules_for(config.parallel.generator_rules))
         published = reshard(self.learner.params, self._generator_shardings)
         engine = build_engine(self.learner.graphdef, published, model_config, config.rollout, config.data.max_prompt_len,

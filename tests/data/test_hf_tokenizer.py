@@ -93,7 +93,7 @@ def test_jsonl_dataset_with_hf_tokenizer_and_chat_template(tmp_path):
 def test_chat_template_needs_a_tokenizer_and_a_template(tmp_path):
     from rlx.data import DataConfig, load_task
 
-    with pytest.raises(ValueError, match="chat_template: true needs data.tokenizer_path"):
+    with pytest.raises(ValueError, match="chat_template: true needs a Hugging Face tokenizer: data.tokenizer_path, or model.init_from"):
         DataConfig(source="jsonl", train_path="a", val_path="b", chat_template=True)
     tok_dir = _write(tmp_path / "tok", {"eos_token": "<|im_end|>"})
     (tmp_path / "d.jsonl").write_text(json.dumps({"prompt": "hello world", "answer": "x"}) + "\n")

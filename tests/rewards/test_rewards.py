@@ -18,6 +18,16 @@ def test_verifiers(name, response, expected):
     assert resolve_reward_fn(name)(response, RECORD) == expected
 
 
+@pytest.mark.parametrize(
+    "response, answer, expected",
+    [("<think>2+2 is \\boxed{5}? no</think> so \\boxed{4}.", "4", 1.0), ("\\boxed{4}", "5", 0.0), ("the answer is 4", "4", 0.0),
+     ("\\boxed{1,000}", "1000.0", 1.0), ("\\boxed{0.75}", "3/4", 1.0), ("\\boxed{$12$}", "12", 1.0),
+     ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 1.0), ("\\boxed{\\frac{1}{2}", "\\frac{1}{2}", 0.0), ("\\boxed{x + 1}", "x+1", 1.0)],
+)
+def test_boxed_answer_reads_the_last_box(response, answer, expected):
+    assert resolve_reward_fn("boxed_answer")(response, PromptRecord("m", "q", answer)) == expected
+
+
 def crashing(response, record):
     if response == "boom":
         raise RuntimeError("kaboom")
@@ -36,7 +46,7 @@ def test_plugin_by_dotted_path():
 
 @pytest.mark.parametrize(
     "name, message",
-    [("nope", "unknown reward function 'nope'; registered: exact_match, integer_match"),
+    [("nope", "unknown reward function 'nope'; registered: boxed_answer, exact_match, integer_match"),
      ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
      ("tests.rewards.test_rewards:missing", "has no attribute 'missing'"),
      ("tests.rewards.test_rewards:RECORD", "is not callable")],
