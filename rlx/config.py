@@ -260,10 +260,18 @@ def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
         if key not in fields:
             raise ConfigError(_unknown_key_message(str(key), list(fields), prefix))
     kwargs = {name: _convert(hints[name], raw[name], _join(prefix, name)) for name in fields if name in raw}
+    for name, value in kwargs.items():
+        # Infinity is a value only where it means "off" and the field says so by defaulting to it.
+        if isinstance(value, float) and math.isinf(value) and not _infinite_default(fields[name]):
+            raise ConfigError(f"{_join(prefix, name)}: expected a finite number, got {value!r}")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{prefix or 'config'}: {err}") from None
+
+
+def _infinite_default(field: dataclasses.Field) -> bool:
+    return isinstance(field.default, float) and math.isinf(field.default)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -326,8 +334,8 @@ def _convert(annotation: Any, value: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

@@ -155,8 +155,17 @@ def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
         load_config(None, ["run.output_dir=1e5"])
 
 
-@pytest.mark.parametrize("override", ["optimizer.learning_rate=.nan", "optimizer.learning_rate=.inf", "model.rope_theta=-.inf",
-                                      "reward.on_error_reward=.nan"])
-def test_non_finite_numbers_are_refused(override):
-    with pytest.raises(ConfigError, match="expected a finite number"):
+@pytest.mark.parametrize("override, message", [
+    ("optimizer.learning_rate=.nan", "expected a number, got nan"),
+    ("optimizer.learning_rate=.inf", "expected a finite number, got inf"),
+    ("model.rope_theta=-.inf", "expected a finite number, got -inf"),
+    ("reward.on_error_reward=.nan", "expected a number, got nan"),
+    ("algorithm.clip_ratio_c=.nan", "expected a number, got nan"),
+])
+def test_non_finite_numbers_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_infinity_stays_a_value_where_it_means_off():
+    assert load_config(None, ["algorithm.clip_ratio_c=.inf"]).algorithm.clip_ratio_c == float("inf")
