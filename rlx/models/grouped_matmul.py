@@ -58,15 +58,6 @@ def _visits(group_sizes: jax.Array, tile: int, num_tiles: int) -> tuple[jax.Arra
     return group, tile_of, starts, ends, visit_ends[-1]
 
 
-def _vary_alike(*arrays: jax.Array) -> tuple[jax.Array, ...]:
-    """The arrays, each typed to vary over every mesh axis one of them varies over.
-
-    Inside `shard_map`, a loop's carry and a custom VJP's cotangents must have their primals'
-    types; adding a typed zero aligns them as JAX's own binary ops do (and costs nothing).
-    """
-    return tuple(a + sum(jnp.zeros_like(b, a.dtype, shape=()) for b in arrays) for a in arrays)
-
-
 def _tile_rows(x: jax.Array, index: jax.Array, tile: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(x, index * tile, tile, axis=0)
 
@@ -92,7 +83,7 @@ def _scan_gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, transpose_
         merged = jnp.where(keep, product.astype(out.dtype), _tile_rows(out, t, tile))
         return jax.lax.dynamic_update_slice_in_dim(out, merged, t * tile, axis=0)
 
-    out = jax.lax.fori_loop(0, count, visit, jnp.zeros_like(padded, shape=(padded.shape[0], width)))
+    out = jax.lax.fori_loop(0, count, visit, jnp.zeros((padded.shape[0], width), lhs.dtype))
     return out[:rows]
 
 
@@ -110,16 +101,12 @@ def _scan_tgmm(lhs: jax.Array, grad: jax.Array, group_sizes: jax.Array) -> jax.A
         update = jnp.einsum("tk,tn->kn", rows_of_g, _tile_rows(grad, t, tile), preferred_element_type=jnp.float32)
         return acc.at[g].add(update)
 
-    acc = jnp.zeros_like(lhs, jnp.float32, shape=(group_sizes.shape[0], lhs.shape[1], grad.shape[1]))
+    acc = jnp.zeros((group_sizes.shape[0], lhs.shape[1], grad.shape[1]), jnp.float32)
     return jax.lax.fori_loop(0, count, visit, acc)
 
 
-def scan_grouped_matmul(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array) -> jax.Array:
-    return _scan_grouped_matmul(*_vary_alike(lhs, rhs, group_sizes))
-
-
 @jax.custom_vjp
-def _scan_grouped_matmul(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array) -> jax.Array:
+def scan_grouped_matmul(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array) -> jax.Array:
     return _scan_gmm(lhs, rhs, group_sizes)
 
 
@@ -134,7 +121,7 @@ def _scan_bwd(residuals, grad):
     return grad_lhs, grad_rhs, None
 
 
-_scan_grouped_matmul.defvjp(_scan_fwd, _scan_bwd)
+scan_grouped_matmul.defvjp(_scan_fwd, _scan_bwd)
 
 
 def ragged_dot_grouped_matmul(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array) -> jax.Array:

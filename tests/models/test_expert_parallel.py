@@ -1,6 +1,7 @@
 """Expert parallelism on 8 simulated devices: the MoE layer under a mesh context equals the unsharded layer."""
 
 import dataclasses
+import functools
 import re
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 from flax import nnx
 
 from rlx.models import ModelConfig, MoEBlock, Qwen3
+from rlx.models import grouped_matmul
 from rlx.models.mesh_context import current_mesh_rules, mesh_rules
 from rlx.parallel import MeshConfig, batch_sharding, make_mesh, rules_for, tree_shardings
 from rlx.parallel.mesh import expand_shardings
@@ -86,13 +88,19 @@ def test_sharded_layer_equals_unsharded_for_outputs_and_gradients(layout, replay
     assert (own_experts in gathers) == (preset == "fsdp_tp_ep")
 
 
-def test_ragged_dot_runs_under_the_learner_mesh():  # (the other tests run the scan implementation)
-    block = _block(dataclasses.replace(CONFIG, moe_impl="ragged_dot"))
-    (_, want_dx), (want_y, _) = _value_and_grads(block, X)
-    config, preset = MESHES["learner"]
-    (_, grad_x), (y, _), _, _ = _value_and_grads(block, X, None, make_mesh(config, jax.devices()), rules_for(preset))
-    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(grad_x, want_dx, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("impl", ["ragged_dot", "megablox"])
+def test_other_impls_run_under_the_expert_parallel_meshes(impl, monkeypatch):
+    """(The other tests run `scan`.) Megablox runs its TPU kernels in interpret mode, standing in for `scan`."""
+    if impl == "megablox":
+        monkeypatch.setitem(grouped_matmul._IMPLS, "scan", functools.partial(grouped_matmul.megablox_grouped_matmul, interpret=True))
+    block = _block(dataclasses.replace(CONFIG, moe_impl="ragged_dot" if impl == "ragged_dot" else "scan"))
+    (want_grads, want_dx), (want_y, _) = _value_and_grads(block, X)
+    for layout in ("learner", "generator"):
+        config, preset = MESHES[layout]
+        (grads, grad_x), (y, _), _, _ = _value_and_grads(block, X, None, make_mesh(config, jax.devices()), rules_for(preset))
+        np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(grad_x, want_dx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(grads["gate"][...], want_grads["gate"][...], rtol=1e-5, atol=1e-5)
 
 
 def test_rows_that_do_not_split_over_every_batch_axis_stay_whole_there():
