@@ -97,9 +97,11 @@ def main() -> None:
     lines += [
         "",
         "The expert-parallel `scan` layer keeps a few [gathered token copies, width] buffers per device (the rows of",
-        "its 4 expert-axis neighbours times top-8, most of them routed elsewhere and skipped by the loop) and one",
-        "layer's gathered FSDP weights of its own 32 experts. `ragged_dot` is the GPU choice; its CPU figure is an",
-        "artefact of XLA's CPU lowering (a dense mask over the local experts), not what a GPU allocates.",
+        "its 4 expert-axis neighbours times top-8 = 65,536 copies of 2,048 values, most of them routed elsewhere and",
+        "skipped by the loop) and one layer's gathered FSDP weights of its own 32 experts with their float32 gradient",
+        "accumulators. XLA's CPU backend computes several bfloat16 ops (scatter-add, the weight all-gathers) in",
+        "float32, so some of these buffers are twice their bfloat16 size here. `ragged_dot` is the GPU choice; its CPU",
+        "figure is again a dense mask (over the device's own experts), an artefact of the CPU lowering.",
     ]
     ratio = peaks[CASES[0][0]] / peaks[CASES[1][0]]
     report(SECTION, "\n".join(lines), f"replicated_over_expert_parallel={ratio:.1f}", write=args.write)
