@@ -10,7 +10,7 @@ Rows of `lhs [M, K]` are sorted by group; group `g` owns the next `group_sizes[g
 | impl | what | memory |
 |---|---|---|
 | `ragged_dot` | `jax.lax.ragged_dot`: XLA's ragged-dot instruction on GPU/TPU | CPU lowering: a dense `[M, G, K]` mask |
-| `scan` | row tiles x groups visited in a loop (megablox's schedule), with a VJP of the same kind | one `TILE`-row tile |
+| `scan` | row tiles x groups visited in a loop (megablox's schedule), with a VJP of the same kind | one `TILE`-row tile besides inputs and output |
 | `megablox` | jax's Pallas TPU kernel `jax.experimental.pallas.ops.tpu.megablox` | VMEM tiles (TPU only) |
 
 `scan` visits each (row tile, group) pair that shares a row: at most `M / TILE + G - 1`
@@ -26,9 +26,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from rlx.models.attention_kernels import GPU_BACKENDS
 from rlx.models.config import MOE_IMPLS
 
-GPU_BACKENDS = ("gpu", "cuda", "rocm")
 TILE = 128  # rows per visit of the scan implementation, and the megablox row tile
 MEGABLOX_BLOCK = 128  # megablox contraction and output tiles (clamped to the matrix size)
 
@@ -58,6 +58,10 @@ def _visits(group_sizes: jax.Array, tile: int, num_tiles: int) -> tuple[jax.Arra
     return group, tile_of, starts, ends, visit_ends[-1]
 
 
+def _tile_size(rows: int) -> int:
+    return min(TILE, _round_up(rows, 8))
+
+
 def _tile_rows(x: jax.Array, index: jax.Array, tile: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(x, index * tile, tile, axis=0)
 
@@ -69,8 +73,7 @@ def _in_group(index: jax.Array, start: jax.Array, end: jax.Array, tile: int) -> 
 
 def _scan_gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, transpose_rhs: bool = False) -> jax.Array:
     """out [M, N] with rhs [G, K, N] (or [G, N, K] with `transpose_rhs`), visiting one tile at a time."""
-    rows = lhs.shape[0]
-    tile = min(TILE, _round_up(rows, 8))
+    rows, tile = lhs.shape[0], _tile_size(lhs.shape[0])
     padded = _pad_rows(lhs, _round_up(rows, tile))
     group, tile_of, starts, ends, count = _visits(group_sizes, tile, padded.shape[0] // tile)
     width = rhs.shape[1] if transpose_rhs else rhs.shape[2]
@@ -89,9 +92,8 @@ def _scan_gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, transpose_
 
 def _scan_tgmm(lhs: jax.Array, grad: jax.Array, group_sizes: jax.Array) -> jax.Array:
     """[G, K, N]: lhs_g^T @ grad_g per group (zero for empty groups), one tile at a time."""
-    rows = lhs.shape[0]
-    tile = min(TILE, _round_up(rows, 8))
-    padded_rows = _round_up(rows, tile)
+    tile = _tile_size(lhs.shape[0])
+    padded_rows = _round_up(lhs.shape[0], tile)
     lhs, grad = _pad_rows(lhs, padded_rows), _pad_rows(grad, padded_rows)
     group, tile_of, starts, ends, count = _visits(group_sizes, tile, padded_rows // tile)
 

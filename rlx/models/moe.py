@@ -14,16 +14,20 @@ Experts run as grouped matmuls (`rlx.models.grouped_matmul`, chosen by `model.mo
 over the token copies sorted by expert: no capacity limit, no dropped tokens, and no
 [tokens, experts] dense compute.
 
-Under a mesh context (`rlx.models.mesh_context`), the experts run per device in `shard_map`
-(expert parallelism); the router runs outside it, partitioned by the compiler:
+Under a mesh context (`rlx.models.mesh_context`) with more than one device, the layer runs
+per device in `shard_map` (expert parallelism):
 
 * weights split along `embed` (FSDP) are all-gathered, one layer at a time;
-* each device computes only its own experts (`exp` axes) and its slice of their width
-  (`moe_mlp` axes), so every token's output is a sum of partial outputs over those axes;
-* over those of them that also split the batch rows (the learner's `expert`), the rows are
-  all-gathered first and the partial outputs reduce-scattered back to their rows; over the
-  others (the generator's `expert`, `tensor`) the rows are already whole and the partial
-  outputs are summed.
+* each device routes its own rows, then computes only its own experts (`exp` axes) and its
+  slice of their width (`moe_mlp` axes), so every token's output is a sum of partial outputs
+  over those axes;
+* over those of them that also split the batch rows (the learner's `expert`), the rows (with
+  their routes) are all-gathered first and the partial outputs reduce-scattered back to their
+  rows; over the others (the generator's `expert`, `tensor`) the rows are whole already and the
+  partial outputs are summed.
+
+Batch axes that do not divide the rows are left out (the rows stay whole over them). Without a
+context the layer runs as on one device, the compiler partitioning it as it can.
 """
 
 from __future__ import annotations
