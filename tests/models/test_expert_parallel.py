@@ -50,9 +50,9 @@ def _value_and_grads(block, x, routes=None, mesh=None, rules=None, split_rows=Tr
     if split_rows:
         x = jax.device_put(x, batch_sharding(mesh, rules, x.shape))
     with mesh_rules(mesh, rules):
-        lowered = step.lower(state, x)
-    (grads, grad_x), aux = lowered.compile()(state, x)
-    return (grads, grad_x), aux, state, lowered.compile().as_text()
+        compiled = step.lower(state, x).compile()
+    (grads, grad_x), aux = compiled(state, x)
+    return (grads, grad_x), aux, state, compiled.as_text()
 
 
 def _all_gather_shapes(hlo: str) -> list[tuple[int, ...]]:
