@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 from rlx.checks import require_positive
 from rlx.models.encoder_config import AudioConfig, VisionConfig
 
 DType = Literal["float32", "bfloat16"]
 AttentionImpl = Literal["auto", "reference", "xla", "chunked", "cudnn"]
+MoEImpl = Literal["auto", "ragged_dot", "scan", "megablox"]
+MOE_IMPLS: tuple[str, ...] = get_args(MoEImpl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +25,13 @@ class ModelConfig:
     `vision` and `audio` add modality encoders (see `rlx.models.encoders`); both are off by default.
     `attention_impl` picks how attention scores are computed (`rlx.models.attention_kernels`):
     `auto` is cuDNN flash attention on GPU and an online-softmax scan over key blocks elsewhere.
+    `moe_impl` picks the experts' grouped matmul (`rlx.models.grouped_matmul`): `auto` is the
+    megablox kernel on TPU, `jax.lax.ragged_dot` on GPU and a tiled scan (bounded memory) elsewhere.
 
     `init_from` names a Hugging Face Qwen3 / Qwen3-MoE directory (config.json + safetensors) to start
     from; its config.json fixes the architecture fields (`rlx.models.hf_config.architecture_from_hf`),
     which `rlx.config.load_config` fills in (a field set in the config too must agree). `dtype`,
-    `param_dtype` and `attention_impl` stay the run's choice. Without it the weights are random.
+    `param_dtype`, `attention_impl` and `moe_impl` stay the run's choice. Without it the weights are random.
     """
 
     vocab_size: int | None = None
@@ -45,6 +49,7 @@ class ModelConfig:
     param_dtype: DType = "float32"
     attention_impl: AttentionImpl = "auto"
     num_experts: int = 0
+    moe_impl: MoEImpl = "auto"
     num_experts_per_tok: int = 8
     moe_intermediate_size: int = 768
     norm_topk_prob: bool = True
@@ -71,6 +76,8 @@ class ModelConfig:
                 raise ValueError(f"num_experts_per_tok must be in [1, num_experts={self.num_experts}], got {self.num_experts_per_tok}")
             if self.moe_intermediate_size < 1 or self.decoder_sparse_step < 1:
                 raise ValueError("moe_intermediate_size and decoder_sparse_step must be >= 1")
+        if self.moe_impl not in MOE_IMPLS:
+            raise ValueError(f"moe_impl must be one of {', '.join(MOE_IMPLS)}, got {self.moe_impl!r}")
         bad_layers = [i for i in self.mlp_only_layers if not 0 <= i < self.num_layers]
         if bad_layers:
             raise ValueError(f"mlp_only_layers {bad_layers} are outside [0, num_layers={self.num_layers})")

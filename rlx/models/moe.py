@@ -10,8 +10,24 @@ Replay (rollout routing replay, R3): given the expert indices the generator chos
 layer uses them instead of its own top-k, and recomputes only their weights from the
 current router, so the learner scores exactly the experts that produced the tokens.
 
-Experts run as grouped matmuls (`jax.lax.ragged_dot`) over the token copies sorted by
-expert: no capacity limit, no dropped tokens, and no [tokens, experts] dense compute.
+Experts run as grouped matmuls (`rlx.models.grouped_matmul`, chosen by `model.moe_impl`)
+over the token copies sorted by expert: no capacity limit, no dropped tokens, and no
+[tokens, experts] dense compute.
+
+Under a mesh context (`rlx.models.mesh_context`) with more than one device, the layer runs
+per device in `shard_map` (expert parallelism):
+
+* weights split along `embed` (FSDP) are all-gathered, one layer at a time;
+* each device routes its own rows, then computes only its own experts (`exp` axes) and its
+  slice of their width (`moe_mlp` axes), so every token's output is a sum of partial outputs
+  over those axes;
+* over those of them that also split the batch rows (the learner's `expert`), the rows (with
+  their routes) are all-gathered first and the partial outputs reduce-scattered back to their
+  rows; over the others (the generator's `expert`, `tensor`) the rows are whole already and the
+  partial outputs are summed.
+
+Batch axes that do not divide the rows are left out (the rows stay whole over them). Without a
+context the layer runs as on one device, the compiler partitioning it as it can.
 """
 
 from __future__ import annotations
@@ -21,7 +37,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlx.models.config import ModelConfig
+from rlx.models.grouped_matmul import grouped_matmul
 from rlx.models.layers import param
+from rlx.models.mesh_context import MeshRules, current_mesh_rules
 
 
 def route(router_logits: jax.Array, top_k: int, normalize: bool, routes: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -41,12 +59,75 @@ def route(router_logits: jax.Array, top_k: int, normalize: bool, routes: jax.Arr
     return weights, routes.astype(jnp.int32)
 
 
+def mix_experts(tokens: jax.Array, weights: jax.Array, routes: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array,
+                first_expert: jax.Array | int, impl: str) -> jax.Array:
+    """[T, D]: for each token of `tokens [T, D]`, sum_k weights[t, k] * expert_e(token), e = routes[t, k],
+    over the copies routed to the experts held here (`first_expert ..` + gate.shape[0]); other copies add 0."""
+    top_k = routes.shape[1]
+    held = gate.shape[0]
+    local = routes.reshape(-1) - first_expert  # token t's copies at t*k .. t*k + k - 1
+    group = jnp.where((local >= 0) & (local < held), local, held)  # other devices' experts sort last, past the groups
+    order = jnp.argsort(group, stable=True)
+    sizes = jnp.zeros((held,), jnp.int32).at[group].add(1, mode="drop")
+    token = order // top_k
+    rows = tokens[token]
+    hidden = jax.nn.silu(grouped_matmul(rows, gate, sizes, impl)) * grouped_matmul(rows, up, sizes, impl)
+    hidden = hidden * weights.reshape(-1)[order].astype(hidden.dtype)[:, None]  # scaled before `down`: F < D columns
+    out = grouped_matmul(hidden, down, sizes, impl)  # rows past the groups are 0: they add nothing below
+    return jnp.zeros_like(tokens).at[token].add(out)
+
+
+def _row_axes(context: MeshRules, rows: int) -> tuple[str, ...]:
+    """The leading `batch` mesh axes that split `rows` evenly (rows stay whole over the rest)."""
+    axes: tuple[str, ...] = ()
+    for axis in context.axes("batch"):
+        if rows % context.size(axes + (axis,)):
+            break
+        axes += (axis,)
+    return axes
+
+
+def expert_parallel(context: MeshRules, x: jax.Array, router: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array,
+                    routes: jax.Array | None, top_k: int, normalize: bool, impl: str) -> tuple[jax.Array, jax.Array]:
+    """The sparse MLP of x [B, S, D] with each device routing its own rows and running its own experts in `shard_map`."""
+    rows = _row_axes(context, x.shape[0])
+    experts, embed, mlp = context.axes("exp"), context.axes("embed"), context.axes("moe_mlp")
+    gathered = tuple(a for a in rows if a in experts + mlp)
+    summed = tuple(a for a in experts + mlp if a not in gathered)
+    held = gate.shape[0] // context.size(experts)
+
+    def per_device(x, router, gate, up, down, routes):
+        if embed:
+            router = jax.lax.all_gather(router, embed, axis=0, tiled=True)
+            gate, up = (jax.lax.all_gather(w, embed, axis=1, tiled=True) for w in (gate, up))
+            down = jax.lax.all_gather(down, embed, axis=2, tiled=True)
+        weights, routes = route(jnp.einsum("bsd,de->bse", x, router), top_k, normalize, routes)
+        tokens, token_weights, token_routes = x, weights, routes
+        if gathered:
+            tokens, token_weights, token_routes = (jax.lax.all_gather(a, gathered, axis=0, tiled=True) for a in (x, weights, routes))
+        first = jax.lax.axis_index(experts) * held if experts else 0
+        flat = lambda a: a.reshape(-1, a.shape[-1])
+        y = mix_experts(flat(tokens), flat(token_weights), flat(token_routes), gate, up, down, first, impl).reshape(tokens.shape)
+        if gathered:
+            y = jax.lax.psum_scatter(y, gathered, scatter_dimension=0, tiled=True)
+        return (jax.lax.psum(y, summed) if summed else y), routes
+
+    row_spec = context.spec(rows)
+    in_proj, out_proj = context.spec(experts, embed, mlp), context.spec(experts, mlp, embed)
+    # check_vma off: the megablox kernel's outputs carry no per-device typing. The transposes are then JAX's
+    # unchecked ones (a psum over the axes an input is whole on), which the tests check against one device.
+    run = jax.shard_map(per_device, mesh=context.mesh, out_specs=(row_spec, row_spec), check_vma=False,
+                        in_specs=(row_spec, context.spec(embed), in_proj, in_proj, out_proj, row_spec))
+    return run(x, router, gate, up, down, routes)
+
+
 class MoEBlock(nnx.Module):
     """Sparse MLP of one Qwen3-MoE layer. Expert weights are stacked on a leading `exp` axis."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.top_k = config.num_experts_per_tok
         self.normalize = config.norm_topk_prob
+        self.impl = config.moe_impl
         dt = jnp.dtype(config.param_dtype)
         e, d, f = config.num_experts, config.hidden_size, config.moe_intermediate_size
         init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
@@ -57,17 +138,10 @@ class MoEBlock(nnx.Module):
 
     def __call__(self, x: jax.Array, routes: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """y [B, S, D] and the expert indices used [B, S, k] (the replayed ones when given)."""
-        dtype = x.dtype
-        batch, steps, width = x.shape
-        logits = jnp.einsum("bsd,de->bse", x, self.router[...].astype(dtype))
-        weights, routes = route(logits, self.top_k, self.normalize, routes)
-        flat_experts = routes.reshape(-1)  # [T * k], token t's copies at t*k .. t*k + k - 1
-        order = jnp.argsort(flat_experts, stable=True)
-        tokens = x.reshape(-1, width)[order // self.top_k]
-        group_sizes = jnp.bincount(flat_experts, length=self.gate.shape[0]).astype(jnp.int32)
-        hidden = jax.nn.silu(jax.lax.ragged_dot(tokens, self.gate[...].astype(dtype), group_sizes))
-        hidden = hidden * jax.lax.ragged_dot(tokens, self.up[...].astype(dtype), group_sizes)
-        expert_out = jax.lax.ragged_dot(hidden, self.down[...].astype(dtype), group_sizes)
-        unsorted = jnp.zeros_like(expert_out).at[order].set(expert_out)
-        combined = jnp.einsum("tkd,tk->td", unsorted.reshape(-1, self.top_k, width), weights.reshape(-1, self.top_k).astype(dtype))
-        return combined.reshape(batch, steps, width), routes
+        router, gate, up, down = (w[...].astype(x.dtype) for w in (self.router, self.gate, self.up, self.down))
+        context = current_mesh_rules()
+        if context is not None and context.mesh.size > 1:
+            return expert_parallel(context, x, router, gate, up, down, routes, self.top_k, self.normalize, self.impl)
+        weights, routes = route(jnp.einsum("bsd,de->bse", x, router), self.top_k, self.normalize, routes)
+        flat = lambda a: a.reshape(-1, a.shape[-1])
+        return mix_experts(flat(x), flat(weights), flat(routes), gate, up, down, 0, self.impl).reshape(x.shape), routes

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +39,9 @@ def _reference(block, x, normalize=True):
     return out
 
 
-def test_block_matches_token_by_token_reference(block):
+@pytest.mark.parametrize("impl", ["auto", "ragged_dot", "scan"])
+def test_block_matches_token_by_token_reference(block, impl):
+    block = MoEBlock(dataclasses.replace(CONFIG, moe_impl=impl), rngs=nnx.Rngs(0)) if impl != "auto" else block
     y, routes = block(X)
     assert y.shape == X.shape and routes.shape == (2, 3, 2) and routes.dtype == jnp.int32
     np.testing.assert_allclose(y, _reference(block, X), atol=1e-5)
@@ -85,6 +89,7 @@ def test_moe_layers_follow_the_hf_rule_and_name_their_axes():
         (dict(num_experts=-1), "num_experts must be >= 0"),
         (dict(num_layers=2, mlp_only_layers=(2,)), r"mlp_only_layers \[2\] are outside \[0, num_layers=2\)"),
         (dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=0), "moe_intermediate_size and decoder_sparse_step must be >= 1"),
+        (dict(moe_impl="dense"), "moe_impl must be one of auto, ragged_dot, scan, megablox, got 'dense'"),
     ],
 )
 def test_bad_moe_config(fields, message):
