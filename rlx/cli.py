@@ -17,7 +17,7 @@ COMMANDS = {
     "export": ("rlx.export", "export a run's policy as a Hugging Face checkpoint"),
     "serve": ("rlx.serve", "serve a run's policy over JetStream's gRPC protocol: rlx serve --config configs/demo.yaml"),
     "plan": ("rlx.launch", "compile a config on abstract arrays over a simulated mesh and print the plan: rlx plan --config ..."),
-    "warmstart": ("rlx.services.warmstart", "rebuild a config's stored warm-up weights: rlx warmstart --config configs/demo.yaml"),
+    "warmstart": ("rlx.warmstart", "rebuild a config's stored warm-up weights: rlx warmstart --config configs/demo.yaml"),
 }
 
 

@@ -57,7 +57,7 @@ class OptimizerConfig:
 class WarmupConfig:
     """Supervised steps on the train split before RL, so the policy starts with non-zero reward.
 
-    `cache`: `off` runs the warm-up every time; `reuse` loads the weights a run with exactly this
+    `cache`: `none` runs the warm-up every time; `reuse` loads the weights a run with exactly this
     warm-up stored before (shipped in `rlx/warmstarts/` or under `cache_dir`), else runs it and stores
     them; `refresh` runs it and overwrites what is stored (`rlx.services.warmstart`). `cache_dir: null`
     is `~/.cache/rlx/warmstart`.
@@ -66,7 +66,7 @@ class WarmupConfig:
     sft_steps: int = 0
     batch_size: int = 64
     learning_rate: float = 3e-3
-    cache: Literal["off", "reuse", "refresh"] = "off"
+    cache: Literal["none", "reuse", "refresh"] = "none"
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:

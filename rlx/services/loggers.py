@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import netrc
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -55,7 +56,7 @@ class WandbSink:
 
         id_file = output_dir / "wandb_run_id"
         if not id_file.exists():
-            id_file.write_text(wandb.util.generate_id())
+            id_file.write_text(uuid.uuid4().hex[:12])
         mode = os.environ.get("WANDB_MODE") or ("online" if _has_wandb_key() else "offline")
         self._run = wandb.init(project=project, name=output_dir.name, id=id_file.read_text().strip(), resume="allow",
                                dir=str(output_dir), config=config, mode=mode)

@@ -2,16 +2,13 @@
 
 Written at the end of a run as `trace.json` in the Chrome trace event format (open it in
 https://ui.perfetto.dev or chrome://tracing: one row per role, one box per phase, the step in
-its arguments) and drawn as `timeline.png`. `python -m rlx.services.timeline RUN/trace.json
-out.png --steps 20:24` draws a window of steps.
+its arguments) and drawn as `timeline.png`; `plot_timeline(trace, png, steps=(20, 24))` draws a window of steps.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -95,18 +92,3 @@ def plot_timeline(trace_path: Path, out_path: Path, steps: tuple[int, int] | Non
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlx.services.timeline", description="Draw a run's trace.json as a timeline PNG.")
-    parser.add_argument("trace", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--steps", help="first:last step to draw (inclusive), e.g. 20:24")
-    args = parser.parse_args(argv)
-    steps = tuple(int(part) for part in args.steps.split(":")) if args.steps else None
-    print(plot_timeline(args.trace, args.out, steps))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

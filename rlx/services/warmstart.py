@@ -6,19 +6,16 @@ log-prob kernel and mesh, plus fingerprints of what the code makes of them (the 
 weights, the demonstrations, the tokenizer), so a change to the model's initialization or to
 the task's generator also misses the store instead of loading stale weights. Lookup order:
 the warm starts shipped in the package (`rlx/warmstarts/`), then `warmup.cache_dir`
-(default `~/.cache/rlx/warmstart`). Rebuild one with
-`python -m rlx.services.warmstart --config configs/demo.yaml` (`--ship` writes the package's copy).
+(default `~/.cache/rlx/warmstart`). Rebuild one with `python -m rlx.warmstart --config
+configs/demo.yaml` (`rlx warmstart`; `--ship` writes the package's copy).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import logging
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,7 +24,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from rlx.config import Config, ConfigError, load_config, to_dict
+from rlx.config import Config, to_dict
 from rlx.data import PromptRecord
 
 log = logging.getLogger(__name__)
@@ -72,9 +69,9 @@ class WarmStart:
 
 def warm_start(config: Config, params: nnx.State, demonstrations: Sequence[PromptRecord], tokenizer: Any, train: Warmup) -> WarmStart:
     """The warmed-up weights: loaded when `warmup.cache: reuse` finds this warm-up stored, else `train()`ed
-    (and stored, unless `warmup.cache: off`). Loaded weights take the shardings of `params`."""
+    (and stored, unless `warmup.cache: none`). Loaded weights take the shardings of `params`."""
     mode = config.warmup.cache
-    if mode == "off":
+    if mode == "none":
         return WarmStart(*train(), source="trained")
     key = warmup_key(config, params, demonstrations, tokenizer)
     if mode == "reuse":
@@ -82,7 +79,7 @@ def warm_start(config: Config, params: nnx.State, demonstrations: Sequence[Promp
             path = directory / f"{key}.safetensors"
             if path.is_file():
                 loaded, losses = load_warm_start(path, params)
-                log.info("warm start loaded from %s (warmup.cache: reuse; rebuild: python -m rlx.services.warmstart --config ...)", path)
+                log.info("warm start loaded from %s (warmup.cache: reuse; rebuild: python -m rlx.warmstart --config ...)", path)
                 return WarmStart(loaded, losses, source=str(path))
     trained, losses = train()
     path = cache_dir(config) / f"{key}.safetensors"
@@ -113,7 +110,7 @@ def load_warm_start(path: Path, template: nnx.State) -> tuple[nnx.State, list[fl
     tensors = load_file(str(path))
     named = _named_leaves(template)
     if header["format"] != FORMAT or sorted(header["layout"]) != sorted(name for name, _ in named):
-        raise ValueError(f"{path} does not hold this model's weights; delete it or rebuild it (python -m rlx.services.warmstart --config ...)")
+        raise ValueError(f"{path} does not hold this model's weights; delete it or rebuild it (python -m rlx.warmstart --config ...)")
     leaves = []
     for name, leaf in named:
         stored = header["layout"][name]
@@ -133,36 +130,3 @@ def stored_losses(path: Path) -> list[float]:
 
 def _named_leaves(params: nnx.State) -> list[tuple[str, jax.Array]]:
     return [(jax.tree_util.keystr(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlx.services.warmstart",
-                                     description="Run a config's supervised warm-up and store its weights for warmup.cache: reuse.")
-    parser.add_argument("--config", required=True, help="YAML file under configs/")
-    parser.add_argument("--ship", action="store_true", help=f"write into the package ({SHIPPED_DIR}) instead of warmup.cache_dir")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    target = [f"warmup.cache_dir={SHIPPED_DIR}"] if args.ship else []
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            config = load_config(args.config, [*args.overrides, "warmup.cache=refresh", *target,
-                                               f"run.output_dir={scratch}", "run.progress=false", "run.save_rollouts=false"])
-        except ConfigError as err:
-            print(f"config error: {err}", file=sys.stderr)
-            return 2
-        if config.warmup.sft_steps == 0:
-            print(f"{args.config} has no warm-up (warmup.sft_steps: 0)", file=sys.stderr)
-            return 2
-        from rlx.services.trainer import Trainer
-
-        trainer = Trainer(config)
-        try:
-            trainer.resume_or_warm_start()
-        finally:
-            trainer.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
