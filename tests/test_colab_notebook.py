@@ -30,6 +30,6 @@ def test_colab_notebook_runs(tmp_path, monkeypatch):
     assert rows[-1]["val/accuracy"] > rows[0]["val/accuracy"] + 0.1
     assert rows[-1]["val/pass@4"] >= rows[-1]["val/pass@1"]
     outputs = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
-    assert "pass@8" in outputs and "step 20: mean reward" in outputs
+    assert "pass@8" in outputs and "step 20: mean reward" in outputs and "exported:" in outputs
     assert any("image/png" in o.get("data", {}) for cell in notebook.cells for o in cell.get("outputs", []))  # the live plot
     assert {"config.json", "model.safetensors"} <= set(os.listdir(out / "export"))

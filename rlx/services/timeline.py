@@ -67,20 +67,25 @@ def read_spans(trace_path: Path, steps: tuple[int, int] | None = None) -> list[d
 
 
 def plot_timeline(trace_path: Path, out_path: Path, steps: tuple[int, int] | None = None) -> Path:
-    """One row per role, one bar per phase (seconds since the first shown phase began), step numbers on the bars."""
+    """One row per role, one bar per phase, step numbers on generate and learn bars; with `steps`, the time
+    span of those steps (seconds since it began)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    events = read_spans(trace_path, steps)
-    start = min((e["ts"] for e in events), default=0.0)
+    chosen = read_spans(trace_path, steps)
+    start = min((e["ts"] for e in chosen), default=0.0)
+    end = max((e["ts"] + e["dur"] for e in chosen), default=0.0)
+    # Everything that ran in the chosen steps' time span, whichever step it belongs to, cut at its edges.
+    events = [e for e in read_spans(trace_path) if e["ts"] < end and e["ts"] + e["dur"] > start]
     fig, ax = plt.subplots(figsize=(11, 2.6))
     for event in events:
         row = ROLES.index(event["cat"])
-        left, width = (event["ts"] - start) / 1e6, event["dur"] / 1e6
+        left = (max(event["ts"], start) - start) / 1e6
+        width = (min(event["ts"] + event["dur"], end) - max(event["ts"], start)) / 1e6
         ax.barh(row, width, left=left, height=0.6, color=PHASE_COLOURS.get(event["name"], "black"), edgecolor="white", linewidth=0.3)
-        if steps is not None and event["name"] in ("generate", "learn"):
+        if steps is not None and event["name"] in ("generate", "learn") and width > (end - start) / 1e6 / 60:
             ax.text(left + width / 2, row, str(event["args"]["step"]), ha="center", va="center", fontsize=7, color="white")
     shown = [phase for phase in PHASE_COLOURS if any(e["name"] == phase for e in events)]
     ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=PHASE_COLOURS[p]) for p in shown], labels=shown,
