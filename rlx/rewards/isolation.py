@@ -100,9 +100,13 @@ class TimedWorker:
         if self._ready:
             return
         began = time.perf_counter()
-        if not self._conn.poll(START_TIMEOUT_S) or self._conn.recv() != ("ready", None):
+        try:
+            ready = self._conn.poll(START_TIMEOUT_S) and self._conn.recv() == ("ready", None)
+        except EOFError:  # it died importing (its traceback is on stderr)
+            ready = False
+        if not ready:
             self._kill()
-            raise WorkerError(f"worker process for {self._fn.__name__} did not start within {time.perf_counter() - began:.0f} s")
+            raise WorkerError(f"worker process for {self._fn.__name__} did not start ({time.perf_counter() - began:.0f} s); see its error above")
         self._ready = True
 
     def _kill(self) -> None:
