@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from rlx.config import Config, to_dict
@@ -103,10 +104,7 @@ def save_warm_start(path: Path, params: nnx.State, losses: list[float], key: str
 
 def load_warm_start(path: Path, template: nnx.State) -> tuple[nnx.State, list[float]]:
     """Weights shaped, typed and placed like `template`, and the warm-up's loss per step."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "np") as handle:
-        header = json.loads(handle.metadata()["rlx"])
+    header = _header(path)
     tensors = load_file(str(path))
     named = _named_leaves(template)
     if header["format"] != FORMAT or sorted(header["layout"]) != sorted(name for name, _ in named):
@@ -122,10 +120,13 @@ def load_warm_start(path: Path, template: nnx.State) -> tuple[nnx.State, list[fl
 
 
 def stored_losses(path: Path) -> list[float]:
-    from safetensors import safe_open
+    """The warm-up's loss per step, as stored with its weights."""
+    return _header(path)["losses"]
 
+
+def _header(path: Path) -> dict[str, Any]:
     with safe_open(str(path), "np") as handle:
-        return json.loads(handle.metadata()["rlx"])["losses"]
+        return json.loads(handle.metadata()["rlx"])
 
 
 def _named_leaves(params: nnx.State) -> list[tuple[str, jax.Array]]:

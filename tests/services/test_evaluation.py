@@ -4,7 +4,6 @@ import itertools
 import json
 from math import comb
 
-import numpy as np
 import pytest
 
 from rlx.config import load_config
