@@ -33,7 +33,7 @@ TITLE = "Algorithms on the demo task (issue 5)"
 def run_one(name: str, steps: int, warmup_steps: int | None, root: Path) -> dict[str, float]:
     out = root / name
     overrides = [f"run.output_dir={out}", f"run.steps={steps}", f"run.eval_every={steps}", f"run.checkpoint_every={steps}",
-                 "run.progress=false", "run.save_rollouts=false"]
+                 "run.progress=false", "run.save_rollouts=false", "warmup.cache=none"]  # "total s" includes the warm-up
     if warmup_steps is not None:
         overrides += [f"warmup.sft_steps={warmup_steps}", f"distill.teacher_warmup.sft_steps={warmup_steps}"]
     config = load_config(Path("configs") / f"demo_{name}.yaml", overrides)

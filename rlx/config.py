@@ -50,23 +50,37 @@ def parse_yaml(text: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """`export_hf: true` writes the final policy as a Hugging Face checkpoint to `<output_dir>/hf/`."""
+    """Where a run writes, how long it runs, how it validates and what it logs.
+
+    `eval_samples: K > 0` adds sampled validation (K responses per prompt at the rollout settings:
+    `val/pass@k`, `val/avg@K`) to the greedy `val/accuracy`. `loggers` take each step's metrics
+    (`wandb`: project `wandb_project`, offline without an API key). `trace: true` writes each role's
+    phases per step to `trace.json` (Chrome / Perfetto trace format) and `timeline.png`. `export_hf: true`
+    writes the final policy as a Hugging Face checkpoint to `<output_dir>/hf/`."""
 
     output_dir: str = "runs/demo"
     steps: int = 100
     seed: int = 0
     eval_every: int = 10
+    eval_samples: int = 0
     checkpoint_every: int = 10
     keep_checkpoints: int = 2
     save_rollouts: bool = True
     progress: bool = True
     hooks: tuple[str, ...] = ()
     export_hf: bool = False
+    loggers: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl", "tensorboard")
+    wandb_project: str = "rlx"
+    trace: bool = False
 
     def __post_init__(self) -> None:
         require_positive(self, "steps", "eval_every", "checkpoint_every", "keep_checkpoints")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.eval_samples < 0:
+            raise ValueError(f"eval_samples must be >= 0 (0: greedy validation only), got {self.eval_samples}")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise ValueError(f"loggers lists a logger twice: {list(self.loggers)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
-from rlx.config import ConfigError, load_config
+from rlx.config import Config, ConfigError, load_config
+
+
+def start_devices(config: Config) -> None:
+    """Simulated CPU devices for the placement, and `jax.distributed` when configured; before JAX's backend starts."""
+    import jax
+
+    from rlx.parallel import initialize_distributed
+
+    if config.parallel.num_devices > 1:
+        # On a CPU host the placement's devices are simulated (e.g. configs/demo_async.yaml); accelerators ignore this.
+        try:
+            jax.config.update("jax_num_cpu_devices", config.parallel.num_devices)
+        except RuntimeError:
+            pass  # a backend already started (e.g. under pytest); role_meshes checks the device count
+    initialize_distributed(config.parallel.distributed)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlx.launch", description="Run an rlx RL post-training job.")
+    sections = ", ".join(field.name for field in dataclasses.fields(Config))
+    parser = argparse.ArgumentParser(prog="python -m rlx.launch", description="Run an rlx RL post-training job.",
+                                     epilog=f"config sections: {sections} (`rlx --help` says what each holds)")
     parser.add_argument("--config", required=True, help="YAML file under configs/")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. run.steps=20")
     parser.add_argument("--dry-run", action="store_true",
@@ -28,19 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         simulate_cpu_devices(config.parallel.num_devices)  # before anything starts a JAX backend
         print(dry_run(config).render())
         return 0
-    import jax
-
-    from rlx.parallel import initialize_distributed
     from rlx.services import train  # after config checks, so a typo fails before JAX starts
 
-    if config.parallel.num_devices > 1:
-        # On a CPU host the placement's devices are simulated (e.g. configs/demo_async.yaml); accelerators ignore this.
-        try:
-            jax.config.update("jax_num_cpu_devices", config.parallel.num_devices)
-        except RuntimeError:
-            pass  # a backend already started (e.g. under pytest); role_meshes checks the device count
-    initialize_distributed(config.parallel.distributed)
-
+    start_devices(config)
     curve = train(config)
     print(f"done: metrics in {config.run.output_dir}/metrics.jsonl, curve in {curve}")
     return 0

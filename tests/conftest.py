@@ -18,6 +18,7 @@ def tiny_overrides(output_dir) -> list[str]:
         "model.num_kv_heads=1", "model.head_dim=16", "model.max_seq_len=24",
         "data.prompts_per_step=4", "data.val_size=8", "data.train_size=64", "data.max_prompt_len=10",
         "rollout.n_samples=2", "rollout.max_new_tokens=5", "warmup.sft_steps=2", "warmup.batch_size=8",
+        "warmup.cache=none",  # hermetic: configs/demo.yaml's `reuse` would store tiny warm starts under ~/.cache
     ]
 
 

@@ -100,7 +100,7 @@ def test_the_math_recipe_resolves_against_a_qwen3_directory(tmp_path):
     config = load_config(REPO / "configs" / "qwen3_math.yaml", [f"model.init_from={ckpt}",
                          f"data.train_path={REPO / 'configs/data/math/train.jsonl'}", f"data.val_path={REPO / 'configs/data/math/val.jsonl'}"])
     assert (config.model.hidden_size, config.model.num_layers, config.model.tie_word_embeddings) == (2048, 28, True)
-    assert (config.model.dtype, config.model.param_dtype, config.reward.fn, config.run.export_hf) == ("bfloat16", "float32", "boxed_answer", True)
+    assert (config.model.dtype, config.model.param_dtype, config.reward.fn, config.run.export_hf) == ("bfloat16", "float32", "math_verify", True)
     assert config.data.tokenizer_path == str(ckpt) and config.warmup.sft_steps == 0
     task = load_task(config.data)
     assert (len(task.train), len(task.val), task.counts["data/skipped_bad_rows"]) == (24, 8, 0)

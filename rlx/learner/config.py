@@ -55,11 +55,19 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WarmupConfig:
-    """Supervised steps on the train split before RL, so the policy starts with non-zero reward."""
+    """Supervised steps on the train split before RL, so the policy starts with non-zero reward.
+
+    `cache`: `none` runs the warm-up every time; `reuse` loads the weights a run with exactly this
+    warm-up stored before (shipped in `rlx/warmstarts/` or under `cache_dir`), else runs it and stores
+    them; `refresh` runs it and overwrites what is stored (`rlx.services.warmstart`). `cache_dir: null`
+    is `~/.cache/rlx/warmstart`.
+    """
 
     sft_steps: int = 0
     batch_size: int = 64
     learning_rate: float = 3e-3
+    cache: Literal["none", "reuse", "refresh"] = "none"
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.sft_steps < 0 or self.batch_size < 1 or self.learning_rate <= 0:

@@ -2,6 +2,6 @@
 
 from rlx.rewards.config import RewardConfig
 from rlx.rewards.scoring import Scores, score_responses
-from rlx.rewards.verifiers import RewardFn, register_verifier, resolve_reward_fn
+from rlx.rewards.verifiers import RewardFn, register_verifier, register_verifier_factory, resolve_reward_fn
 
-__all__ = ["RewardConfig", "RewardFn", "Scores", "register_verifier", "resolve_reward_fn", "score_responses"]
+__all__ = ["RewardConfig", "RewardFn", "Scores", "register_verifier", "register_verifier_factory", "resolve_reward_fn", "score_responses"]

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
+import re
 from typing import Callable
 
 from rlx.data.records import PromptRecord
 from rlx.plugins import load_object
+from rlx.rewards.composite import WeightedSum, parse_terms
+from rlx.rewards.config import RewardConfig
 
 RewardFn = Callable[[str, PromptRecord], float]
+RewardFactory = Callable[[RewardConfig], RewardFn]  # for verifiers that read settings of the reward section
 
-_VERIFIERS: dict[str, RewardFn] = {}
+_VERIFIERS: dict[str, RewardFactory] = {}
+
+
+def register_verifier_factory(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    def add(factory: RewardFactory) -> RewardFactory:
+        if name in _VERIFIERS:
+            raise ValueError(f"verifier {name!r} is already registered")
+        _VERIFIERS[name] = factory
+        return factory
+    return add
 
 
 def register_verifier(name: str) -> Callable[[RewardFn], RewardFn]:
     def add(fn: RewardFn) -> RewardFn:
-        if name in _VERIFIERS:
-            raise ValueError(f"verifier {name!r} is already registered")
-        _VERIFIERS[name] = fn
+        register_verifier_factory(name)(lambda config: fn)
         return fn
     return add
 
@@ -37,39 +47,36 @@ def integer_match(response: str, record: PromptRecord) -> float:
         return 0.0
 
 
-@register_verifier("boxed_answer")
-def boxed_answer(response: str, record: PromptRecord) -> float:
-    """1.0 iff the response's last `\\boxed{...}` holds the answer: numbers by value (`1,000` = `1000.0`,
-    `0.75` = `3/4`), anything else as text without spaces or `$`. No `\\boxed` scores 0."""
-    boxed = last_boxed(response)
-    return float(boxed is not None and _normal_answer(boxed) == _normal_answer(record.answer))
+@register_verifier_factory("math_verify")
+def math_verify(config: RewardConfig) -> RewardFn:
+    """1.0 iff the final answer equals the reference mathematically (`rlx.rewards.math_answers`)."""
+    from rlx.rewards.math_answers import MathVerify
+
+    return MathVerify(config.timeout_s)
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` in `text` (nested braces kept), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for end in range(begin, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[end], 0)
-        if depth < 0:
-            return text[begin:end]
-    return None  # unclosed
+@register_verifier_factory("format")
+def answer_format(config: RewardConfig) -> RewardFn:
+    """1.0 iff `reward.format_pattern` occurs in the response (default: a `\\boxed{...}` answer)."""
+    pattern = re.compile(config.format_pattern)
+
+    def has_format(response: str, record: PromptRecord) -> float:
+        return float(pattern.search(response) is not None)
+    return has_format
 
 
-def _normal_answer(text: str) -> Fraction | str:
-    text = text.replace("$", "").replace(" ", "").rstrip(".")
-    try:
-        return Fraction(text.replace(",", ""))
-    except (ValueError, ZeroDivisionError):
-        return text
+def resolve_reward_fn(expression: str, config: RewardConfig = RewardConfig()) -> RewardFn:
+    """The reward `expression` names (`reward.fn`): one registered verifier or plug-in, or a weighted sum of them."""
+    terms = parse_terms(expression)
+    if len(terms) == 1 and terms[0].weight == 1.0:
+        return _resolve_one(terms[0].name, config)
+    return WeightedSum([(term.weight, _resolve_one(term.name, config)) for term in terms])
 
 
-def resolve_reward_fn(name: str) -> RewardFn:
+def _resolve_one(name: str, config: RewardConfig) -> RewardFn:
     """A registered verifier by name, or a plug-in by dotted path `package.module:function`."""
     if name in _VERIFIERS:
-        return _VERIFIERS[name]
+        return _VERIFIERS[name](config)
     if ":" not in name:
         raise ValueError(
             f"unknown reward function {name!r}; registered: {', '.join(sorted(_VERIFIERS))}, "

@@ -1,7 +1,8 @@
-"""Validation: greedy decoding scored by the same reward function that training uses."""
+"""Validation: greedy decoding, and sampled evaluation with pass@k, scored by the reward function training uses."""
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import jax
@@ -9,9 +10,15 @@ import numpy as np
 
 from rlx.data import CharTokenizer, PromptRecord, encode_prompts
 from rlx.data.media import MediaSpec
-from rlx.data.placeholders import record_modality
+from rlx.data.placeholders import prompt_ids, record_modality
 from rlx.rewards import RewardFn, score_responses
 from rlx.rollout import RolloutBackend, SamplingParams
+
+log = logging.getLogger(__name__)
+
+# A sample counts as solved when its reward reaches this: verifiers score a correct answer 1.0
+# (with a weighted sum such as `math_verify + 0.1 * format`, give the verifier weight 1).
+SOLVED_AT = 1.0
 
 
 def evaluate(
@@ -43,3 +50,66 @@ def evaluate(
         for name in sorted(set(modalities)):
             metrics[f"val/accuracy/{name}"] = float(np.mean(rewards[modalities == name]))
     return metrics
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from `n` samples of which `c` are correct (Chen et al. 2021, "Evaluating Large
+    Language Models Trained on Code"): 1 - C(n - c, k) / C(n, k), computed as a stable product."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def reported_ks(samples: int) -> list[int]:
+    """1, 2, 4, ... below `samples`, and `samples` itself."""
+    return sorted({2**i for i in range(samples.bit_length()) if 2**i < samples} | {samples})
+
+
+def sampled_evaluation(
+    backend: RolloutBackend,
+    records: Sequence[PromptRecord],
+    tokenizer: CharTokenizer,
+    reward_fn: RewardFn,
+    prompt_width: int,
+    max_new_tokens: int,
+    sampling: SamplingParams,
+    samples: int,
+    key: jax.Array,
+    media: MediaSpec | None = None,
+) -> dict[str, float]:
+    """`samples` responses per prompt at `sampling`: `pass@k` (unbiased, per prompt, averaged) for k in
+    `reported_ks(samples)`, `avg@<samples>` (mean reward over every sample), `response_length/mean`,
+    and with media `pass@1/<modality>`. A sample is correct when its reward reaches `SOLVED_AT`."""
+    prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
+    rollout = backend.generate_groups(prompts, samples, key, sampling, max_new_tokens)
+    responses = tokenizer.decode_batch(rollout.generation.tokens)
+    scores = score_responses(reward_fn, responses, rollout.records, on_error=0.0)
+    rewards = scores.rewards.reshape(len(records), samples)  # rows are prompt-major
+    correct = (rewards >= SOLVED_AT).sum(axis=1)
+    metrics = {f"pass@{k}": float(np.mean([pass_at_k(samples, int(c), k) for c in correct])) for k in reported_ks(samples)}
+    metrics[f"avg@{samples}"] = float(rewards.mean())
+    metrics["response_length/mean"] = float(np.mean(rollout.generation.lengths))
+    metrics["reward/errors"] = float(scores.errors)
+    if media is not None:
+        modalities = np.array([record_modality(record) for record in rollout.records[::samples]])
+        for name in sorted(set(modalities)):
+            metrics[f"pass@1/{name}"] = float(np.mean(correct[modalities == name]) / samples)
+    return metrics
+
+
+def usable_records(records: Sequence[PromptRecord], tokenizer: CharTokenizer, prompt_width: int, media: MediaSpec | None) -> list[PromptRecord]:
+    """The records this run's tokenizer can encode within `prompt_width` tokens; others are skipped and logged."""
+    kept = []
+    for record in records:
+        try:
+            fits = len(prompt_ids(record, tokenizer, media)) <= prompt_width
+        except ValueError as err:
+            log.warning("skipping record %r: %s", record.id, err)
+            continue
+        if fits:
+            kept.append(record)
+        else:
+            log.warning("skipping record %r: its prompt is longer than data.max_prompt_len=%d tokens", record.id, prompt_width)
+    return kept

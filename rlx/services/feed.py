@@ -22,7 +22,7 @@ class RolloutFeed:
         self.max_staleness = config.bus.max_staleness
         self.bus = TransferQueue(config.bus.groups_held(config.data.prompts_per_step))
         self.gate = StalenessGate(self.max_staleness, published=trainer.published_version)
-        self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last)
+        self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last, trainer.timeline)
         if config.bus.interrupt != "off":
             trainer.rollout.weight_source = trainer.mailbox.take
             trainer.rollout.interrupt = config.bus.interrupt

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from flax import nnx
 
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
+from rlx.services.timeline import NO_TIMELINE, Timeline
 from rlx.services.transfer import ScoredBatch, to_groups
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,9 @@ Produce = Callable[[int], tuple[ScoredBatch, dict[str, Any]]]  # step -> (batch,
 
 
 class GeneratorRole:
-    def __init__(self, produce: Produce, bus: TransferQueue, gate: StalenessGate, first: int, last: int):
+    def __init__(self, produce: Produce, bus: TransferQueue, gate: StalenessGate, first: int, last: int, timeline: Timeline = NO_TIMELINE):
         self.produce = produce
+        self.timeline = timeline
         self.bus, self.gate = bus, gate
         self.steps = range(first, last + 1)
         self.error: BaseException | None = None
@@ -55,13 +57,15 @@ class GeneratorRole:
         try:
             for step in self.steps:
                 began = time.perf_counter()
-                self.gate.wait_until_admitted(step)
+                with self.timeline.span("generator", "wait_admission", step):
+                    self.gate.wait_until_admitted(step)
                 admitted = time.perf_counter()
                 batch, meta = self.produce(step)
                 meta["metrics"]["timing_s/gen_wait_admission"] = admitted - began
-                for fields, group_meta in to_groups(batch):
-                    self.bus.put(step, fields, group_meta, producer="generator")
-                self.bus.seal(step, meta)
+                with self.timeline.span("generator", "bus_put", step):
+                    for fields, group_meta in to_groups(batch):
+                        self.bus.put(step, fields, group_meta, producer="generator")
+                    self.bus.seal(step, meta)
         except BusClosed:
             return  # shut down while waiting
         except BaseException as err:  # handed to the learner's thread, which re-raises it

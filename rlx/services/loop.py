@@ -21,14 +21,17 @@ def train(config: Config) -> Path:
         with RolloutFeed(trainer, first=step + 1, last=run.steps) as feed:
             while step < run.steps:
                 step += 1
-                batch, metrics = feed.take(step)
+                with trainer.timeline.span("learner", "wait_batch", step):
+                    batch, metrics = feed.take(step)
                 metrics.update(trainer.learn(step, batch))
                 feed.advance(step)
                 if step % run.eval_every == 0 or step == run.steps:
-                    metrics.update(trainer.evaluate())
+                    with trainer.timeline.span("learner", "evaluate", step):
+                        metrics.update(trainer.evaluate())
                 trainer.tracker.log(step, metrics)
                 if step % run.checkpoint_every == 0 or step == run.steps:
-                    trainer.save(step, **feed.checkpoint_state())
+                    with trainer.timeline.span("learner", "save", step):
+                        trainer.save(step, **feed.checkpoint_state())
         if run.export_hf:
             export_policy(config, trainer.learner.model(), Path(run.output_dir) / "hf")
     finally:

@@ -1,16 +1,17 @@
-"""Run outputs: metrics.jsonl, TensorBoard, a console progress bar, user hooks and the reward curve."""
+"""Run outputs: step metrics to the configured loggers, a console progress bar, user hooks and the reward curve."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from tensorboardX import SummaryWriter
 
+from rlx.config import RunConfig
 from rlx.plugins import load_object
+from rlx.services.loggers import Sink, open_sinks
 
 log = logging.getLogger(__name__)
 
@@ -18,31 +19,36 @@ StepHook = Callable[[int, dict[str, float]], None]
 
 
 class Tracker:
-    """Writes each step's metrics the moment that step ends (never a step late)."""
+    """Writes each step's metrics the moment that step ends (never a step late).
 
-    def __init__(self, output_dir: Path, total_steps: int, hooks: Sequence[str], progress: bool):
+    Loggers and the progress bar open at the first `log`, so a Trainer built only to evaluate
+    (`rlx.eval`) writes nothing into the run.
+    """
+
+    def __init__(self, output_dir: Path, run: RunConfig, config: dict[str, Any]):
         self.output_dir = output_dir
         self.metrics_path = output_dir / "metrics.jsonl"
-        self._hooks: list[StepHook] = [load_object(path) for path in hooks]
-        self._writer = SummaryWriter(str(output_dir / "tensorboard"))
+        self._run, self._config = run, config
+        self._hooks: list[StepHook] = [load_object(path) for path in run.hooks]
+        self._sinks: list[Sink] | None = None
+        self._rows: list[dict[str, Any]] = []  # this process's steps, for the curve when metrics.jsonl is off
         self._progress = Progress(
             TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-            disable=not progress,
+            disable=not run.progress,
         )
-        self._task = self._progress.add_task("rl", total=total_steps, status="")
-        self._progress.start()
+        self._task = self._progress.add_task("rl", total=run.steps, status="")
         self._last_val: float | None = None
 
     def add_hook(self, hook: StepHook) -> None:
         self._hooks.append(hook)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        record = {"step": step, **metrics}
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        for name, value in metrics.items():
-            self._writer.add_scalar(name, value, step)
-        self._writer.flush()
+        if self._sinks is None:
+            self._sinks = open_sinks(self._run.loggers, self.output_dir, self._run.wandb_project, self._config)
+            self._progress.start()
+        self._rows.append({"step": step, **metrics})
+        for sink in self._sinks:
+            sink.log(step, metrics)
         for hook in self._hooks:
             hook(step, dict(metrics))
         self._update_progress(step, metrics)
@@ -58,10 +64,15 @@ class Tracker:
             parts.append(f"{metrics['perf/tokens_per_s']:.0f} tok/s")
         self._progress.update(self._task, completed=step, status="  ".join(parts))
 
-    def close(self) -> Path:
+    def close(self) -> Path | None:
+        """Closes the loggers and draws the reward curve; None when nothing was logged."""
+        if self._sinks is None:
+            return None
         self._progress.stop()
-        self._writer.close()
-        return plot_reward_curve(self.metrics_path, self.output_dir / "reward_curve.png")
+        for sink in self._sinks:
+            sink.close()
+        rows = read_metrics(self.metrics_path) if "jsonl" in self._run.loggers else self._rows
+        return plot_reward_curve(rows, self.output_dir / "reward_curve.png", self.output_dir.name)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -70,14 +81,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_reward_curve(metrics_path: Path, out_path: Path) -> Path:
+def plot_reward_curve(rows: list[dict[str, Any]], out_path: Path, title: str) -> Path:
     """Reward (per RL step) and validation accuracy (where measured) against step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_path)
     reward = [(r["step"], r["reward/mean"]) for r in rows if "reward/mean" in r]
     val = [(r["step"], r["val/accuracy"]) for r in rows if "val/accuracy" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -90,7 +100,7 @@ def plot_reward_curve(metrics_path: Path, out_path: Path) -> Path:
     ax.grid(alpha=0.3)
     if reward or val:
         ax.legend(loc="lower right")
-    ax.set_title(metrics_path.parent.name)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

@@ -28,10 +28,12 @@ from rlx.parallel import reshard, role_meshes, rules_for, tree_shardings
 from rlx.rewards import Scores, resolve_reward_fn, score_responses
 from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
-from rlx.services.evaluation import evaluate
+from rlx.services.evaluation import evaluate, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
 from rlx.services.generator import WeightMailbox
+from rlx.services.timeline import Timeline
 from rlx.services.tracking import Tracker
+from rlx.services.warmstart import warm_start
 from rlx.services.transfer import ScoredBatch
 
 log = logging.getLogger(__name__)
@@ -70,10 +72,11 @@ class Trainer:
         self.validator = build_backend(engine, published, dataclasses.replace(config.rollout, token_budget=None))
         self.mailbox = WeightMailbox()
         self.published_version = 0
-        self.reward_fn = resolve_reward_fn(config.reward.fn)
+        self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
         self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed)
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
-        self.tracker = Tracker(self.output_dir, config.run.steps, config.run.hooks, config.run.progress)
+        self.tracker = Tracker(self.output_dir, config.run, to_dict(config))
+        self.timeline = Timeline(self.output_dir / "trace.json" if config.run.trace else None)
         self._base_key = jax.random.key(config.run.seed)
         self._resume_metrics: dict[str, float] = {}
         self._last_step_end: float | None = None
@@ -103,13 +106,19 @@ class Trainer:
         if warmup.sft_steps == 0:
             return {}
         began = time.perf_counter()
-        stream = self._stream(self.task.demonstrations, warmup.batch_size, self.config.data.seed + 1)
-        params, losses = supervised_warmup(
-            self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
-            self.config.learner.logprob_impl)
-        self.learner.reset_weights(params)
+
+        def train() -> tuple[nnx.State, list[float]]:
+            stream = self._stream(self.task.demonstrations, warmup.batch_size, self.config.data.seed + 1)
+            return supervised_warmup(
+                self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
+                self.config.learner.logprob_impl)
+
+        started = warm_start(self.config, self.learner.params, self.task.demonstrations, self.task.tokenizer, train)
+        self.learner.reset_weights(started.params)
         self.publish(version=0)
-        return {"warmup/sft_loss_first": losses[0], "warmup/sft_loss_last": losses[-1], "timing_s/warmup": time.perf_counter() - began}
+        losses = started.losses
+        return {"warmup/sft_loss_first": losses[0], "warmup/sft_loss_last": losses[-1], "timing_s/warmup": time.perf_counter() - began,
+                "warmup/reused": float(started.source != "trained")}
 
     def _train_teacher(self) -> dict[str, float]:
         """Supervised steps for the distillation teacher on the train split's correct answers."""
@@ -157,10 +166,12 @@ class Trainer:
         published = self.mailbox.take()  # a safe point: no sequence in flight
         if published is not None:
             self.rollout.update_weights(*published)
-        rollout = self._generate(step)
+        with self.timeline.span("generator", "generate", step):
+            rollout = self._generate(step)
         generated = time.perf_counter()
-        responses, scores = self._score(rollout)
-        rollout, responses, task_scores, rewards, metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
+        with self.timeline.span("generator", "reward", step):
+            responses, scores = self._score(rollout)
+            rollout, responses, task_scores, rewards, metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
         scored = time.perf_counter()
         metrics.update(rollout.metrics)
         metrics.update({"reward/errors": float(scores.errors), "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
@@ -171,11 +182,13 @@ class Trainer:
         """The learner role's work for step `step`: one update on `batch`, then publish version `step`."""
         began = time.perf_counter()
         rollout, rewards = batch.rollout, batch.rewards
-        metrics = self.learner.update(self._train_batch(step, rollout, rewards))
-        if self.config.algorithm.ref_update_every and step % self.config.algorithm.ref_update_every == 0:
-            self.learner.refresh_reference()
+        with self.timeline.span("learner", "learn", step):
+            metrics = self.learner.update(self._train_batch(step, rollout, rewards))
+            if self.config.algorithm.ref_update_every and step % self.config.algorithm.ref_update_every == 0:
+                self.learner.refresh_reference()
         updated = time.perf_counter()
-        self.publish(version=step)
+        with self.timeline.span("learner", "publish", step):
+            self.publish(version=step)
         published = time.perf_counter()
         # Wall time of the step as the run sees it: since the previous step ended (rollouts and waits included).
         wall = published - (self._last_step_end or began)
@@ -246,8 +259,20 @@ class Trainer:
 
     # -- validation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.validator, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len, self.config.rollout.max_new_tokens,
-                        self.media)
+        """Greedy `val/accuracy`; with `run.eval_samples: K`, also `val/pass@k` and `val/avg@K`."""
+        metrics = evaluate(self.validator, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len,
+                           self.config.rollout.max_new_tokens, self.media)
+        if self.config.run.eval_samples:
+            sampled = self.sampled_evaluation(self.task.val, self.config.run.eval_samples)
+            metrics.update({f"val/{name}": value for name, value in sampled.items() if name.startswith(("pass@", "avg@"))})
+        return metrics
+
+    def sampled_evaluation(self, records: list[PromptRecord], samples: int) -> dict[str, float]:
+        """pass@k, avg@`samples` and response length of `records`, `samples` responses each at the rollout's sampling
+        settings, with the latest published weights. The same key every call, so evaluations compare like with like."""
+        rollout = self.config.rollout
+        return sampled_evaluation(self.validator, records, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len,
+                                  rollout.max_new_tokens, sampling_params(rollout), samples, jax.random.split(self._base_key)[1], self.media)
 
     def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0, carried_groups: int = 0) -> None:
         """`data_state`: the prompt stream's position after step `step`'s draws (default: now). `bus_groups`
@@ -257,6 +282,10 @@ class Trainer:
         meta = {"step": step, "seed": self.config.run.seed, "data_state": data_state or self.prompts.get_state(),
                 "bus_groups": bus_groups, "carried_groups": carried_groups}
         self.checkpointer.save(step, self.learner.state_dict(), meta)
+
+    def restore(self, step: int) -> None:
+        """Loads checkpoint `step` (as a resumed run would) and publishes its weights."""
+        self._restore(step)
 
     def _restore(self, step: int) -> None:
         trees, meta = self.checkpointer.restore(step, self.learner.state_dict())
@@ -275,4 +304,5 @@ class Trainer:
         self.prompts.close()
         self.checkpointer.wait()
         self.checkpointer.close()
+        self.timeline.close()
         return self.tracker.close()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from rlx.data import PromptRecord
-from rlx.rewards import resolve_reward_fn, score_responses
+from rlx.rewards import RewardConfig, resolve_reward_fn, score_responses
 
 RECORD = PromptRecord("r", "2+2=", "4")
 
@@ -16,16 +16,6 @@ RECORD = PromptRecord("r", "2+2=", "4")
 )
 def test_verifiers(name, response, expected):
     assert resolve_reward_fn(name)(response, RECORD) == expected
-
-
-@pytest.mark.parametrize(
-    "response, answer, expected",
-    [("<think>2+2 is \\boxed{5}? no</think> so \\boxed{4}.", "4", 1.0), ("\\boxed{4}", "5", 0.0), ("the answer is 4", "4", 0.0),
-     ("\\boxed{1,000}", "1000.0", 1.0), ("\\boxed{0.75}", "3/4", 1.0), ("\\boxed{$12$}", "12", 1.0),
-     ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 1.0), ("\\boxed{\\frac{1}{2}", "\\frac{1}{2}", 0.0), ("\\boxed{x + 1}", "x+1", 1.0)],
-)
-def test_boxed_answer_reads_the_last_box(response, answer, expected):
-    assert resolve_reward_fn("boxed_answer")(response, PromptRecord("m", "q", answer)) == expected
 
 
 def crashing(response, record):
@@ -46,7 +36,7 @@ def test_plugin_by_dotted_path():
 
 @pytest.mark.parametrize(
     "name, message",
-    [("nope", "unknown reward function 'nope'; registered: boxed_answer, exact_match, integer_match"),
+    [("nope", "unknown reward function 'nope'; registered: exact_match, format, integer_match, math_verify"),
      ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
      ("tests.rewards.test_rewards:missing", "has no attribute 'missing'"),
      ("tests.rewards.test_rewards:RECORD", "is not callable")],
@@ -67,3 +57,36 @@ def test_evaluation_and_training_share_the_verifier(tmp_path):
         assert trainer.reward_fn is resolve_reward_fn("integer_match")
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize(
+    "pattern, response, expected",
+    [("\\\\boxed\\{.+\\}", "so $\\boxed{3}$", 1.0), ("\\\\boxed\\{.+\\}", "3", 0.0), ("^\\d+$", "42", 1.0), ("^\\d+$", "42 apples", 0.0)],
+)
+def test_format_reward(pattern, response, expected):
+    assert resolve_reward_fn("format", RewardConfig(format_pattern=pattern))(response, RECORD) == expected
+
+
+def test_weighted_sum_of_rewards():
+    fn = resolve_reward_fn("exact_match + 0.25 * format - 0.5*integer_match", RewardConfig(format_pattern="^4$"))
+    assert fn("4", RECORD) == pytest.approx(1.0 + 0.25 - 0.5)
+    assert fn("04", RECORD) == pytest.approx(-0.5)
+
+
+def test_a_crashing_term_makes_the_sum_an_error():
+    fn = resolve_reward_fn("exact_match + 0.1 * tests.rewards.test_rewards:crashing")
+    scores = score_responses(fn, ["4", "boom"], [RECORD] * 2, on_error=0.0)
+    assert scores.rewards.tolist() == pytest.approx([1.1, 0.0]) and scores.errors == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [(["reward.fn=exact_match + 2 x"], "cannot read '\\+ 2 x'"), (["reward.fn=a ++ b"], "cannot read '\\+\\+ b'"),
+     (["reward.fn=a b"], "cannot read 'b'"), (["reward.fn="], "cannot read ''"),
+     (["reward.timeout_s=0"], "timeout_s must be > 0"), (["reward.format_pattern=(a"], "is not a regular expression")],
+)
+def test_reward_config_errors(overrides, message):
+    from rlx.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -1,11 +1,15 @@
 """A tiny omni run end to end: media through warm-up, rollout (encoders in prefill), learner and validation."""
 
+from collections import Counter
+
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from rlx.bus import TransferQueue
 from rlx.config import load_config
+from rlx.data.placeholders import record_modality
 from rlx.services.trainer import Trainer
 from rlx.services.transfer import TRAIN_FIELDS, ScoredBatch, from_groups, to_groups
 from tests.conftest import tiny_overrides
@@ -57,5 +61,11 @@ def test_media_flow_through_warmup_rollout_bus_learner_and_validation(tmp_path):
         assert not moved(warmed["audio"], encoder_weights(trainer, "audio"))
         # Sampler and learner agree on the behaviour log-probs: the engine's prefill saw the same media.
         assert metrics["training/rollout_probs_diff_max"] < 1e-3
+        # Sampled evaluation (rlx.eval) reports pass@1 per modality; weighted by prompt counts they make pass@1.
+        sampled = trainer.sampled_evaluation(trainer.task.val, 2)
+        counts = Counter(record_modality(r) for r in trainer.task.val)
+        assert set(counts) == {"image", "audio", "video"}
+        weighted = sum(sampled[f"pass@1/{name}"] * n for name, n in counts.items()) / sum(counts.values())
+        assert weighted == pytest.approx(sampled["pass@1"])
     finally:
         trainer.close()

@@ -1,0 +1,89 @@
+"""math-verify rewards: equivalent answers, extraction, the per-call deadline from a non-main thread."""
+
+import threading
+import time
+
+import pytest
+
+from rlx.data import PromptRecord
+from rlx.rewards import RewardConfig, resolve_reward_fn, score_responses
+from rlx.rewards.isolation import CallTimeout, TimedWorker
+
+
+def record(answer: str) -> PromptRecord:
+    return PromptRecord("q", "question", answer)
+
+
+@pytest.fixture(scope="module")
+def math_verify():
+    return resolve_reward_fn("math_verify", RewardConfig(timeout_s=20.0))
+
+
+@pytest.mark.parametrize(
+    "answer, response",
+    [("\\frac{1}{2}", "so the answer is $\\boxed{0.5}$"),
+     ("0.5", "Therefore $\\boxed{\\frac{1}{2}}$."),
+     ("1/2", "The answer is 1/2"),
+     ("2\\sqrt{2}", "$\\boxed{\\sqrt{8}}$"),
+     ("\\{1,2\\}", "the set is $\\boxed{\\{2,1\\}}$"),
+     ("x^2+2x+1", "$\\boxed{(x+1)^2}$"),
+     ("18", "She makes 9 * 2 = 18 dollars.\n#### 18"),
+     ("72", "72"),
+     ("1,000", "\\boxed{1000}")],
+)
+def test_equivalent_answers_score_one(math_verify, answer, response):
+    assert math_verify(response, record(answer)) == 1.0
+
+
+@pytest.mark.parametrize(
+    "answer, response",
+    [("3", "The answer is 4"), ("448", "844"), ("448", ""), ("[1,2]", "$\\boxed{(1,2)}$"), ("\\pi", "\\boxed{3.14159}"),
+     ("18", "first \\boxed{18}, no wait: \\boxed{17}")],  # the last boxed answer counts
+)
+def test_different_answers_score_zero(math_verify, answer, response):
+    assert math_verify(response, record(answer)) == 0.0
+
+
+def test_an_unparseable_reference_is_an_error_not_a_zero(math_verify):
+    scores = score_responses(math_verify, ["\\boxed{1}"], [record("\\frac{")], on_error=-1.0)
+    assert scores.errors == 1 and scores.rewards[0] == -1.0
+
+
+def test_a_hanging_comparison_times_out_from_a_worker_thread_and_the_next_call_works():
+    """SymPy evaluates 9^9^9^9 forever; the generator role scores in a thread, where signal timeouts cannot work."""
+    fn = resolve_reward_fn("math_verify", RewardConfig(timeout_s=3.0))
+    outcome = {}
+
+    def score():
+        began = time.perf_counter()
+        outcome["scores"] = score_responses(fn, ["$\\boxed{9^{9^{9^{9}}}}$", "\\boxed{5}"], [record("5")] * 2, on_error=0.0)
+        outcome["seconds"] = time.perf_counter() - began
+
+    fn("\\boxed{5}", record("5"))  # the worker is up, so the deadline below counts only the call
+    thread = threading.Thread(target=score)
+    thread.start()
+    thread.join(120)
+    scores = outcome["scores"]
+    assert scores.errors == 1 and scores.rewards.tolist() == [0.0, 1.0]  # the next call got a fresh worker
+    assert outcome["seconds"] < 60  # 3 s deadline + one worker restart; without the deadline it never returns
+
+
+def sleepy(seconds: float) -> float:
+    if seconds < 0:
+        raise ArithmeticError(f"negative time {seconds}")
+    time.sleep(seconds)
+    return seconds
+
+
+def test_timed_worker_kills_late_calls_and_reports_errors():
+    worker = TimedWorker(sleepy)
+    try:
+        assert worker.call(30.0, 0.0) == 0.0
+        with pytest.raises(CallTimeout, match="sleepy ran past its 0.2 s deadline"):
+            worker.call(0.2, 30.0)
+        assert worker.call(30.0, 0.01) == 0.01
+        with pytest.raises(RuntimeError, match="ArithmeticError: negative time -1"):
+            worker.call(30.0, -1)
+        assert worker.call(30.0, 0.0) == 0.0  # an error in the function keeps the worker
+    finally:
+        worker.close()
