@@ -47,15 +47,15 @@ class Trainer:
         tokenizer = self.task.tokenizer
         check_placeholder_ids(config.model, tokenizer)
         model_config = config.model.with_vocab(tokenizer.vocab_size)
-        model = Qwen3(model_config, rngs=nnx.Rngs(config.run.seed))
+        model = nnx.split(Qwen3(model_config, rngs=nnx.Rngs(config.run.seed)))
         # On-policy distillation: the teacher is trained in `_train_teacher` before RL (fresh runs) or restored.
-        teacher = Qwen3(config.distill.teacher.with_vocab(tokenizer.vocab_size), rngs=nnx.Rngs(config.run.seed + 1)) if config.distill.coef > 0 else None
-        self.learner = Learner(model, config.algorithm, config.optimizer, config.rollout.temperature,
-                               config.critic, config.distill, teacher, config.learner)
+        teacher = nnx.split(Qwen3(config.distill.teacher.with_vocab(tokenizer.vocab_size), rngs=nnx.Rngs(config.run.seed + 1))) if config.distill.coef > 0 else None
         # Placement: the learner's weights live on its slice, the generator's copy on its own
         # (the same devices when colocated); every publish is a versioned reshard between them.
         learner_mesh, generator_mesh = role_meshes(config.parallel)
-        self.learner.reset_weights(reshard(self.learner.params, tree_shardings(self.learner.params, learner_mesh, rules_for(config.parallel.learner_rules))))
+        self.learner = Learner(*model, config.algorithm, config.optimizer, config.rollout.temperature, config.critic, config.distill, teacher,
+                               config.learner, mesh=learner_mesh, rules=rules_for(config.parallel.learner_rules),
+                               device_memory_gib=config.parallel.device_memory_gib)
         self._generator_shardings = tree_shardings(self.learner.params, generator_mesh, rules_for(config.parallel.generator_rules))
         published = reshard(self.learner.params, self._generator_shardings)
         engine = build_engine(self.learner.graphdef, published, model_config, config.rollout, config.data.max_prompt_len,
@@ -104,7 +104,7 @@ class Trainer:
         stream = self._stream(self.task.demonstrations, warmup.batch_size, self.config.data.seed + 1)
         params, losses = supervised_warmup(
             self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
-            self.config.learner.logprob_impl)
+            self.config.learner.logprob_impl, self.learner.layout)
         self.learner.reset_weights(params)
         self.publish(version=0)
         return {"warmup/sft_loss_first": losses[0], "warmup/sft_loss_last": losses[-1], "timing_s/warmup": time.perf_counter() - began}
@@ -116,7 +116,8 @@ class Trainer:
         warmup, began = self.config.distill.teacher_warmup, time.perf_counter()
         stream = self._stream(self.task.train, warmup.batch_size, self.config.data.seed + 2)
         params, losses = supervised_warmup(
-            self.learner.teacher_graphdef, self.learner.teacher_params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens)
+            self.learner.teacher_graphdef, self.learner.teacher_params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
+            layout=self.learner.layout)
         self.learner.set_teacher_params(params)
         return {"distill/teacher_sft_loss_last": losses[-1], "timing_s/teacher_warmup": time.perf_counter() - began}
 
