@@ -72,7 +72,8 @@ def chunked_attention(q, k, v, q_columns, start):
 @functools.lru_cache(maxsize=16)
 def _splash_kernel(heads: int, columns: int, interpret: bool) -> Callable:
     mask = splash.MultiHeadMask([splash.CausalMask((columns, columns))] * heads)
-    return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+    with jax.ensure_compile_time_eval():  # concrete mask tables, so the cached kernel outlives the trace that built it
+        return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(q, k, v, q_columns, start, interpret: bool = False):
@@ -109,9 +110,9 @@ def resolve_attention_impl(impl: str, query_columns: int, backend: str | None = 
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; valid names: {', '.join(ATTENTION_IMPLS)}")
     backend = jax.default_backend() if backend is None else backend
-    for name, needs in (("cudnn", GPU_BACKENDS), ("splash", ("tpu",))):
+    for name, label, needs in (("cudnn", "GPU", GPU_BACKENDS), ("splash", "TPU", ("tpu",))):
         if impl == name and backend not in needs:
-            raise ValueError(f"attention impl {name!r} needs backend {' or '.join(needs)}, got {backend!r}; use 'chunked' (any backend) or 'auto'")
+            raise ValueError(f"attention impl {name!r} needs a {label} backend, got {backend!r}; use 'chunked' (any backend) or 'auto'")
     if impl == "auto":
         if query_columns == 1:
             return "reference"

@@ -159,3 +159,27 @@ def test_auto_micro_batch_rows_resolves_at_the_first_batch(gib, rows):
     learner = make_learner({"fsdp": 2}, learner=LearnerConfig(micro_batch_rows="auto"), device_memory_gib=gib)
     assert np.isfinite(learner.update(make_batch())["actor/loss"])
     assert learner.micro_batch_rows == rows
+
+
+def test_tensor_parallel_update_encodes_media_over_every_device(monkeypatch):
+    """Rules fsdp_tp on {fsdp: 2, tensor: 2}: heads, MLP and vocabulary split over `tensor` (the fused log-prob
+    combines its vocabulary shards), images encoded over all 4 devices; same result as on one device."""
+    import rlx.parallel.layout as layout_module
+    from rlx.models.encoder_config import VisionConfig
+
+    model = ModelConfig(vocab_size=14, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
+                        vision=VisionConfig(enabled=True, width=16, heads=2, mlp=32))
+    batch = make_batch(8)
+    batch.tokens[:, 1:5] = model.vision.image_token_id  # one image (4 tokens) per prompt
+    batch.media = {"image": np.random.default_rng(1).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32)}
+    calls, encode = [], layout_module.encode_data_parallel
+    monkeypatch.setattr(layout_module, "encode_data_parallel", lambda *args: calls.append(args[2].size) or encode(*args))
+    results = []
+    for mesh, rules in ((None, "fsdp"), (make_mesh(MeshConfig(fsdp=2, tensor=2), jax.devices()[:4]), "fsdp_tp")):
+        learner = Learner(*nnx.split(Qwen3(model, rngs=nnx.Rngs(0))), AlgorithmConfig(), OptimizerConfig(learning_rate=LEARNING_RATE), 1.0,
+                          mesh=mesh, rules=rules_for(rules))
+        results.append((learner.log_probs(batch)[0], learner.update(batch)))
+    assert 4 in calls  # the 4-device learner's forward ran its encoder through encode_data_parallel
+    np.testing.assert_allclose(results[1][0], results[0][0], atol=2e-5)
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        assert results[1][1][key] == pytest.approx(results[0][1][key], rel=1e-4), key
