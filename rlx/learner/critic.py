@@ -14,7 +14,7 @@ from rlx.learner.config import CriticConfig, OptimizerConfig
 from rlx.learner.memory import Programs
 from rlx.learner.objective import TrainBatch, linear_coefficients
 from rlx.learner.optimizer import make_optimizer
-from rlx.learner.programs import ProgramBuilder, Weights, abstract
+from rlx.learner.programs import ProgramBuilder, Weights
 from rlx.models import ModelConfig
 from rlx.models.value_head import ValueModel
 

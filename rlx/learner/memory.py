@@ -10,7 +10,6 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-import jax
 
 GIB = 1 << 30
 

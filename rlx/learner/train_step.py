@@ -61,6 +61,7 @@ class Learner:
         self.spec = LearnerSpec(nnx.merge(graphdef, params).config, algorithm, optimizer, temperature, learner, critic, distill)
         log.info("learner log-probs: fused kernel %r (learner.logprob_impl=%r)", resolve_fused_logprob_impl(learner.logprob_impl), learner.logprob_impl)
         self._shapes = (abstract(params), (teacher[0], abstract(teacher[1])) if teacher is not None else None)
+        self.critic: Critic | None = None
         self.micro_batch_rows = learner.micro_batch_rows
         self._build_programs(None if self.micro_batch_rows == "auto" else self.micro_batch_rows)
         warn_if_updates_vanish(params, optimizer.learning_rate)
@@ -74,7 +75,7 @@ class Learner:
     def _build_programs(self, micro_batch_rows: int | None) -> None:
         params, teacher = self._shapes
         self.programs, self.critic_programs = build_programs(self.spec, self.graphdef, params, self.layout, micro_batch_rows, teacher)
-        if getattr(self, "critic", None) is not None:
+        if self.critic is not None:
             self.critic.programs = self.critic_programs
 
     def update(self, batch: TrainBatch) -> dict[str, float]:

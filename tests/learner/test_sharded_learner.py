@@ -2,7 +2,6 @@
 the same update whatever the mesh or the micro-batch size, and no recompilation across steps."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
