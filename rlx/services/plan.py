@@ -127,8 +127,10 @@ def _learner_programs(config: Config, model_config: ModelConfig, graphdef: nnx.G
                 f"{config.algorithm.epochs * config.algorithm.minibatches} optimizer steps; compute {model_config.dtype}, "
                 f"weights and optimizer state {model_config.param_dtype}; remat {config.learner.remat}; micro_batch_rows ")
     if micro == "auto":
-        chosen, memory = fitting_micro_batch_rows(spec, graphdef, params, layout, batch, config.parallel.device_memory_gib * GIB, teacher)
-        return memory, workload + f"auto -> {chosen} (the largest that fits)"
+        limit = config.parallel.device_memory_gib * GIB
+        chosen, memory = fitting_micro_batch_rows(spec, graphdef, params, layout, batch, limit, teacher)
+        fits = all(m.peak <= limit for m in memory.values())
+        return memory, workload + f"auto -> {chosen} ({'the largest that fits' if fits else 'the smallest there is; none fits'})"
     programs = every_program(build_programs(spec, graphdef, params, layout, micro, teacher), batch)
     return {name: measure(fn, *args) for name, (fn, args) in programs.items()}, workload + str(micro)
 
