@@ -1,9 +1,9 @@
 """Dry-run plans of the big configs: `python benchmarks/dry_run_plans.py`.
 
-Runs `python -m rlx.launch --config <file> --dry-run` for Qwen3-4B and Qwen3-30B-A3B, each in
-its own process (each simulates its own device count), and writes the plans into the
-`## Dry-run plans (issue 7)` section of benchmarks/RESULTS.md. Compiles only; allocates no
-weights. The last line printed is the RESULT line.
+Runs `python -m rlx.launch --config <file> --dry-run` for Qwen3-4B (16 x 80 GiB and the TPU
+v5e-16 variant, 16 x 16 GiB) and Qwen3-30B-A3B, each in its own process (each simulates its own
+device count), and writes the plans into the `## Dry-run plans (issue 12)` section of
+benchmarks/RESULTS.md. Compiles only; allocates no weights. The last line printed is the RESULT line.
 """
 
 from __future__ import annotations
@@ -19,26 +19,28 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.results_table import write_section  # noqa: E402
 
-CONFIGS = ("configs/qwen3_4b_grpo.yaml", "configs/qwen3_30b_a3b_grpo.yaml")
+CONFIGS = ("configs/qwen3_4b_grpo.yaml", "configs/qwen3_4b_grpo_v5e.yaml", "configs/qwen3_30b_a3b_grpo.yaml")
 NOTES = """\
 Written by `python benchmarks/dry_run_plans.py`.
 Peak = arguments + outputs - aliased (donated) + temporaries, per device, from XLA's memory
 analysis of the SPMD-partitioned programs compiled for the CPU backend on simulated devices.
-Both configs compile 2- and 4-layer models and extrapolate linearly to the full depth
-(`parallel.dry_run_layers: 2`); parameter counts and sharding summaries are exact for the full model.
+The learner programs are the ones the run executes (`rlx.learner.build`): the update (every
+optimizer step of an RL step, gradients accumulated over micro-batches), the old-log-prob pass
+and the advantages, on one step's 512 rollouts of 2,048 tokens, bf16 compute with float32
+weights and Adam state, each decoder layer rematerialised (`learner.remat: full`),
+`learner.micro_batch_rows: auto` (the largest micro-batch that fits). All layers are compiled
+(they are scanned); parameter counts and sharding summaries are for the full model.
 
 How to read these figures honestly:
 * Arguments (float32 weights + Adam moments for the learner, weights + KV cache for the
   generator) are exact for the configured sharding.
-* Learner temporaries are what a step without activation checkpointing keeps for the
-  backward pass, with attention scores materialized ([rows, heads, seq, seq] float32 per layer):
-  rlx has no remat or flash attention yet, so the dense 4B step does not fit 80 GiB at
-  2048 tokens per row. That is the plan doing its job, not a sharding mistake.
-* Qwen3-MoE experts run as `jax.lax.ragged_dot`. XLA's CPU lowering of it materializes a
-  dense [token copies, experts, width] mask (checked on a small case: temporaries = T x E x D
-  x 4 bytes), and GSPMD replicates it instead of partitioning it over `expert`. The MoE
-  temporaries below are therefore an artefact of compiling for CPU, far above what the
-  grouped-matmul kernels of GPU/TPU need; only the argument figures of the 30B plan carry over.
+* Temporaries are XLA's CPU buffer assignment; a TPU or GPU compilation schedules differently
+  (and fuses the Pallas kernels the CPU build replaces with XLA scans), so treat them as an
+  estimate of the accelerator's figure, not a measurement of it.
+* Qwen3-MoE experts: the learner and prefill temporaries of the 30B plan come from the expert MLP
+  (`rlx/models/moe.py`); with `jax.lax.ragged_dot`, XLA's CPU lowering materializes a dense
+  [token copies, experts, width] mask and GSPMD replicates it instead of splitting it over `expert`.
+  Whether the 30B config fits depends on the grouped, expert-sharded matmul that replaces it.
 """
 
 
@@ -66,9 +68,10 @@ def main() -> None:
         name = Path(config).stem
         body += [f"### {name}", "", f"`python -m rlx.launch --config {config} --dry-run` ({seconds:.0f} s wall, 2-core CPU):", "",
                  "```", plan, "```", ""]
-        learner, decode = _peak(plan, "learner train step"), _peak(plan, "generator decode step")
-        peaks.append(f"{name}: learner {learner:.1f} GiB, decode {decode:.1f} GiB, {seconds:.0f} s")
-    write_section("Dry-run plans (issue 7)", "\n".join(body))
+        learner, decode = _peak(plan, "learner update"), _peak(plan, "generator decode step")
+        verdict = plan.splitlines()[-1].split("-> ")[-1]
+        peaks.append(f"{name}: learner update {learner:.1f} GiB, decode {decode:.1f} GiB, {verdict}, {seconds:.0f} s")
+    write_section("Dry-run plans (issue 12)", "\n".join(body))
     print("RESULT dry-run peak per device: " + "; ".join(peaks))
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 from rlx.models.config import ModelConfig
+
+Remat = Literal["none", "full", "save_dots"]  # the keys of rlx.models.qwen3.REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,16 +20,31 @@ class LearnerConfig:
     `proximal`: how the pre-update (proximal) log-probs are obtained. `recompute`: a forward pass
     with the weights before the update. `approximate`: no extra pass; interpolated per token from
     the behaviour and current log-probs by policy version (`rlx/algorithms/proximal.py`, AReaL).
+
+    `micro_batch_rows`: rows per micro-batch (over all data-parallel devices together) of the update
+    (gradients accumulated over a minibatch's micro-batches: one optimizer step per minibatch, as
+    without) and of every recompute pass (old, reference and teacher log-probs, critic values).
+    `null`: a whole minibatch (update) or step (recompute) at once; `auto`: the largest that fits
+    `parallel.device_memory_gib` (the accelerator's own limit where it reports one), by compiling.
+    `remat`: per decoder layer in the update's backward pass, `none` (keep activations), `full`
+    (recompute the layer) or `save_dots` (keep only matmul outputs).
     """
 
     logprob_impl: str = "auto"
     proximal: Literal["recompute", "approximate"] = "recompute"
+    micro_batch_rows: int | Literal["auto"] | None = None
+    remat: Remat = "none"
 
     def __post_init__(self) -> None:
         from pallas_kernels import FUSED_LOGPROB_IMPLS
 
         if self.logprob_impl not in FUSED_LOGPROB_IMPLS:
             raise ValueError(f"logprob_impl {self.logprob_impl!r} is not one of {', '.join(FUSED_LOGPROB_IMPLS)}")
+        if self.remat not in get_args(Remat):
+            raise ValueError(f"remat {self.remat!r} is not one of {', '.join(get_args(Remat))}")
+        rows = self.micro_batch_rows
+        if not (rows is None or rows == "auto" or (isinstance(rows, int) and rows >= 1)):
+            raise ValueError(f"micro_batch_rows must be a positive integer, auto or null, got {rows!r}")
 
 
 @dataclasses.dataclass(frozen=True)

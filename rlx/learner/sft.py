@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator, Sequence
 
 import jax
@@ -13,7 +14,20 @@ from flax import nnx
 from rlx.data import CharTokenizer, PromptBatch
 from rlx.learner.config import WarmupConfig
 from rlx.learner.logprobs import response_log_probs
+from rlx.learner.objective import linear_coefficients
 from rlx.learner.optimizer import freeze_encoders
+from rlx.learner.programs import ProgramBuilder, Schedule, Weights
+from rlx.parallel import rules_for
+from rlx.parallel.layout import Layout
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Demonstrations:
+    tokens: jax.Array  # [B, P + R] left-padded prompt, then the right-padded answer
+    start: jax.Array  # [B]
+    mask: jax.Array  # [B, R] 1 on answer tokens, EOS included
+    media: dict[str, jax.Array] | None = None
 
 
 def encode_answers(answers: Sequence[str], tokenizer: CharTokenizer, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,33 +43,43 @@ def encode_answers(answers: Sequence[str], tokenizer: CharTokenizer, width: int)
 
 def supervised_warmup(
     graphdef: nnx.GraphDef,
-    params: nnx.State,
+    params: Weights,
     batches: Iterator[PromptBatch],
     tokenizer: CharTokenizer,
     config: WarmupConfig,
     response_width: int,
     logprob_impl: str = "auto",
-) -> tuple[nnx.State, list[float]]:
-    """Runs `config.sft_steps` AdamW steps; returns the new weights and the loss per step."""
+    layout: Layout | None = None,
+    micro_batch_rows: int | None = None,
+) -> tuple[Weights, list[float]]:
+    """Runs `config.sft_steps` AdamW steps on `layout` (default: one device); returns the new weights and the loss per step.
+
+    Each step is one optimizer step of the learner's program builder: rows over the data-parallel
+    devices, gradients accumulated over micro-batches of `micro_batch_rows`.
+    """
+    layout = layout if layout is not None else Layout.single_device(rules_for("fsdp"))
+    builder = ProgramBuilder(layout, Schedule(micro_batch_rows=micro_batch_rows))
     tx = freeze_encoders(optax.adamw(config.learning_rate), nnx.merge(graphdef, params).config)
-    opt_state = tx.init(params)
+    weights = layout.weights(params)
+    opt_shardings = layout.weights(jax.eval_shape(tx.init, params))
 
-    def loss_fn(params, tokens, start, mask, media):
+    def loss(params, micro, progress):
+        batch, token_share = micro
         model = nnx.merge(graphdef, params)
-        log_probs, _ = response_log_probs(model, tokens, start, tokens.shape[1] - mask.shape[1], 1.0, logprob_impl, media)
-        return -jnp.sum(log_probs * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        prompt_len = batch.tokens.shape[1] - batch.mask.shape[1]
+        log_probs, _ = response_log_probs(model, batch.tokens, batch.start, prompt_len, 1.0, logprob_impl, batch.media, layout=layout)
+        loss = -jnp.sum(log_probs * token_share)
+        return loss, {"warmup/loss": loss}
 
-    @jax.jit
-    def step(params, opt_state, tokens, start, mask, media):
-        loss, grads = jax.value_and_grad(loss_fn)(params, tokens, start, mask, media)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
+    weigh = lambda batch: linear_coefficients(batch.mask, "token-mean")
+    step = builder.jit(lambda params, opt_state, rows: builder.optimizer_steps(tx, loss, weigh, params, opt_state, rows, "warmup"),
+                       (weights, opt_shardings, layout.rows), (weights, opt_shardings, layout.replicated), donate_argnums=(1,))
+    opt_state = builder.jit(tx.init, (weights,), opt_shardings)(params)
     losses = []
     for _ in range(config.sft_steps):
         batch = next(batches)
         answers, mask = encode_answers([r.answer for r in batch.records], tokenizer, response_width)
-        tokens = np.concatenate([batch.tokens, answers], axis=1)
-        params, opt_state, loss = step(params, opt_state, tokens, batch.start, mask, batch.media)
-        losses.append(float(loss))
+        rows = Demonstrations(np.concatenate([batch.tokens, answers], axis=1), batch.start, mask, batch.media)
+        params, opt_state, metrics = step(params, opt_state, layout.feed(rows))
+        losses.append(float(metrics["warmup/loss"][0]))
     return params, losses

@@ -11,23 +11,34 @@ column `start [B]`. Key column `j` is visible to a query at column `i` of row `b
 | `xla` | `jax.nn.dot_product_attention(implementation="xla")` | `[B, H, S, T]` scores |
 | `chunked` | online-softmax scan over key blocks with a recomputing VJP (`rlx.models.flash`) | `[B, H, S, block]` |
 | `cudnn` | cuDNN flash attention through `jax.nn.dot_product_attention` (GPU only) | no scores |
+| `splash` | Pallas splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`, TPU only) | no scores |
 
-`auto` takes cuDNN on GPU and `chunked` elsewhere; a single query column per row (decode)
-uses `reference`, whose scores are then no larger than the keys it reads.
+`auto` takes splash on TPU, cuDNN on GPU and `chunked` elsewhere; a single query column per row
+(decode) uses `reference`, whose scores are then no larger than the keys it reads.
+
+Splash attention masks by segment ids and a causal mask over positions, so it needs query `s`
+at key column `s` (training and a prefill that fills the cache from column 0: as many queries as
+keys); other shapes (a prefill after cached columns) run `chunked`. Left padding is segment 0,
+real tokens segment 1; columns are right-padded to the kernel's block size. A Pallas call is not
+partitioned by XLA, so the kernel runs on each device's rows (`activation_sharding.map_rows`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
+from rlx.models.activation_sharding import map_rows
 from rlx.models.flash import flash_attention
 
-ATTENTION_IMPLS = ("auto", "reference", "xla", "chunked", "cudnn")
+ATTENTION_IMPLS = ("auto", "reference", "xla", "chunked", "cudnn", "splash")
 GPU_BACKENDS = ("gpu", "cuda", "rocm")
 CHUNK = 512  # key columns per block of the chunked scan
+SPLASH_BLOCK = 128  # splash attention's default query and key block
 
 
 def visibility(q_columns: jax.Array, start: jax.Array, num_keys: int) -> jax.Array:
@@ -58,28 +69,59 @@ def chunked_attention(q, k, v, q_columns, start):
     return flash_attention(q / jnp.sqrt(jnp.asarray(q.shape[-1], q.dtype)), k, v, q_columns, start, CHUNK)
 
 
+@functools.lru_cache(maxsize=16)
+def _splash_kernel(heads: int, columns: int, interpret: bool) -> Callable:
+    mask = splash.MultiHeadMask([splash.CausalMask((columns, columns))] * heads)
+    with jax.ensure_compile_time_eval():  # concrete mask tables, so the cached kernel outlives the trace that built it
+        return splash.make_splash_mha(mask, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q, k, v, q_columns, start, interpret: bool = False):
+    """Splash attention for query `s` at key column `s` (`q_columns` is then `arange(S)` and is not read)."""
+    del q_columns
+    batch, steps, kv_heads, groups, dim = q.shape
+    columns = -(-steps // SPLASH_BLOCK) * SPLASH_BLOCK
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, columns - steps)] + [(0, 0)] * (x.ndim - 2))
+    heads_first = lambda x: jnp.moveaxis(pad(x), 1, 2)  # [B, heads, columns, D]
+    queries = heads_first((q / jnp.sqrt(jnp.asarray(dim, q.dtype))).reshape(batch, steps, kv_heads * groups, dim))
+    segments = (jnp.arange(columns)[None, :] >= start[:, None]).astype(jnp.int32)  # 0: left padding
+    segments = jnp.where(jnp.arange(columns)[None, :] < steps, segments, 0)  # and the block padding on the right
+
+    def per_device(queries, keys, values, segments):
+        kernel = _splash_kernel(kv_heads * groups, columns, interpret)
+        return jax.vmap(kernel)(queries, keys, values, splash.SegmentIds(segments, segments))
+
+    out = map_rows(per_device, queries, heads_first(k), heads_first(v), segments)
+    return jnp.moveaxis(out, 2, 1)[:, :steps].reshape(q.shape)
+
+
 _IMPLS: dict[str, Callable] = {
     "reference": reference_attention,
     "xla": _dot_product_attention("xla"),
     "chunked": chunked_attention,
     "cudnn": _dot_product_attention("cudnn"),
+    "splash": splash_attention,
 }
 
 
-def resolve_attention_impl(impl: str, query_columns: int, backend: str | None = None) -> str:
-    """The implementation `impl` runs as for `query_columns` queries per row on `backend` (default: JAX's)."""
+def resolve_attention_impl(impl: str, query_columns: int, backend: str | None = None, key_columns: int | None = None) -> str:
+    """The implementation `impl` runs as for `query_columns` queries per row over `key_columns` keys
+    (default: as many) on `backend` (default: JAX's)."""
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; valid names: {', '.join(ATTENTION_IMPLS)}")
     backend = jax.default_backend() if backend is None else backend
+    for name, label, needs in (("cudnn", "GPU", GPU_BACKENDS), ("splash", "TPU", ("tpu",))):
+        if impl == name and backend not in needs:
+            raise ValueError(f"attention impl {name!r} needs a {label} backend, got {backend!r}; use 'chunked' (any backend) or 'auto'")
     if impl == "auto":
         if query_columns == 1:
             return "reference"
-        return "cudnn" if backend in GPU_BACKENDS else "chunked"
-    if impl == "cudnn" and backend not in GPU_BACKENDS:
-        raise ValueError(f"attention impl 'cudnn' needs a GPU backend, got {backend!r}; use 'chunked' (any backend) or 'auto'")
+        impl = "splash" if backend == "tpu" else "cudnn" if backend in GPU_BACKENDS else "chunked"
+    if impl == "splash" and key_columns not in (None, query_columns):
+        return "chunked"
     return impl
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_columns: jax.Array, start: jax.Array, impl: str = "auto") -> jax.Array:
     """softmax(q k^T / sqrt(D)) v over the visible keys, by `impl` (see the module docstring); `[B, S, KV, G, D]`."""
-    return _IMPLS[resolve_attention_impl(impl, q.shape[1])](q, k, v, q_columns, start)
+    return _IMPLS[resolve_attention_impl(impl, q.shape[1], key_columns=k.shape[1])](q, k, v, q_columns, start)

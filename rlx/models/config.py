@@ -9,7 +9,7 @@ from rlx.checks import require_positive
 from rlx.models.encoder_config import AudioConfig, VisionConfig
 
 DType = Literal["float32", "bfloat16"]
-AttentionImpl = Literal["auto", "reference", "xla", "chunked", "cudnn"]
+AttentionImpl = Literal["auto", "reference", "xla", "chunked", "cudnn", "splash"]
 MoEImpl = Literal["auto", "ragged_dot", "scan", "megablox"]
 MOE_IMPLS: tuple[str, ...] = get_args(MoEImpl)
 
@@ -24,7 +24,8 @@ class ModelConfig:
     weighted by the router's softmax (renormalized over the chosen experts if `norm_topk_prob`).
     `vision` and `audio` add modality encoders (see `rlx.models.encoders`); both are off by default.
     `attention_impl` picks how attention scores are computed (`rlx.models.attention_kernels`):
-    `auto` is cuDNN flash attention on GPU and an online-softmax scan over key blocks elsewhere.
+    `auto` is Pallas splash attention on TPU, cuDNN flash attention on GPU and an online-softmax scan
+    over key blocks elsewhere.
     `moe_impl` picks the experts' grouped matmul (`rlx.models.grouped_matmul`): `auto` is the
     megablox kernel on TPU, `jax.lax.ragged_dot` on GPU and a tiled scan (bounded memory) elsewhere.
 

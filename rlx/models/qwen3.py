@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlx.models.activation_sharding import constrain, run_encoder
 from rlx.models.attention import Attention
 from rlx.models.config import ModelConfig
 from rlx.models.encoders import AudioEncoder, VisionEncoder
@@ -14,6 +15,8 @@ from rlx.models.layers import RMSNorm, SwiGLU, param
 from rlx.models.moe import MoEBlock
 from rlx.models.multimodal import Media, ModalityEmbeddings, merge_modality_embeddings
 
+
+RESIDUAL = ("batch", None, None)  # logical names of the residual stream [B, S, hidden]
 
 REMAT_POLICIES = {
     "none": None,
@@ -65,7 +68,7 @@ class LayerStack(nnx.Module):
         def one_layer(carry, layer_weights):
             x, cache, index = carry
             x, cache = nnx.merge(graphdef, layer_weights)(x, positions, q_columns, start, cache, index, cache_index, kv_len)
-            return (x, cache, index + 1), None
+            return (constrain(x, RESIDUAL), cache, index + 1), None
 
         if REMAT_POLICIES[remat] is not None:
             one_layer = jax.checkpoint(one_layer, policy=REMAT_POLICIES[remat])
@@ -106,7 +109,7 @@ class Qwen3(nnx.Module):
             encoder, encode, token_id = encoders[name]
             if encoder is None:
                 raise ValueError(f"a batch carries {name} inputs but the model has no encoder for them; enable model.{'audio' if name == 'audio' else 'vision'}")
-            merged.append(ModalityEmbeddings(input_ids == token_id, encode(inputs)))
+            merged.append(ModalityEmbeddings(input_ids == token_id, run_encoder(encode, inputs)))
         return merged
 
     def unembedding(self) -> jax.Array:
@@ -148,9 +151,10 @@ class Qwen3(nnx.Module):
         x = merge_modality_embeddings(self.embed[...][input_ids].astype(dtype), modality)
         for encoded in self.encode_media(input_ids, media) if media else ():
             x = merge_modality_embeddings(x, encoded)
+        x = constrain(x, RESIDUAL)
         for stack in self.layers:
             x, cache = stack(x, positions, q_columns, start, cache, cache_index, kv_len, remat)
-        return self.final_norm(x), cache
+        return constrain(self.final_norm(x), RESIDUAL), cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., vocab] of final hidden states [..., hidden], computed in the hidden states' dtype."""

@@ -19,7 +19,7 @@ class ValueModel(nnx.Module):
         self.trunk = Qwen3(config, rngs=rngs)
         self.head = param(rngs, nnx.initializers.zeros, (config.hidden_size, 1), ("embed", None), jnp.dtype(config.param_dtype))
 
-    def __call__(self, input_ids: jax.Array, *, start: jax.Array | None = None) -> jax.Array:
-        """Float32 values [B, S]; column j is the value of the prefix ending at column j."""
-        hidden, _ = self.trunk.hidden_states(input_ids, start=start)
+    def __call__(self, input_ids: jax.Array, *, start: jax.Array | None = None, remat: str = "none") -> jax.Array:
+        """Float32 values [B, S]; column j is the value of the prefix ending at column j (`remat` as in `Qwen3.hidden_states`)."""
+        hidden, _ = self.trunk.hidden_states(input_ids, start=start, remat=remat)
         return jnp.einsum("bsd,do->bso", hidden, self.head[...].astype(hidden.dtype), preferred_element_type=jnp.float32)[..., 0]

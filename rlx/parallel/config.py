@@ -65,8 +65,8 @@ class ParallelConfig:
     `colocated`: both use the same devices (time-shared), so their meshes must have the same
     size. `disaggregated`: the learner takes the first `learner.size` devices and the
     generator the next `generator.size`. Rule presets are named in `rlx.parallel.presets.PRESETS`.
-    `device_memory_gib` is what the dry-run plan checks each device's footprint against;
-    `dry_run_layers: k > 0` compiles k and 2k layers and extrapolates (0: every layer).
+    `device_memory_gib` is what the dry-run plan checks each device's footprint against, and what
+    `learner.micro_batch_rows: auto` fits into where a device reports no limit of its own.
     """
 
     learner: MeshConfig = MeshConfig()
@@ -75,7 +75,6 @@ class ParallelConfig:
     generator_rules: str = "serve_tp"
     placement: Literal["colocated", "disaggregated"] = "colocated"
     device_memory_gib: float = 16.0
-    dry_run_layers: int = 0
     distributed: DistributedConfig = DistributedConfig()
 
     def __post_init__(self) -> None:
@@ -88,8 +87,6 @@ class ParallelConfig:
                 f"placement: colocated needs learner and generator meshes of one size, got {self.learner.size} and "
                 f"{self.generator.size}; resize one, or use placement: disaggregated"
             )
-        if self.dry_run_layers < 0:
-            raise ValueError(f"dry_run_layers must be >= 0 (0 = compile every layer), got {self.dry_run_layers}")
         if self.device_memory_gib <= 0:
             raise ValueError(f"device_memory_gib must be > 0, got {self.device_memory_gib}")
 

@@ -59,10 +59,11 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Rules) -> Any:
     """A sharding for every leaf of `tree` (params, optimizer state, abstract or concrete).
 
     Leaves inside an `nnx.Variable` follow its logical names; other leaves (step counters,
-    scalars) are replicated. The result is a prefix of `tree`, as `jax.jit` accepts it.
+    scalars, and optimizer state masked off for frozen weights) are replicated. The result is a
+    prefix of `tree`, as `jax.jit` accepts it.
     """
     def one(path, leaf):
-        if _is_variable(leaf) and logical_names(leaf) is not None:
+        if _is_variable(leaf) and logical_names(leaf) is not None and getattr(leaf, "shape", None) is not None:
             names = logical_names(leaf)
             return NamedSharding(mesh, partition_spec(names, leaf.shape, rules, mesh, jax.tree_util.keystr(path)))
         return NamedSharding(mesh, PartitionSpec())

@@ -1,24 +1,22 @@
-"""`python -m rlx.launch --config ... --dry-run`: compile a run's steps on abstract arrays and print the plan.
+"""`python -m rlx.launch --config ... --dry-run`: compile a run's programs on abstract arrays and print the plan.
 
 Nothing is allocated: the model, optimizer state and batches are `jax.ShapeDtypeStruct`s
 (`jax.eval_shape`), placed on a simulated mesh of the configured size by the sharding
-rules of each role. The learner step is `Learner._step_impl` itself; the generator steps
-are one prefill of `data.max_prompt_len` tokens and one decode step over
-`rollout.max_concurrent_decodes` cache slots (what the engine runs). Per-device memory
-comes from XLA's memory analysis of the compiled SPMD program.
-
-`parallel.dry_run_layers: k` compiles k-layer and 2k-layer models instead of all layers and
-extrapolates each memory figure linearly in the layer count (every layer is the same
-program, so the per-layer part is exact up to XLA's buffer reuse; a figure that does not grow
-is kept, not shrunk); the plan says so.
+rules of each role. The learner's programs are the ones the run executes, from the same
+builder (`rlx.learner.build`): the update, the log-prob and advantage passes (and the
+teacher's and critic's when configured), on one step's rollouts; with
+`learner.micro_batch_rows: auto` the plan picks the largest micro-batch whose programs fit
+`parallel.device_memory_gib`, as the run does. The generator steps are one prefill of
+`data.max_prompt_len` tokens and one decode step over `rollout.max_concurrent_decodes` cache
+slots (what the engine runs). Per-device memory comes from XLA's memory analysis of the
+compiled SPMD program; each line says whether it fits. Decoder layers are scanned, so the plan
+compiles the whole depth (compile time barely grows with it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import Counter
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,27 +25,14 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from rlx.config import Config
-from rlx.learner import Learner
-from rlx.learner.train_step import StepTargets, TrainBatch
+from rlx.data import load_task
+from rlx.learner.build import LearnerSpec, build_programs, every_program, fitting_micro_batch_rows
+from rlx.learner.memory import GIB, ProgramMemory, measure
+from rlx.learner.programs import abstract_batch
 from rlx.models import KVCache, ModelConfig, Qwen3
 from rlx.parallel import batch_sharding, partition_spec, role_meshes, rules_for, tree_shardings
-
-GIB = 1 << 30
-
-
-@dataclasses.dataclass(frozen=True)
-class StepMemory:
-    """Bytes per device of one compiled step (XLA memory analysis)."""
-
-    arguments: float
-    outputs: float
-    aliased: float
-    temporaries: float
-    compile_s: float
-
-    @property
-    def peak(self) -> float:
-        return self.arguments + self.outputs - self.aliased + self.temporaries
+from rlx.parallel.layout import Layout
+from rlx.services.media import media_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,29 +43,35 @@ class Plan:
     placement: str
     parameters: int
     sharding: dict[str, list[tuple[str, int, int]]]  # role -> (spec, tensors, parameters)
-    steps: dict[str, StepMemory]
+    steps: dict[str, ProgramMemory]
     device_memory_gib: float
     compiled_layers: str
+    workload: str  # rows, tokens, dtypes, micro-batch
 
     def fits(self) -> bool:
-        return all(m.peak <= self.device_memory_gib * GIB for m in self.steps.values())
+        return all(self._fits(m) for m in self.steps.values())
+
+    def _fits(self, memory: ProgramMemory) -> bool:
+        return memory.peak <= self.device_memory_gib * GIB
 
     def render(self) -> str:
         lines = [
             f"devices: {self.num_devices} ({self.placement}); learner mesh {self.learner_mesh}; generator mesh {self.generator_mesh}",
             f"parameters: {self.parameters:,} ({self.parameters / 1e9:.2f} B)",
             f"compiled: {self.compiled_layers}",
+            f"learner: {self.workload}",
         ]
         for role, rows in self.sharding.items():
             lines.append(f"{role} sharding (spec: tensors, parameters):")
             lines += [f"  {spec}: {tensors}, {count:,}" for spec, tensors, count in rows]
-        lines.append("| step | arguments GiB | outputs GiB | aliased GiB | temporaries GiB | peak GiB/device | compile s |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append(f"| program | arguments GiB | outputs GiB | aliased GiB | temporaries GiB | peak GiB/device | compile s | {self.device_memory_gib:g} GiB |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for name, m in self.steps.items():
             cells = [m.arguments, m.outputs, m.aliased, m.temporaries, m.peak]
-            lines.append(f"| {name} | " + " | ".join(f"{c / GIB:.2f}" for c in cells) + f" | {m.compile_s:.1f} |")
+            verdict = "fits" if self._fits(m) else "does NOT fit"
+            lines.append(f"| {name} | " + " | ".join(f"{c / GIB:.2f}" for c in cells) + f" | {m.compile_s:.1f} | {verdict} |")
         verdict = "fits" if self.fits() else "does NOT fit"
-        lines.append(f"device memory: {self.device_memory_gib:g} GiB -> {verdict}")
+        lines.append(f"device memory: {self.num_devices} x {self.device_memory_gib:g} GiB -> {verdict}")
         return "\n".join(lines)
 
 
@@ -94,50 +85,54 @@ def simulate_cpu_devices(count: int) -> None:
 
 
 def dry_run(config: Config) -> Plan:
-    """Lowers and compiles the learner and generator steps of `config` on abstract arrays."""
-    if config.model.vocab_size is None:
-        raise ValueError("--dry-run needs model.vocab_size (no tokenizer is loaded); set it in the config")
+    """Lowers and compiles the learner's and the generator's programs of `config` on abstract arrays."""
+    model_config = config.model.with_vocab(_vocab_size(config))
     par = config.parallel
     learner_mesh, generator_mesh = role_meshes(par)
-    layers = par.dry_run_layers
-    full = config.model.num_layers
-    if not layers or layers * 2 > full:
-        steps = _compile_steps(config, config.model, learner_mesh, generator_mesh)
-        compiled = f"all {full} layers"
-    else:
-        small = _compile_steps(config, _with_layers(config.model, layers), learner_mesh, generator_mesh)
-        large = _compile_steps(config, _with_layers(config.model, 2 * layers), learner_mesh, generator_mesh)
-        steps = {name: _extrapolate(small[name], large[name], layers, full) for name in small}
-        compiled = f"{layers} and {2 * layers} of {full} layers, memory extrapolated linearly to {full}"
-    abstract = _abstract_params(config.model)
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen3(model_config, rngs=nnx.Rngs(0))))
+    steps, workload = _learner_programs(config, model_config, graphdef, params, learner_mesh)
+    steps.update(_generator_steps(config, model_config, graphdef, params, generator_mesh))
     sharding = {
-        f"learner ({par.learner_rules})": _sharding_summary(abstract, learner_mesh, par.learner_rules),
-        f"generator ({par.generator_rules})": _sharding_summary(abstract, generator_mesh, par.generator_rules),
+        f"learner ({par.learner_rules})": _sharding_summary(params, learner_mesh, par.learner_rules),
+        f"generator ({par.generator_rules})": _sharding_summary(params, generator_mesh, par.generator_rules),
     }
-    parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
+    parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return Plan(par.num_devices, par.learner.shape, par.generator.shape, par.placement, parameters, sharding, steps,
-                par.device_memory_gib, compiled)
+                par.device_memory_gib, f"all {model_config.num_layers} layers", workload)
 
 
-def _with_layers(model: ModelConfig, layers: int) -> ModelConfig:
-    if model.num_experts and layers % model.decoder_sparse_step:
-        raise ValueError(
-            f"parallel.dry_run_layers={layers} must be a multiple of model.decoder_sparse_step={model.decoder_sparse_step}, "
-            "so the compiled layers repeat the model's dense/sparse pattern"
-        )
-    return dataclasses.replace(model, num_layers=layers, mlp_only_layers=tuple(i for i in model.mlp_only_layers if i < layers))
+def _vocab_size(config: Config) -> int:
+    """`model.vocab_size`, or the size of the built-in task's tokenizer (a JSONL run's comes from files a plan does not read)."""
+    if config.model.vocab_size is not None:
+        return config.model.vocab_size
+    if config.data.source == "jsonl":
+        raise ValueError("--dry-run needs model.vocab_size for a JSONL dataset (no tokenizer is loaded); set it in the config")
+    return load_task(config.data, media_spec(config.model)).tokenizer.vocab_size
 
 
-def _extrapolate(small: StepMemory, large: StepMemory, layers: int, full: int) -> StepMemory:
-    # A figure that does not grow from k to 2k layers (buffers XLA reuses across layers) is not shrunk either.
-    grow = lambda a, b: a + max(b - a, 0.0) * (full - layers) / layers
-    return StepMemory(grow(small.arguments, large.arguments), grow(small.outputs, large.outputs),
-                      grow(small.aliased, large.aliased), grow(small.temporaries, large.temporaries),
-                      small.compile_s + large.compile_s)
-
-
-def _abstract_params(model: ModelConfig) -> nnx.State:
-    return nnx.state(nnx.eval_shape(lambda: Qwen3(model, rngs=nnx.Rngs(0))), nnx.Param)
+def _learner_programs(config: Config, model_config: ModelConfig, graphdef: nnx.GraphDef, params: nnx.State,
+                      mesh: Mesh) -> tuple[dict[str, ProgramMemory], str]:
+    spec = LearnerSpec(model_config, config.algorithm, config.optimizer, config.rollout.temperature, config.learner, config.critic,
+                       config.distill)
+    teacher = None
+    if config.distill.coef > 0:
+        teacher_config = config.distill.teacher.with_vocab(model_config.vocab_size)
+        teacher = nnx.split(nnx.eval_shape(lambda: Qwen3(teacher_config, rngs=nnx.Rngs(0))))
+    layout = Layout(mesh, rules_for(config.parallel.learner_rules))
+    rows, prompt, response = config.data.prompts_per_step * config.rollout.n_samples, config.data.max_prompt_len, config.rollout.max_new_tokens
+    media = media_spec(model_config)
+    batch = abstract_batch(rows, prompt, response, {m: media.empty(m).shape for m in media.modalities} if media else None)
+    micro = config.learner.micro_batch_rows
+    workload = (f"{rows} rows of {prompt + response} tokens ({prompt} prompt + {response} response) per step, "
+                f"{config.algorithm.epochs * config.algorithm.minibatches} optimizer steps; compute {model_config.dtype}, "
+                f"weights and optimizer state {model_config.param_dtype}; remat {config.learner.remat}; micro_batch_rows ")
+    if micro == "auto":
+        limit = config.parallel.device_memory_gib * GIB
+        chosen, memory = fitting_micro_batch_rows(spec, graphdef, params, layout, batch, limit, teacher)
+        fits = all(m.peak <= limit for m in memory.values())
+        return memory, workload + f"auto -> {chosen} ({'the largest that fits' if fits else 'the smallest there is; none fits'})"
+    programs = every_program(build_programs(spec, graphdef, params, layout, micro, teacher), batch)
+    return {name: measure(fn, *args) for name, (fn, args) in programs.items()}, workload + str(micro)
 
 
 def _sharding_summary(params: nnx.State, mesh: Mesh, preset: str) -> list[tuple[str, int, int]]:
@@ -150,50 +145,8 @@ def _sharding_summary(params: nnx.State, mesh: Mesh, preset: str) -> list[tuple[
     return [(spec, tensors[spec], counts[spec]) for spec, _ in counts.most_common()]
 
 
-def _compile_steps(config: Config, model_config: ModelConfig, learner_mesh: Mesh, generator_mesh: Mesh) -> dict[str, StepMemory]:
-    learner = _abstract_learner(config, model_config)
-    steps = {"learner train step": _learner_step(config, learner, learner_mesh)}
-    steps.update(_generator_steps(config, model_config, learner.graphdef, learner.params, generator_mesh))
-    return steps
-
-
-def _abstract_learner(config: Config, model_config: ModelConfig) -> Learner:
-    """A `Learner` whose weights and optimizer state are shapes only: built under `jax.eval_shape`."""
-    built: list[Learner] = []
-
-    def build():
-        model = Qwen3(model_config, rngs=nnx.Rngs(0))
-        built.append(Learner(model, config.algorithm, config.optimizer, config.rollout.temperature))
-        return built[0].params, built[0].opt_state
-
-    params, opt_state = jax.eval_shape(build)
-    learner = built[0]
-    learner.params, learner.opt_state = params, opt_state
-    learner.ref_params = params if learner.ref_params is not None else None
-    return learner
-
-
-def _learner_step(config: Config, learner: Learner, mesh: Mesh) -> StepMemory:
-    rules = rules_for(config.parallel.learner_rules)
-    rows = config.data.prompts_per_step * config.rollout.n_samples // config.algorithm.minibatches
-    prompt, response = config.data.max_prompt_len, config.rollout.max_new_tokens
-    batch = TrainBatch(**_fields(TrainBatch, {
-        "tokens": ((rows, prompt + response), jnp.int32), "start": ((rows,), jnp.int32), "mask": ((rows, response), jnp.float32),
-        "rewards": ((rows,), jnp.float32), "group_ids": ((rows,), jnp.int32), "behaviour_log_probs": ((rows, response), jnp.float32),
-        "staleness": ((rows, response), jnp.float32),
-    }))
-    targets = StepTargets(**_fields(StepTargets, {}, default=((rows, response), jnp.float32)))
-    param_sh = tree_shardings(learner.params, mesh, rules)
-    opt_sh = tree_shardings(learner.opt_state, mesh, rules)
-    rows_sh = lambda tree: jax.tree.map(lambda x: batch_sharding(mesh, rules, x.shape), tree)
-    progress = jax.ShapeDtypeStruct((), jnp.float32)
-    step = jax.jit(learner._step_impl, in_shardings=(param_sh, opt_sh, rows_sh(batch), rows_sh(targets), None),
-                   out_shardings=(param_sh, opt_sh, None), donate_argnums=(0, 1))
-    return _compile(step, learner.params, learner.opt_state, batch, targets, progress)
-
-
 def _generator_steps(config: Config, model_config: ModelConfig, graphdef: nnx.GraphDef, params: nnx.State,
-                     mesh: Mesh) -> dict[str, StepMemory]:
+                     mesh: Mesh) -> dict[str, ProgramMemory]:
     rules = rules_for(config.parallel.generator_rules)
     slots, prompt = config.rollout.max_concurrent_decodes, config.data.max_prompt_len
     cache = jax.eval_shape(lambda: KVCache.zeros(model_config, slots, prompt + config.rollout.max_new_tokens))
@@ -215,26 +168,5 @@ def _generator_steps(config: Config, model_config: ModelConfig, graphdef: nnx.Gr
         index = jax.ShapeDtypeStruct((), jnp.int32)
         step = jax.jit(forward, in_shardings=(param_sh, row(tokens.shape), row(start.shape), cache_sh, None),
                        out_shardings=(row((slots, 1)), cache_sh), donate_argnums=(3,))
-        steps[name] = _compile(step, params, tokens, start, cache, index)
+        steps[name] = measure(step, params, tokens, start, cache, index)
     return steps
-
-
-def _fields(cls: type, shapes: dict[str, tuple], default: tuple | None = None) -> dict[str, jax.ShapeDtypeStruct]:
-    out = {}
-    for field in dataclasses.fields(cls):
-        shape_dtype = shapes.get(field.name, default)
-        if shape_dtype is None and field.default is None:
-            continue  # optional inputs (e.g. media of a text-only model) stay None
-        if shape_dtype is None:
-            raise ValueError(f"dry run: no abstract shape for {cls.__name__}.{field.name}; add it to rlx/services/plan.py")
-        out[field.name] = jax.ShapeDtypeStruct(*shape_dtype)
-    return out
-
-
-def _compile(step: Callable, *args: Any) -> StepMemory:
-    began = time.perf_counter()
-    compiled = step.lower(*args).compile()
-    elapsed = time.perf_counter() - began
-    stats = compiled.memory_analysis()
-    return StepMemory(float(stats.argument_size_in_bytes), float(stats.output_size_in_bytes),
-                      float(stats.alias_size_in_bytes), float(stats.temp_size_in_bytes), elapsed)

@@ -55,11 +55,11 @@ class Trainer:
         learner_rules = rules_for(config.parallel.learner_rules)
         on_learner = lambda abstract: tree_shardings(abstract, learner_mesh, learner_rules)
         # Created (random, or loaded from model.init_from) straight onto the learner's shardings, never whole on one device.
-        graphdef, params = create_params(model_config, on_learner, config.run.seed)
+        model = create_params(model_config, on_learner, config.run.seed)
         # On-policy distillation: the teacher is trained in `_train_teacher` before RL (fresh runs) or restored.
-        teacher = nnx.merge(*create_params(config.distill.teacher.with_vocab(tokenizer.vocab_size), on_learner, config.run.seed + 1)) if config.distill.coef > 0 else None
-        self.learner = Learner(nnx.merge(graphdef, params), config.algorithm, config.optimizer, config.rollout.temperature,
-                               config.critic, config.distill, teacher, config.learner)
+        teacher = create_params(config.distill.teacher.with_vocab(tokenizer.vocab_size), on_learner, config.run.seed + 1) if config.distill.coef > 0 else None
+        self.learner = Learner(*model, config.algorithm, config.optimizer, config.rollout.temperature, config.critic, config.distill, teacher,
+                               config.learner, mesh=learner_mesh, rules=learner_rules, device_memory_gib=config.parallel.device_memory_gib)
         self._generator_shardings = tree_shardings(self.learner.params, generator_mesh, rules_for(config.parallel.generator_rules))
         published = reshard(self.learner.params, self._generator_shardings)
         engine = build_engine(self.learner.graphdef, published, model_config, config.rollout, config.data.max_prompt_len,
@@ -111,7 +111,7 @@ class Trainer:
             stream = self._stream(self.task.demonstrations, warmup.batch_size, self.config.data.seed + 1)
             return supervised_warmup(
                 self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
-                self.config.learner.logprob_impl)
+                self.config.learner.logprob_impl, self.learner.layout)
 
         started = warm_start(self.config, self.learner.params, self.task.demonstrations, self.task.tokenizer, train)
         self.learner.reset_weights(started.params)
@@ -127,7 +127,8 @@ class Trainer:
         warmup, began = self.config.distill.teacher_warmup, time.perf_counter()
         stream = self._stream(self.task.train, warmup.batch_size, self.config.data.seed + 2)
         params, losses = supervised_warmup(
-            self.learner.teacher_graphdef, self.learner.teacher_params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens)
+            self.learner.teacher_graphdef, self.learner.teacher_params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
+            layout=self.learner.layout)
         self.learner.set_teacher_params(params)
         return {"distill/teacher_sft_loss_last": losses[-1], "timing_s/teacher_warmup": time.perf_counter() - began}
 

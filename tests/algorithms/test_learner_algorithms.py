@@ -30,7 +30,7 @@ def changed(before, after) -> bool:
 def test_gae_update_trains_the_critic_and_reports_its_metrics():
     """Also PPO's dual clip and sequence-level TIS, which need no learner of their own."""
     algorithm = AlgorithmConfig(adv_estimator="gae", clip_ratio_c=3.0, correction="tis", correction_level="sequence")
-    learner = Learner(Qwen3(MODEL, rngs=nnx.Rngs(0)), algorithm, OPTIMIZER, 1.0, critic=CriticConfig(enabled=True, learning_rate=1e-2))
+    learner = Learner(*nnx.split(Qwen3(MODEL, rngs=nnx.Rngs(0))), algorithm, OPTIMIZER, 1.0, critic=CriticConfig(enabled=True, learning_rate=1e-2))
     head_before = jnp.copy(learner.critic.params["head"][...])
     metrics = learner.update(make_batch())
     for key in ("critic/vf_loss", "critic/vf_explained_var", "critic/vf_clipfrac", "critic/values/mean", "critic/returns/mean", "actor/pg_loss",
@@ -46,12 +46,12 @@ def test_gae_update_trains_the_critic_and_reports_its_metrics():
 
 def test_distillation_rewards_tokens_the_teacher_likes():
     """With grpo, no task reward and gamma = 0, A_t = log pi_teacher(y_t) - log pi_student(y_t) exactly."""
-    teacher = Qwen3(MODEL, rngs=nnx.Rngs(7))
+    teacher = nnx.split(Qwen3(MODEL, rngs=nnx.Rngs(7)))
     distill = DistillConfig(coef=1.0, task_reward_coef=0.0, teacher=MODEL, teacher_warmup=WarmupConfig(sft_steps=1))
-    learner = Learner(Qwen3(MODEL, rngs=nnx.Rngs(0)), AlgorithmConfig(gamma=0.0, policy_loss="pg"),
+    learner = Learner(*nnx.split(Qwen3(MODEL, rngs=nnx.Rngs(0))), AlgorithmConfig(gamma=0.0, policy_loss="pg"),
                       OptimizerConfig(learning_rate=1e-3), 1.0, distill=distill, teacher=teacher)
     batch = make_batch()
-    teacher_lp = learner._teacher_log_probs(learner.teacher_params, batch, batch.prompt_len)[0]
+    teacher_lp = learner.teacher_log_probs(batch)
     student_lp = learner.log_probs(batch)[0]
     gap = lambda lp: float(jnp.sum(jnp.abs(lp - teacher_lp) * batch.mask))
     metrics = learner.update(batch)
@@ -68,7 +68,7 @@ def test_kl_as_reward_penalty_and_reference_refresh():
     """Also CISPO, IcePop and RLOO."""
     algorithm = AlgorithmConfig(kl_coef=0.1, kl_penalty="reward", kl_estimator="k3", ref_update_every=1,
                                 policy_loss="cispo", clip_ratio_high=4.0, correction="icepop", adv_estimator="rloo")
-    learner = Learner(Qwen3(MODEL, rngs=nnx.Rngs(0)), algorithm, OPTIMIZER, 1.0)
+    learner = Learner(*nnx.split(Qwen3(MODEL, rngs=nnx.Rngs(0))), algorithm, OPTIMIZER, 1.0)
     first = learner.update(make_batch())
     assert first["actor/reward_kl_penalty"] == pytest.approx(0.0, abs=1e-6)  # reference = policy before any update
     assert "actor/kl_loss" not in first
@@ -88,7 +88,7 @@ def test_kl_as_reward_penalty_and_reference_refresh():
     ids=["decoupled-kl", "gspo-geo"],
 )
 def test_policy_loss_and_correction_combinations_update(overrides):
-    learner = Learner(Qwen3(MODEL, rngs=nnx.Rngs(0)), AlgorithmConfig(**overrides), OPTIMIZER, 1.0)
+    learner = Learner(*nnx.split(Qwen3(MODEL, rngs=nnx.Rngs(0))), AlgorithmConfig(**overrides), OPTIMIZER, 1.0)
     before = jax.tree.map(jnp.copy, learner.params)
     metrics = learner.update(make_batch())
     for key in ("actor/pg_loss", "actor/ppo_kl", "actor/pg_clipfrac", "training/correction_masked_frac", "training/rollout_probs_diff_mean"):
