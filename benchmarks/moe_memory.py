@@ -11,7 +11,7 @@ analysis of the partitioned program:
 * no mesh context, ragged_dot: the layer as it was before expert parallelism: GSPMD partitions
   `jax.lax.ragged_dot`, whose CPU lowering materialises a dense [token copies, experts, width]
   mask, and does not split it over `expert`;
-* expert-parallel: the layer under `rlx.models.mesh_context.mesh_rules`, each device running
+* expert-parallel: the layer under `rlx.models.activation_sharding.mesh_rules`, each device running
   its own experts in `shard_map`, with the `scan` grouped matmul (what `auto` is on CPU) and with
   `ragged_dot` (what `auto` is on GPU; on CPU its lowering is again a dense mask, now over the
   device's 32 experts and its gathered rows);
@@ -36,7 +36,7 @@ from flax import nnx  # noqa: E402
 
 from benchmarks.results_table import machine_description, report  # noqa: E402
 from rlx.models import ModelConfig, MoEBlock  # noqa: E402
-from rlx.models.mesh_context import mesh_rules  # noqa: E402
+from rlx.models.activation_sharding import mesh_rules  # noqa: E402
 from rlx.parallel import MeshConfig, batch_sharding, make_mesh, rules_for, tree_shardings  # noqa: E402
 from rlx.parallel.mesh import expand_shardings  # noqa: E402
 

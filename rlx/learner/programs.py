@@ -28,7 +28,7 @@ from rlx.learner.logprobs import response_log_probs
 from rlx.learner.memory import Programs
 from rlx.learner.microbatch import accumulate_gradients, map_slices, slice_count, strided
 from rlx.learner.objective import Objective, StepTargets, TrainBatch
-from rlx.models.activation_sharding import ActivationSharding, activation_sharding
+from rlx.models.activation_sharding import activation_sharding
 from rlx.parallel.layout import Layout
 
 Weights = Any  # an nnx.State of weights (arrays or ShapeDtypeStructs)
@@ -64,7 +64,7 @@ class ProgramBuilder:
 
     def __init__(self, layout: Layout, schedule: Schedule):
         self.layout, self.schedule = layout, schedule
-        self._hooks = ActivationSharding(layout.constrain, layout.encode, layout.map_rows)
+        self._hooks = layout.hooks()
 
     def jit(self, fn: Callable, in_shardings: Any, out_shardings: Any, donate_argnums: tuple[int, ...] = ()) -> Callable:
         def traced(*args):

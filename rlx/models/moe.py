@@ -14,7 +14,7 @@ Experts run as grouped matmuls (`rlx.models.grouped_matmul`, chosen by `model.mo
 over the token copies sorted by expert: no capacity limit, no dropped tokens, and no
 [tokens, experts] dense compute.
 
-Under a mesh context (`rlx.models.mesh_context`) with more than one device, the layer runs
+Under a mesh context (`rlx.models.activation_sharding.current_mesh_rules`) with more than one device, the layer runs
 per device in `shard_map` (expert parallelism):
 
 * weights split along `embed` (FSDP) are all-gathered, one layer at a time;
@@ -39,7 +39,7 @@ from flax import nnx
 from rlx.models.config import ModelConfig
 from rlx.models.grouped_matmul import grouped_matmul
 from rlx.models.layers import param
-from rlx.models.mesh_context import MeshRules, current_mesh_rules
+from rlx.models.activation_sharding import MeshRules, current_mesh_rules
 
 
 def route(router_logits: jax.Array, top_k: int, normalize: bool, routes: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlx.models.activation_sharding import ActivationSharding, MeshRules
 from rlx.parallel.config import MESH_AXES
 from rlx.parallel.modality import encode_data_parallel
 from rlx.parallel.presets import Rules
@@ -87,6 +88,10 @@ class Layout:
     def encode(self, encode: Callable[[jax.Array], jax.Array], inputs: jax.Array) -> jax.Array:
         """A modality encoder over every device of the mesh, features back in the row layout."""
         return encode_data_parallel(encode, inputs, self.mesh, self.rules)
+
+    def hooks(self) -> ActivationSharding:
+        """What model code traced for this layout places by (`rlx.models.activation_sharding`)."""
+        return ActivationSharding(self.constrain, self.encode, self.map_rows, MeshRules(self.mesh, self.rules))
 
     def map_rows(self, fn: Callable[..., jax.Array], *arrays: jax.Array) -> jax.Array:
         """`fn` on each device's block of rows (a Pallas kernel XLA cannot partition); rows first in and out."""

@@ -12,7 +12,7 @@ from flax import nnx
 
 from rlx.models import ModelConfig, MoEBlock, Qwen3
 from rlx.models import grouped_matmul
-from rlx.models.mesh_context import current_mesh_rules, mesh_rules
+from rlx.models.activation_sharding import current_mesh_rules, mesh_rules
 from rlx.parallel import MeshConfig, batch_sharding, make_mesh, rules_for, tree_shardings
 from rlx.parallel.mesh import expand_shardings
 

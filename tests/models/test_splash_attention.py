@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlx.models.activation_sharding import ActivationSharding, activation_sharding
+from rlx.models.activation_sharding import activation_sharding
 from rlx.models.attention_kernels import reference_attention, resolve_attention_impl, splash_attention
 from rlx.parallel import MeshConfig, make_mesh, rules_for
 from rlx.parallel.layout import Layout
@@ -46,7 +46,7 @@ def test_interpreted_splash_matches_the_reference():
 
 def test_splash_runs_on_each_devices_rows_under_a_mesh():
     layout = Layout(make_mesh(MeshConfig(data=2, fsdp=4), jax.devices()[:8]), rules_for("fsdp"))
-    hooks = ActivationSharding(layout.constrain, layout.encode, layout.map_rows)
+    hooks = layout.hooks()
 
     def sharded(*args):
         with activation_sharding(hooks):
