@@ -56,10 +56,11 @@ class Trainer:
         # (the same devices when colocated); every publish is a versioned reshard between them.
         learner_mesh, generator_mesh = role_meshes(config.parallel)
         self.learner.reset_weights(reshard(self.learner.params, tree_shardings(self.learner.params, learner_mesh, rules_for(config.parallel.learner_rules))))
-        self._generator_shardings = tree_shardings(self.learner.params, generator_mesh, rules_for(config.parallel.generator_rules))
-        published = reshard(self.learner.params, self._generator_shardings)
-        engine = build_engine(self.learner.graphdef, published, model_config, config.rollout, config.data.max_prompt_len,
-                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh)
+        engine = build_engine(self.learner.graphdef, self.learner.params, model_config, config.rollout, config.data.max_prompt_len,
+                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh,
+                              rules=rules_for(config.parallel.generator_rules))
+        self._publish_weights = engine.publish  # cast to the compute dtype, then onto the generator's shardings
+        published = engine.load_params()
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
         self.rollout = build_backend(engine, published, config.rollout)
         if getattr(self.rollout, "partial", None) is not None:
@@ -197,7 +198,7 @@ class Trainer:
     def publish(self, version: int) -> None:
         """Copies the learner's weights onto the generator's shardings: validation uses them at once,
         the generator role at its next safe point (`mailbox`)."""
-        weights = jax.block_until_ready(reshard(self.learner.params, self._generator_shardings))
+        weights = jax.block_until_ready(self._publish_weights(self.learner.params))
         self.validator.update_weights(weights, version)
         self.mailbox.post(weights, version)
         self.published_version = version
