@@ -134,6 +134,7 @@ class Engine:
         self.steps_per_generate = steps_per_generate
         self.buckets = prefill_buckets(max_prefill_length)
         self.kv_buckets = prefill_buckets(self.max_len)
+        self._recompute_columns = min(RECOMPUTE_COLUMNS, self.max_len)
         self.tokenizer = tokenizer
         self._layout = layout = Layout.build(single_device_mesh() if mesh is None else mesh, rules_for("serve_tp") if rules is None else rules,
                                              params, model_config, max_concurrent_decodes, self.max_len)
@@ -353,8 +354,7 @@ class Engine:
     # -- recompute ----------------------------------------------------------------------------------
     @property
     def _recompute_width(self) -> int:
-        chunk = min(RECOMPUTE_COLUMNS, self.max_len)
-        return -(-self.max_len // chunk) * chunk
+        return -(-self.max_len // self._recompute_columns) * self._recompute_columns
 
     def recompute(self, params: nnx.State, decode_state: DecodeState, tokens: np.ndarray, slots: np.ndarray) -> DecodeState:
         """Rebuilds the KV cache and next-token logits of `slots` under `params` (after a weight swap).
@@ -373,7 +373,7 @@ class Engine:
         """Column chunks of RECOMPUTE_COLUMNS written into the state's own cache: no second cache,
         no `[slots, columns, vocab]` logits (only each slot's last token's)."""
         model = nnx.merge(self._graphdef, params)
-        width = min(RECOMPUTE_COLUMNS, self.max_len)
+        width = self._recompute_columns
         last = jnp.clip(state.index - 1, 0, self.max_len - 1)
 
         def chunk(carry, first):
