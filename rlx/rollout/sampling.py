@@ -16,6 +16,10 @@ mu, so they stay correct; `training/rollout_probs_diff_*` then also shows the tr
 Sampling parameters are static (one compiled variant per setting): `top_p = 1, top_k = 0`
 sorts nothing, top-k takes `lax.top_k` of k, and top-p alone sorts the vocabulary once.
 `temperature: 0` is greedy; greedy tokens are scored under temperature 1.
+
+The draw is an inverse-CDF one in two levels (a block of DRAW_BLOCK tokens by the blocks'
+masses, then a token within it): two uniforms per row, where `jax.random.categorical`'s
+Gumbel trick draws one per vocabulary entry (40x slower on CPU at a 32k vocabulary).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+
+DRAW_BLOCK = 256  # tokens per block of the two-level draw (larger blocks are slower to scan on CPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +81,31 @@ def sample_tokens(key: jax.Array, logits: jax.Array, sampling: SamplingParams) -
         tokens = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
         return tokens, jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
     if not sampling.truncates:
-        tokens = jax.random.categorical(key, log_probs, axis=-1).astype(jnp.int32)
+        tokens = _draw(key, log_probs)
         return tokens, jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
     values, ids = _candidates(log_probs, sampling)
-    choice = jax.random.categorical(key, values, axis=-1)[:, None]
+    choice = _draw(key, values)[:, None]
     return jnp.take_along_axis(ids, choice, axis=-1)[:, 0].astype(jnp.int32), jnp.take_along_axis(values, choice, axis=-1)[:, 0]
+
+
+def _draw(key: jax.Array, log_probs: jax.Array) -> jax.Array:
+    """An index per row of normalised `log_probs [B, C]` drawn with probability exp(log_probs) (-inf: never)."""
+    rows, size = log_probs.shape
+    width = min(DRAW_BLOCK, size)
+    padded = jnp.pad(log_probs, ((0, 0), (0, -size % width)), constant_values=-jnp.inf)
+    probs = jnp.exp(padded).reshape(rows, -1, width)
+    outer, inner = jax.random.split(key)
+    block = _inverse_cdf(outer, jnp.sum(probs, axis=-1))
+    within = _inverse_cdf(inner, jnp.take_along_axis(probs, block[:, None, None], axis=1)[:, 0])
+    return block * width + within
+
+
+def _inverse_cdf(key: jax.Array, weights: jax.Array) -> jax.Array:
+    """Index i of each row of `weights [B, n]` (>= 0, some > 0) with probability weights[i] / sum."""
+    cumulative = jax.lax.associative_scan(jnp.add, weights, axis=-1)
+    # A threshold in (0, total]: the first index whose cumulative mass reaches it has positive weight.
+    threshold = (1.0 - jax.random.uniform(key, weights.shape[:1])) * cumulative[:, -1]
+    return jnp.minimum(jnp.sum(cumulative < threshold[:, None], axis=-1), weights.shape[1] - 1).astype(jnp.int32)
 
 
 def token_log_probs(logits: jax.Array, tokens: jax.Array, sampling: SamplingParams) -> jax.Array:

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from rlx.learner.logprobs import response_log_probs
-from rlx.rollout import Engine, Request, RolloutDriver, SamplingParams
+from rlx.rollout import Engine, Request, RolloutDriver, SamplingParams, token_log_probs
 from tests.rollout.conftest import GREEDY, PAD, PROMPTS, prompt_batch
 
 
@@ -28,6 +28,22 @@ def test_behaviour_log_probs_equal_learner_recomputation(model, driver, temperat
     np.testing.assert_allclose(np.asarray(recomputed) * generation.mask, generation.log_probs * generation.mask, atol=1e-4)
     assert (generation.lengths == 7).all() and (rollout.group_ids == np.repeat(np.arange(4), 2)).all()
     assert [r.id for r in rollout.records] == [str(i) for i in range(4) for _ in range(2)]
+
+
+def test_behaviour_log_probs_are_those_of_the_truncated_distribution_the_learner_ratio_corrects(model, driver):
+    """With top-k/top-p the engine records log mu (truncated, renormalised); the learner recomputes the
+    untruncated pi, so pi / mu < 1 exactly where the sampler cut mass, and the corrections see that ratio."""
+    sampling = SamplingParams(temperature=1.0, top_p=0.9, top_k=6)
+    rollout = driver.generate_groups(prompt_batch(PROMPTS), 2, jax.random.key(4), sampling, max_new_tokens=7)
+    generation, prompt_len = rollout.generation, rollout.prompt_tokens.shape[1]
+    full = jnp.asarray(np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1))
+    logits, _ = model(full[:, :-1], start=jnp.asarray(rollout.start))
+    mu = token_log_probs(logits[:, prompt_len - 1:], full[:, prompt_len:], sampling)
+    real = generation.mask > 0
+    np.testing.assert_allclose(np.asarray(mu)[real], generation.log_probs[real], atol=1e-4)
+    pi, _ = response_log_probs(model, full, jnp.asarray(rollout.start), prompt_len, sampling.temperature)
+    log_ratio = np.asarray(pi)[real] - generation.log_probs[real]
+    assert (log_ratio <= 1e-5).all() and (log_ratio < -1e-2).mean() > 0.5
 
 
 def test_reused_slot_never_sees_its_previous_request(make_engine, greedy_reference):

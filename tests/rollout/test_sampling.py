@@ -50,6 +50,22 @@ def test_sampled_frequencies_match_the_recorded_behaviour_log_probs(top_k, top_p
     np.testing.assert_allclose(token_log_probs(logits[:8], jnp.asarray(tokens[:8]), sampling), log_probs[:8], rtol=1e-6)
 
 
+def test_draws_across_blocks_of_a_large_vocabulary_match_the_softmax():
+    """Vocabulary of 700 (three draw blocks): mass on tokens in different blocks, at block edges too."""
+    vocab, draws = 700, 40000
+    heavy = np.array([3, 255, 256, 300, 555, 699])
+    probs = np.full(vocab, 0.04 / (vocab - len(heavy)))
+    probs[heavy] = [0.3, 0.1, 0.2, 0.05, 0.15, 0.16]
+    logits = jnp.log(jnp.asarray(probs, jnp.float32))[None].repeat(draws, axis=0)
+    tokens, log_probs = jax.jit(sample_tokens, static_argnums=2)(jax.random.key(9), logits, SamplingParams(1.0))
+    tokens = np.asarray(tokens)
+    np.testing.assert_allclose(np.exp(np.asarray(log_probs)), probs[tokens], rtol=1e-4)
+    observed = np.append(np.bincount(tokens, minlength=vocab)[heavy], np.isin(tokens, heavy, invert=True).sum())
+    expected = np.append(probs[heavy], 0.04) * draws
+    chi2 = float(np.sum((observed - expected) ** 2 / expected))
+    assert chi2 < stats.chi2.ppf(0.999, len(expected) - 1), (observed, expected)
+
+
 def test_truncation_and_temperature_compose():
     """log mu = log softmax(z / T) - log of the kept mass: what the learner's pi / mu ratio sees."""
     logits = jnp.array([[2.0, 1.5, 0.3, -1.0, -2.0]])
