@@ -255,7 +255,9 @@ class Engine:
         with self._states_lock:
             state = self._free_states.pop() if self._free_states else None
         key = jax.random.key(0) if key is None else key
-        return self._new_state(key) if state is None else self._reset(state, key)
+        if state is None or state.cache.k.is_deleted():  # a session that failed mid-call may hand back donated buffers
+            return self._new_state(key)
+        return self._reset(state, key)
 
     def release(self, state: DecodeState) -> None:
         """Returns a decode state (its buffers) for the next session's `decode_state`."""
