@@ -19,7 +19,9 @@ ratio is taken within a round and its median reported.
 
 Decode roofline: the engine's time per decode step (all slots live, attention over every
 cache column) against the bytes one step must read, weights plus the whole KV cache, over
-the machine's copy bandwidth (numpy copy of 1 GiB, read + write bytes per second).
+the machine's copy bandwidth (numpy copy of 1 GiB, read + write bytes per second), and
+against its floating-point work (2 x parameters x slots plus attention) at the machine's
+float32 matmul rate (a jitted 2048^3 matmul): with 128 slots on a CPU the step is compute-bound.
 The last line is ``RESULT engine_over_hf=X decode_bw_fraction=Y`` (the larger model's figures).
 """
 
@@ -145,6 +147,27 @@ def _timed(fn) -> float:
     return time.perf_counter() - began
 
 
+def matmul_rate(size: int = 2048) -> float:
+    """Float32 FLOP/s of a jitted square matmul, best of 5."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((size, size), jnp.float32)
+    product = jax.jit(lambda x: x @ x)
+    product(a).block_until_ready()
+    best = min(_timed(lambda: product(a).block_until_ready()) for _ in range(5))
+    return 2 * size**3 / best
+
+
+def step_flops(size: str, parameters: int, args) -> int:
+    """Floating-point work of one decode step: every weight once per slot (the tied embedding as the
+    unembedding), and attention over every cache column (scores and weighted values)."""
+    shape = SIZES[size]
+    columns = args.prompt_len + args.new_tokens
+    attention = 4 * shape["num_layers"] * args.slots * shape["num_heads"] * shape["head_dim"] * columns
+    return 2 * parameters * args.slots + attention
+
+
 def step_bytes(size: str, parameters: int, args) -> int:
     """Bytes one decode step reads: every weight once (float32) and the whole KV cache."""
     shape = SIZES[size]
@@ -153,7 +176,7 @@ def step_bytes(size: str, parameters: int, args) -> int:
     return parameters * 4 + cache
 
 
-def measure(size: str, args, bandwidth: float) -> dict:
+def measure(size: str, args, bandwidth: float, flop_rate: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / size
         parameters = export(size, directory, args.prompt_len + args.new_tokens)
@@ -169,8 +192,9 @@ def measure(size: str, args, bandwidth: float) -> dict:
     ratio = statistics.median(h["seconds"] / e["seconds"] for e, h in zip(runs["engine"], runs["hf"]))
     step = statistics.median(r["step_s"] for r in runs["engine"])
     bound = step_bytes(size, parameters, args) / bandwidth
+    compute = step_flops(size, parameters, args) / flop_rate
     return {"parameters": parameters, "rate": rate, "ratio": ratio, "step_ms": step * 1e3, "bound_ms": bound * 1e3,
-            "bw_fraction": bound / step}
+            "bw_fraction": bound / step, "compute_ms": compute * 1e3}
 
 
 def main() -> None:
@@ -189,11 +213,11 @@ def main() -> None:
         return
     from benchmarks.results_table import machine_description, report
 
-    bandwidth = copy_bandwidth()
-    results = {size: measure(size, args, bandwidth) for size in args.sizes}
+    bandwidth, flop_rate = copy_bandwidth(), matmul_rate()
+    results = {size: measure(size, args, bandwidth, flop_rate) for size in args.sizes}
     rows = "\n".join(
         f"| {size} ({r['parameters'] / 1e6:.0f}M) | {r['rate']['engine']:,.0f} | {r['rate']['hf']:,.0f} | {r['ratio']:.2f} | "
-        f"{r['step_ms']:.1f} | {r['bound_ms']:.1f} | {r['bw_fraction']:.2f} |"
+        f"{r['step_ms']:.1f} | {r['bound_ms']:.1f} | {r['bw_fraction']:.2f} | {r['compute_ms']:.1f} |"
         for size, r in results.items()
     )
     body = f"""`python -m benchmarks.rollout_scale --sizes {' '.join(args.sizes)} --rounds {args.rounds}`
@@ -203,10 +227,11 @@ def main() -> None:
 (no stop), temperature 1, whole vocabulary. The engine uses {args.slots} slots and {args.steps_per_generate} tokens per generate
 call; Hugging Face `generate` gets the same batch. Each system runs in its own process, {args.rounds} rounds alternating
 which goes first; medians. Decode step: all slots live, attention over all {args.prompt_len + args.new_tokens} columns;
-bound = (weights + KV cache bytes) / copy bandwidth ({bandwidth / 1e9:.1f} GB/s, numpy copy, read + write).
+bandwidth bound = (weights + KV cache bytes) / copy bandwidth ({bandwidth / 1e9:.1f} GB/s, numpy copy, read + write);
+compute bound = step FLOPs / float32 matmul rate ({flop_rate / 1e9:.0f} GFLOP/s, jitted 2048^3 matmul).
 
-| model | engine tokens/s | hf tokens/s | engine over hf | decode step ms | bandwidth bound ms | bound / step |
-|---|---|---|---|---|---|---|
+| model | engine tokens/s | hf tokens/s | engine over hf | decode step ms | bandwidth bound ms | bandwidth bound / step | compute bound ms |
+|---|---|---|---|---|---|---|---|
 {rows}
 """
     last = results[args.sizes[-1]]
