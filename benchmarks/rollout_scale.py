@@ -189,11 +189,11 @@ def measure(size: str, args, bandwidth: float, flop_rate: float) -> dict:
     for system, results in runs.items():
         assert all(r["tokens"] == expected for r in results), f"{system} generated a different number of tokens: {results}"
     rate = {system: statistics.median(expected / r["seconds"] for r in results) for system, results in runs.items()}
-    ratio = statistics.median(h["seconds"] / e["seconds"] for e, h in zip(runs["engine"], runs["hf"]))
+    ratios = [h["seconds"] / e["seconds"] for e, h in zip(runs["engine"], runs["hf"])]
     step = statistics.median(r["step_s"] for r in runs["engine"])
     bound = step_bytes(size, parameters, args) / bandwidth
     compute = step_flops(size, parameters, args) / flop_rate
-    return {"parameters": parameters, "rate": rate, "ratio": ratio, "step_ms": step * 1e3, "bound_ms": bound * 1e3,
+    return {"parameters": parameters, "rate": rate, "ratio": statistics.median(ratios), "ratios": ratios, "step_ms": step * 1e3, "bound_ms": bound * 1e3,
             "bw_fraction": bound / step, "compute_ms": compute * 1e3}
 
 
@@ -217,6 +217,7 @@ def main() -> None:
     results = {size: measure(size, args, bandwidth, flop_rate) for size in args.sizes}
     rows = "\n".join(
         f"| {size} ({r['parameters'] / 1e6:.0f}M) | {r['rate']['engine']:,.0f} | {r['rate']['hf']:,.0f} | {r['ratio']:.2f} | "
+        f"{', '.join(f'{x:.2f}' for x in r['ratios'])} | "
         f"{r['step_ms']:.1f} | {r['bound_ms']:.1f} | {r['bw_fraction']:.2f} | {r['compute_ms']:.1f} |"
         for size, r in results.items()
     )
@@ -226,12 +227,12 @@ def main() -> None:
 (vocab {VOCAB}, tied embeddings, float32), {args.slots} prompts of {args.prompt_len} tokens, {args.new_tokens} new tokens each
 (no stop), temperature 1, whole vocabulary. The engine uses {args.slots} slots and {args.steps_per_generate} tokens per generate
 call; Hugging Face `generate` gets the same batch. Each system runs in its own process, {args.rounds} rounds alternating
-which goes first; medians. Decode step: all slots live, attention over all {args.prompt_len + args.new_tokens} columns;
+which goes first; medians (other processes share these 2 cores: the per-round ratios show how much that moves them). Decode step: all slots live, attention over all {args.prompt_len + args.new_tokens} columns;
 bandwidth bound = (weights + KV cache bytes) / copy bandwidth ({bandwidth / 1e9:.1f} GB/s, numpy copy, read + write);
 compute bound = step FLOPs / float32 matmul rate ({flop_rate / 1e9:.0f} GFLOP/s, jitted 2048^3 matmul).
 
-| model | engine tokens/s | hf tokens/s | engine over hf | decode step ms | bandwidth bound ms | bandwidth bound / step | compute bound ms |
-|---|---|---|---|---|---|---|---|
+| model | engine tokens/s | hf tokens/s | engine over hf | per round | decode step ms | bandwidth bound ms | bandwidth bound / step | compute bound ms |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 """
     last = results[args.sizes[-1]]
