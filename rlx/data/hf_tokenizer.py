@@ -26,7 +26,7 @@ class HFTokenizer:
     `pad_id` falls back to `eos_id` when the tokenizer defines no pad token.
     """
 
-    def __init__(self, tokenizer: Tokenizer, config: dict[str, Any], chat_template: str | None):
+    def __init__(self, tokenizer: Tokenizer, config: dict[str, Any], chat_template: str | None, end_of_turn_ids: Sequence[int] = ()):
         self._tokenizer = tokenizer
         self._config = config
         self.eos_id = self._special_id("eos_token")
@@ -37,10 +37,16 @@ class HFTokenizer:
         self.pad_id = self.eos_id if pad is None else pad
         self.placeholder_ids: dict[str, int] = {}
         self.chat_template = chat_template
+        self._stop_ids = tuple(dict.fromkeys([self.eos_id, *(int(i) for i in end_of_turn_ids)]))
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Ids that end a response: EOS, then the `eos_token_id`s of `generation_config.json` (Qwen3: `<|im_end|>`, `<|endoftext|>`)."""
+        return self._stop_ids
 
     @classmethod
     def from_directory(cls, path: str | Path) -> "HFTokenizer":
-        """Reads `tokenizer.json`, `tokenizer_config.json` and, if present, `chat_template.jinja`."""
+        """Reads `tokenizer.json`, `tokenizer_config.json` and, if present, `chat_template.jinja` and `generation_config.json`."""
         path = Path(path)
         if not (path / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{path}: no tokenizer.json (only fast Hugging Face tokenizers are supported)")
@@ -48,7 +54,10 @@ class HFTokenizer:
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         template_file = path / "chat_template.jinja"
         template = template_file.read_text() if template_file.is_file() else config.get("chat_template")
-        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), config, template)
+        generation_file = path / "generation_config.json"
+        end_of_turn = json.loads(generation_file.read_text()).get("eos_token_id", []) if generation_file.is_file() else []
+        end_of_turn = [end_of_turn] if isinstance(end_of_turn, int) else end_of_turn
+        return cls(Tokenizer.from_file(str(path / "tokenizer.json")), config, template, end_of_turn)
 
     @property
     def vocab_size(self) -> int:

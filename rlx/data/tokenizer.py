@@ -25,6 +25,11 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(SPECIAL_TOKENS) + len(self.alphabet)
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Ids that end a response: `<eos>`."""
+        return (self.eos_id,)
+
     def encode(self, text: str, *, bos: bool = True) -> list[int]:
         ids = [self.bos_id] if bos else []
         for ch in text:

@@ -9,6 +9,9 @@ import jax.numpy as jnp
 
 from rlx.models.config import ModelConfig
 
+# Logical names of the cache's dims, for the sharding rules (`rlx.parallel.presets`).
+CACHE_AXES = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
@@ -18,9 +21,15 @@ class KVCache:
 
     @classmethod
     def zeros(cls, config: ModelConfig, batch: int, max_len: int) -> "KVCache":
-        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+        """An empty cache in the compute dtype (`config.dtype`); inside `jit` it is made where its sharding says."""
+        shape = cls.shape(config, batch, max_len)
         dtype = jnp.dtype(config.dtype)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+    @staticmethod
+    def shape(config: ModelConfig, batch: int, max_len: int) -> tuple[int, ...]:
+        """`[layers, batch, max_len, kv_heads, head_dim]`, named by `CACHE_AXES`."""
+        return (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
 
     @property
     def max_len(self) -> int:

@@ -3,11 +3,12 @@
 from rlx.rollout.backends import ROLLOUT_BACKENDS, RolloutBackend, build_backend, build_engine, sampling_params
 from rlx.rollout.config import RolloutConfig
 from rlx.rollout.driver import Completion, Generation, GroupRollout, Request, RolloutDriver
-from rlx.rollout.engine import DecodeState, Engine, Prefix, ResultTokens, SamplingParams, check_same_structure
-from rlx.rollout.sampling import sample_tokens, scaled_log_probs, top_k_keep, top_p_keep
+from rlx.rollout.engine import Engine, check_same_structure
+from rlx.rollout.sampling import SamplingParams, sample_tokens, scaled_log_probs, token_log_probs
+from rlx.rollout.state import DecodeState, Prefix, ResultTokens
 
 __all__ = [
     "ROLLOUT_BACKENDS", "Completion", "DecodeState", "Engine", "Generation", "GroupRollout", "Prefix", "Request",
     "ResultTokens", "RolloutBackend", "RolloutConfig", "RolloutDriver", "SamplingParams", "build_backend",
-    "build_engine", "check_same_structure", "sample_tokens", "sampling_params", "scaled_log_probs", "top_k_keep", "top_p_keep",
+    "build_engine", "check_same_structure", "sample_tokens", "sampling_params", "scaled_log_probs", "token_log_probs",
 ]

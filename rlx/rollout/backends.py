@@ -13,9 +13,11 @@ from flax import nnx
 
 from rlx.data import PromptBatch
 from rlx.models import ModelConfig
+from rlx.parallel.presets import Rules
 from rlx.rollout.config import RolloutConfig
 from rlx.rollout.driver import GroupRollout, RolloutDriver
-from rlx.rollout.engine import Engine, SamplingParams
+from rlx.rollout.engine import Engine
+from rlx.rollout.sampling import SamplingParams
 
 
 class RolloutBackend(Protocol):
@@ -31,25 +33,30 @@ def _jetstream_backend(engine: Engine, params: nnx.State, config: RolloutConfig)
 
 
 ROLLOUT_BACKENDS: dict[str, Callable[[Engine, nnx.State, RolloutConfig], RolloutBackend]] = {
-    "engine": lambda engine, params, config: RolloutDriver(engine, params, long_prompt=config.long_prompt, token_budget=config.token_budget),
+    "engine": lambda engine, params, config: RolloutDriver(engine, params, long_prompt=config.long_prompt, token_budget=config.token_budget,
+                                                           stop_strings=config.stop_strings),
     "jetstream": _jetstream_backend,
 }
 
 
 def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelConfig, config: RolloutConfig,
-                 prompt_len: int, *, eos_id: int, pad_id: int, tokenizer: Any = None, mesh: jax.sharding.Mesh | None = None) -> Engine:
-    """The engine a run's rollout config describes; `prompt_len` is the default prefill limit."""
+                 prompt_len: int, *, eos_id: int, pad_id: int, tokenizer: Any = None, mesh: jax.sharding.Mesh | None = None,
+                 rules: Rules | None = None) -> Engine:
+    """The engine a run's rollout config describes; `prompt_len` is the default prefill limit.
+    `params` (concrete or abstract) are published in the compute dtype onto `mesh` by `rules`;
+    responses stop at the tokenizer's `stop_ids` (EOS alone without a tokenizer)."""
     return Engine(
         graphdef, params, model_config,
         max_concurrent_decodes=config.max_concurrent_decodes,
         max_prefill_length=config.max_prefill_length or prompt_len,
         max_decode_length=config.max_new_tokens,
-        stop_tokens=(eos_id,),
+        stop_tokens=tokenizer.stop_ids if tokenizer is not None else (eos_id,),
         pad_id=pad_id,
         # JetStream checks a request's max tokens once per generate call: one token per call there.
         steps_per_generate=1 if config.backend == "jetstream" else config.steps_per_generate,
         tokenizer=tokenizer,
         mesh=mesh,
+        rules=rules,
     )
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from rlx.checks import require_positive
+from rlx.rollout.sampling import SamplingParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +22,10 @@ class RolloutConfig:
     `token_budget`: generated tokens per step (`null`: off). A step then ends once the budget is
     spent and `data.prompts_per_step` groups are complete; unfinished samples keep their slots
     and continue next step (partial rollouts, `rlx/rollout/partial.py`).
+    `top_k`/`top_p` truncate the sampled distribution; behaviour log-probs are those of the
+    truncated distribution (see `rlx/rollout/sampling.py` for how the learner compares).
+    A response ends at a stop token (the tokenizer's `stop_ids`: EOS and end-of-turn) or at
+    the token completing one of `stop_strings` (matched on decoded text; `backend: engine` only).
     """
 
     backend: Literal["engine", "jetstream"] = "engine"
@@ -34,20 +39,20 @@ class RolloutConfig:
     long_prompt: Literal["error", "truncate"] = "error"
     steps_per_generate: int = 2
     token_budget: int | None = None
+    stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+        SamplingParams(self.temperature, self.top_p, self.top_k)  # validates them
         require_positive(self, "max_new_tokens", "max_concurrent_decodes", "steps_per_generate")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"token_budget must be >= 1 generated tokens per step or null (off), got {self.token_budget}")
         if self.token_budget is not None and self.backend != "engine":
             raise ValueError(f"token_budget keeps sequences in rlx's driver across steps; it needs backend: engine, got backend: {self.backend}")
+        if any(not s for s in self.stop_strings):
+            raise ValueError(f"stop_strings must be non-empty strings, got {list(self.stop_strings)!r}")
+        if self.stop_strings and self.backend != "engine":
+            raise ValueError(f"stop_strings are matched by rlx's driver; they need backend: engine, got backend: {self.backend}")
         if self.max_prefill_length is not None and self.max_prefill_length < 1:
             raise ValueError(f"max_prefill_length must be >= 1 or null (take data.max_prompt_len), got {self.max_prefill_length}")

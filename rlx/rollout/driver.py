@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
 from rlx.data import PromptBatch, PromptRecord
-from rlx.rollout.engine import Engine, Prefix, SamplingParams
+from rlx.rollout.engine import Engine
+from rlx.rollout.sampling import SamplingParams
+from rlx.rollout.state import Prefix
+from rlx.rollout.stops import StopStrings
 
 LongPrompt = Literal["error", "truncate"]
 
@@ -94,6 +97,7 @@ class _Session:
     """Decode slots between generate calls: what one stream (or a run of budgeted steps) holds."""
 
     state: Any
+    sampling: SamplingParams
     buffers: "_SlotBuffers"
     owner: list[tuple[_Admitted, int] | None]
     pull: Callable[[], Request | None]  # the next request to admit, None when there is none now
@@ -110,12 +114,14 @@ class RolloutDriver:
 
     `interrupt`: how a weight swap treats in-flight sequences: `keep_cache` (their KV cache stays,
     computed by the older weights) or `recompute_cache` (prompt + tokens so far are run again
-    under the new weights, one full-width forward pass). `token_budget`: see `rlx.rollout.partial`.
+    under the new weights, one chunked pass). `token_budget`: see `rlx.rollout.partial`.
+    `stop_strings`: see `rlx.rollout.stops` (the engine's tokenizer decodes).
     """
 
     def __init__(self, engine: Engine, params: nnx.State, *, long_prompt: LongPrompt = "error", version: int = 0,
-                 interrupt: Interrupt = "keep_cache", token_budget: int | None = None):
+                 interrupt: Interrupt = "keep_cache", token_budget: int | None = None, stop_strings: Sequence[str] = ()):
         self.engine = engine
+        self.stop_strings = StopStrings(engine.tokenizer, stop_strings) if stop_strings else None
         self.params = engine.load_params(params)
         self.version = version
         self.long_prompt = long_prompt
@@ -139,12 +145,16 @@ class RolloutDriver:
         """Yields each sample as soon as it finishes. With `refill=False`, a new batch of slots is
         admitted only when every slot is free (static batching, kept for comparison)."""
         pending = iter(requests)
-        yield from self.run(self.open_session(key, sampling, lambda: next(pending, None)), refill=refill)
+        session = self.open_session(key, sampling, lambda: next(pending, None))
+        try:
+            yield from self.run(session, refill=refill)
+        finally:
+            self.engine.release(session.state)  # the next stream decodes in the same buffers
 
     def open_session(self, key: jax.Array, sampling: SamplingParams, pull: Callable[[], Request | None]) -> _Session:
         slots = self.engine.max_concurrent_decodes
         max_new = max(self.engine.max_len - self.engine.max_prefill_length, 1)
-        return _Session(self.engine.init_decode_state(key, sampling), _SlotBuffers(slots, max_new), [None] * slots, pull)
+        return _Session(self.engine.decode_state(key), sampling, _SlotBuffers(slots, max_new), [None] * slots, pull)
 
     def run(self, session: _Session, *, refill: bool = True, stop: Callable[[], bool] = lambda: False) -> Iterator[Completion]:
         """Generates until every request is done or, checked between generate calls, `stop()`;
@@ -161,7 +171,8 @@ class RolloutDriver:
             dispatched = None
             if session.live_slots() and not stopping:
                 yield from self._swap_if_published(session)
-                session.state, result = self.engine.generate(self.params, session.state)
+                columns = session.buffers.advance(session.live_slots(), self.engine.steps_per_generate)
+                session.state, result = self.engine.generate(self.params, session.state, session.sampling, columns)
                 result.copy_to_host_async()
                 dispatched, session.step = (result.convert_to_numpy, session.step, self.version), session.step + 1
             elif session.in_flight is None:
@@ -173,7 +184,7 @@ class RolloutDriver:
         if session.in_flight is None:
             return
         (to_numpy, at, version), session.in_flight = session.in_flight, None
-        for slot in session.buffers.append(to_numpy(), at, version, self.engine.stop_tokens):
+        for slot in session.buffers.append(to_numpy(), at, version, self.engine.stop_tokens, self.stop_strings):
             admitted, sample = session.owner[slot]
             session.owner[slot] = None
             yield Completion(admitted.request.tag, sample, admitted.prompt, *session.buffers.take(slot), admitted.truncated)
@@ -228,9 +239,11 @@ class RolloutDriver:
                 admitted.prefix, admitted.prefix_version, admitted.row = prefix, self.version, row
         for _, group in itertools.groupby(placements, key=lambda p: id(p[0].prefix)):
             group = list(group)
-            session.state = self.engine.insert_rows(group[0][0].prefix, session.state, [a.row for a, _, _ in group], [slot for _, _, slot in group])
+            prefix, slots = group[0][0].prefix, [slot for _, _, slot in group]
+            session.state = self.engine.insert_rows(prefix, session.state, [a.row for a, _, _ in group], slots)
             # A prefix kept for later samples may predate a weight swap: its logits keep their version.
-            buffers.logits_version[[slot for _, _, slot in group]] = group[0][0].prefix_version
+            buffers.logits_version[slots] = group[0][0].prefix_version
+            buffers.columns[slots] = prefix.cache.k.shape[2]
         for admitted in [*fresh, waiting]:
             if admitted is not None and admitted.next_sample == admitted.request.samples:
                 admitted.prefix = None  # every sample is placed: let the prefix's buffers go
@@ -257,7 +270,8 @@ class RolloutDriver:
         ]
         completions = sorted(self.stream(requests, key, sampling), key=lambda c: (c.tag, c.sample))
         return assemble_groups(prompts, completions, n, max_new_tokens, pad_id=self.engine.pad_id,
-                               metrics={"rollout/truncated_prompts": float(self.truncated_prompts - truncated_before)})
+                               metrics={"rollout/truncated_prompts": float(self.truncated_prompts - truncated_before),
+                                        "rollout/compiles": float(self.engine.compiled_variants())})
 
 
 def check_prompt(prompt: np.ndarray, limit: int, long_prompt: LongPrompt, tag: Any) -> tuple[np.ndarray, bool]:
@@ -290,12 +304,20 @@ class _SlotBuffers:
         # call samples its first token from them, so after a weight swap without recompute that
         # token still comes from the old weights.
         self.logits_version = np.full((slots,), -1, np.int32)
+        # Cache columns each slot holds once the generate calls dispatched so far are done (prompt
+        # bucket + tokens): the longest live one picks the engine's attention length bucket.
+        self.columns = np.zeros((slots,), np.int64)
         self.appended = 0  # tokens appended since creation (a token budget counts them)
 
     def reset(self, slot: int, max_tokens: int, since: int) -> None:
         self.count[slot], self.limit[slot], self.active[slot], self.since[slot] = 0, min(max_tokens, self.tokens.shape[1]), True, since
 
-    def append(self, result, step: int, version: int, stop_tokens: tuple[int, ...]) -> list[int]:
+    def advance(self, live: list[int], steps: int) -> int:
+        """Counts a generate call of `steps` tokens on the `live` slots; returns the most columns one then holds."""
+        self.columns[live] += steps
+        return int(self.columns[live].max())
+
+    def append(self, result, step: int, version: int, stop_tokens: tuple[int, ...], stop_strings: StopStrings | None = None) -> list[int]:
         """Adds generate step `step`'s tokens; returns the slots that finished."""
         tokens, valid, log_probs = result.tokens, result.valid, np.asarray(result.log_probs)
         mine = self.active & (self.since <= step)
@@ -309,8 +331,12 @@ class _SlotBuffers:
             self.versions[live, column[live]] = self.logits_version[live] if j == 0 else version
             self.count += live
             self.appended += int(live.sum())
+            stopped = live & np.isin(tokens[:, j], stop_tokens)
+            if stop_strings is not None:
+                for slot in np.flatnonzero(live & ~stopped):
+                    stopped[slot] = stop_strings.completed(self.tokens[slot, :self.count[slot]])
             # An invalid token on an active slot means the engine's row is full.
-            finished |= mine & ((live & np.isin(tokens[:, j], stop_tokens)) | (self.count >= self.limit) | ~valid[:, j])
+            finished |= mine & (stopped | (self.count >= self.limit) | ~valid[:, j])
         self.logits_version[mine] = version
         self.active &= ~finished
         return list(rows[finished])

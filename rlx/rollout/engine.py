@@ -3,9 +3,20 @@
 Each of `max_concurrent_decodes` slots holds one sequence's KV cache row. A prompt is
 prefilled into a length bucket (left-padded, so its last token sits at the bucket's end),
 inserted into a free slot, and then every `generate` call advances every slot by
-`steps_per_generate` tokens: sample from the slot's next-token logits (greedy, temperature,
-top-k, top-p), record the behaviour log-prob, feed the token back. Slots sit at different
-lengths, so the cache is written at one column per row.
+`steps_per_generate` tokens: sample from the slot's next-token logits (`rlx.rollout.sampling`),
+record the behaviour log-prob, feed the token back. Slots sit at different lengths, so the
+cache is written at one column per row.
+
+Lean programs: prefill computes logits only at each row's last column; decode attention reads
+only the first `kv_len` cache columns, one compiled variant per power-of-two length bucket,
+chosen on the host from the longest live slot (`generate(..., columns=)`); `recompute` runs
+in column chunks written in place, with logits only at each slot's last token. The KV cache
+and the weights (`publish`) are in the model's compute dtype.
+
+Sharding (`rlx.rollout.state.Layout`): every program has explicit in/out shardings on the
+generator mesh; slots split over its data-parallel axes. The decode state (KV cache included)
+is made once, inside jit, and handed from session to session (`decode_state` / `release`).
+`programs()` returns the jitted programs with abstract arguments for the dry-run plan.
 
 Weights are an argument of every jitted function (never baked in); `load_params` checks a
 replacement has the tree structure, shapes and dtypes the programs were compiled for.
@@ -15,7 +26,9 @@ The engine imports nothing from JetStream: `rlx.rollout.jetstream_compat` adapts
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import functools
+import threading
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,91 +36,29 @@ import numpy as np
 from flax import nnx
 
 from rlx.models import KVCache, ModelConfig
-from rlx.rollout.sampling import sample_tokens, scaled_log_probs
+from rlx.parallel import reshard, rules_for
+from rlx.parallel.presets import Rules
+from rlx.rollout.sampling import SamplingParams, sample_tokens, token_log_probs
+from rlx.rollout.state import DecodeState, Layout, Prefix, ResultTokens, abstract, single_device_mesh
 
 MIN_BUCKET = 8
+RECOMPUTE_COLUMNS = 256  # cache columns per chunk of `recompute`
+FLOAT32_MODULES = ("vision", "audio")  # encoders compute in float32 whatever the decoder's dtype
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    """`temperature: 0` is greedy; `top_k: 0` and `top_p: 1` keep the whole vocabulary."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class Prefix:
-    """Prefilled prompts: cache rows `[layers, N, bucket, ...]`, first real column, next-token logits."""
-
-    cache: KVCache
-    start: jax.Array  # [N]
-    logits: jax.Array  # [N, V]
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class DecodeState:
-    cache: KVCache  # [layers, slots, max_len, kv_heads, head_dim]
-    start: jax.Array  # [slots] first real column of the slot's prompt
-    index: jax.Array  # [slots] column the next sampled token is written to
-    logits: jax.Array  # [slots, V] next-token logits
-    generated: jax.Array  # [slots] tokens emitted since insert
-    done: jax.Array  # [slots] bool: a stop token was emitted or the row is full
-    key: jax.Array
-    step: jax.Array
-    temperature: jax.Array
-    top_p: jax.Array
-    top_k: jax.Array
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class ResultTokens:
-    """One `generate` call's output, laid out as JetStream's ResultTokens (one array, column ranges).
-
-    `data [slots, 2k + 1]` holds k tokens, k validity flags and the slot's length so far;
-    `log_probs [slots, k]` are the behaviour log-probs of those tokens.
-    """
-
-    data: jax.Array | np.ndarray
-    log_probs: jax.Array | np.ndarray
-    tokens_idx: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
-    valid_idx: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
-    length_idx: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
-    samples_per_slot: int = dataclasses.field(default=1, metadata=dict(static=True))
-
-    def copy_to_host_async(self) -> None:
-        for array in (self.data, self.log_probs):
-            if isinstance(array, jax.Array):
-                array.copy_to_host_async()
-
-    def convert_to_numpy(self) -> "ResultTokens":
-        return dataclasses.replace(self, data=np.asarray(self.data), log_probs=np.asarray(self.log_probs))
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return np.asarray(self.data[:, self.tokens_idx[0]:self.tokens_idx[1]])
-
-    @property
-    def valid(self) -> np.ndarray:
-        return np.asarray(self.data[:, self.valid_idx[0]:self.valid_idx[1]]).astype(bool)
-
-
-def prefill_buckets(max_prefill_length: int) -> tuple[int, ...]:
-    """Powers of two from MIN_BUCKET below `max_prefill_length`, then `max_prefill_length` itself."""
+def prefill_buckets(max_length: int) -> tuple[int, ...]:
+    """Powers of two from MIN_BUCKET below `max_length`, then `max_length` itself (prompt and kv lengths)."""
     buckets, size = [], MIN_BUCKET
-    while size < max_prefill_length:
+    while size < max_length:
         buckets.append(size)
         size *= 2
-    return (*buckets, max_prefill_length)
+    return (*buckets, max_length)
 
 
-def _padded_count(count: int, limit: int) -> int:
-    """Next power of two >= count (at most `limit`): batch sizes of jitted calls stay a few."""
-    return min(1 << max(count - 1, 0).bit_length(), max(limit, count))
+def _padded_count(count: int, limit: int, multiple: int = 1) -> int:
+    """Next power of two >= count (at most `limit`), rounded up to `multiple`: batch sizes of jitted calls stay a few."""
+    count = min(1 << max(count - 1, 0).bit_length(), max(limit, count))
+    return -(-count // multiple) * multiple
 
 
 def stack_media(media: Sequence[dict[str, np.ndarray]] | None, rows: int) -> dict[str, np.ndarray] | None:
@@ -136,12 +87,21 @@ def check_same_structure(reference: Any, candidate: Any) -> None:
             raise ValueError(
                 f"new weights leaf {jax.tree_util.keystr(path)} is {jnp.dtype(new.dtype).name}{list(new.shape)}, "
                 f"the engine was built for {jnp.dtype(ref.dtype).name}{list(ref.shape)}; "
-                "weights can only be replaced by weights of the same architecture and dtype"
+                "weights can only be replaced by weights of the same architecture and dtype (publish them through Engine.publish)"
             )
 
 
+def _is_abstract(tree: Any) -> bool:
+    return all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(tree))
+
+
 class Engine:
-    """JetStream Engine API over an NNX model (see the module docstring)."""
+    """JetStream Engine API over an NNX model (see the module docstring).
+
+    `params` may be concrete (published at once) or abstract (`ShapeDtypeStruct`s: nothing is
+    allocated, for `programs()`). `mesh` is the generator mesh (default: one device) and `rules`
+    its sharding rules (default: the `serve_tp` preset).
+    """
 
     def __init__(
         self,
@@ -157,6 +117,7 @@ class Engine:
         steps_per_generate: int = 1,
         tokenizer: Any = None,
         mesh: jax.sharding.Mesh | None = None,
+        rules: Rules | None = None,
     ):
         if max_prefill_length + max_decode_length > model_config.max_seq_len:
             raise ValueError(
@@ -164,23 +125,38 @@ class Engine:
                 f"model.max_seq_len ({model_config.max_seq_len}); shorten them or raise model.max_seq_len"
             )
         self._graphdef = graphdef
-        self._params = params
-        self._abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
         self.model_config = model_config
         self._slots = max_concurrent_decodes
         self._max_prefill = max_prefill_length
         self.max_len = max_prefill_length + max_decode_length
-        self.stop_tokens = tuple(stop_tokens)
+        self.stop_tokens = tuple(int(t) for t in stop_tokens)
         self.pad_id = pad_id
         self.steps_per_generate = steps_per_generate
         self.buckets = prefill_buckets(max_prefill_length)
+        self.kv_buckets = prefill_buckets(self.max_len)
+        self._recompute_columns = min(RECOMPUTE_COLUMNS, self.max_len)
         self.tokenizer = tokenizer
-        self._mesh = mesh if mesh is not None else jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-        self._prefill = jax.jit(self._prefill_impl)
-        self._insert = jax.jit(self._insert_impl, donate_argnums=(1,))
-        self._generate = jax.jit(self._generate_impl, donate_argnums=(1,))
-        self._recompute = jax.jit(self._recompute_impl, donate_argnums=(1,))
-        self._score = jax.jit(self._score_impl, static_argnums=(3,))
+        self._layout = layout = Layout.build(single_device_mesh() if mesh is None else mesh, rules_for("serve_tp") if rules is None else rules,
+                                             params, model_config, max_concurrent_decodes, self.max_len)
+        self._abstract_params = abstract(jax.eval_shape(self._cast_impl, params), layout.params)
+        self._cast = jax.jit(self._cast_impl)
+        state, prefix = layout.state(), layout.prefix()
+        self._prefill = jax.jit(self._prefill_impl, in_shardings=(layout.params, layout.rows, layout.rows, layout.rows), out_shardings=prefix)
+        self._insert = jax.jit(self._insert_impl, in_shardings=(prefix, state, layout.replicated, layout.replicated),
+                               out_shardings=state, donate_argnums=(1,))
+        self._generate = {
+            kv_len: jax.jit(functools.partial(self._generate_impl, kv_len=kv_len), static_argnums=(2,),
+                            in_shardings=(layout.params, state), out_shardings=(state, layout.rows), donate_argnums=(1,))
+            for kv_len in self.kv_buckets
+        }
+        self._recompute = jax.jit(self._recompute_impl, in_shardings=(layout.params, state, layout.rows, layout.rows),
+                                  out_shardings=state, donate_argnums=(1,))
+        self._new_state = jax.jit(self._new_state_impl, in_shardings=(layout.replicated,), out_shardings=state)
+        self._reset = jax.jit(self._reset_impl, in_shardings=(state, layout.replicated), out_shardings=state, donate_argnums=(0,))
+        self._score = jax.jit(self._score_impl, static_argnums=(3, 4))
+        self._free_states: list[DecodeState] = []
+        self._states_lock = threading.Lock()
+        self._params = None if _is_abstract(params) else self.publish(params)
 
     # -- JetStream Engine API: properties ---------------------------------------------------------
     @property
@@ -197,29 +173,46 @@ class Engine:
 
     @property
     def mesh(self) -> jax.sharding.Mesh:
-        return self._mesh
+        return self._layout.mesh
 
     @property
     def colocated_cpus(self) -> None:
         return None  # prefixes move device to device; no host staging
 
-    def get_prefix_destination_sharding(self) -> jax.sharding.Sharding:
-        return jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+    def get_prefix_destination_sharding(self) -> Prefix:
+        return self._layout.prefix()
 
     def get_tokenizer(self) -> Any:
         return self.tokenizer
 
     def free_resource(self, slot: int) -> None:
-        """Slots own dense cache rows that `insert` overwrites whole, so a finished slot holds nothing to release."""
+        """Slots own cache rows that `insert` overwrites, so a finished slot holds nothing to release."""
         del slot
 
     # -- weights ----------------------------------------------------------------------------------
     def load_params(self, params: nnx.State | None = None) -> nnx.State:
         """Returns the weights to pass to `prefill`/`generate`: the engine's own, or `params` once checked."""
         if params is None:
+            if self._params is None:
+                raise ValueError("this engine was built from abstract weights (for programs()); publish real ones first")
             return self._params
         check_same_structure(self._abstract_params, params)
         return params
+
+    def publish(self, params: nnx.State) -> nnx.State:
+        """`params` (e.g. the learner's float32 master weights, on any devices) as this engine's weights:
+        cast to the compute dtype where they live (half the bytes to move when it is bfloat16), then
+        copied onto the generator's shardings. Always a copy: the learner may donate its own."""
+        return reshard(self._cast(params), self._layout.params)
+
+    def _cast_impl(self, params: nnx.State) -> nnx.State:
+        dtype = jnp.dtype(self.model_config.dtype)
+
+        def cast(path, leaf):
+            encoder = getattr(path[0], "key", None) in FLOAT32_MODULES
+            return leaf if encoder or not jnp.issubdtype(leaf.dtype, jnp.floating) else leaf.astype(dtype)
+
+        return jax.tree_util.tree_map_with_path(cast, params)
 
     # -- prefill ----------------------------------------------------------------------------------
     def prefill(self, *, params: nnx.State, existing_prefix: Prefix | None = None, padded_tokens: Any, true_length: int) -> Prefix:
@@ -240,22 +233,42 @@ class Engine:
             if len(prompt) > self._max_prefill:
                 raise ValueError(f"prompt of {len(prompt)} tokens exceeds max_prefill_length={self._max_prefill}")
         bucket = next(b for b in self.buckets if b >= max(len(p) for p in prompts))
-        rows = _padded_count(len(prompts), self._slots)
+        rows = _padded_count(len(prompts), self._slots, self._layout.row_ways)
         tokens = np.full((rows, bucket), self.pad_id, np.int32)
         start = np.full((rows,), bucket - 1, np.int32)  # padding rows: one pad token
         for row, prompt in enumerate(prompts):
             tokens[row, bucket - len(prompt):] = prompt
             start[row] = bucket - len(prompt)
-        return self._prefill(params, jnp.asarray(tokens), jnp.asarray(start), stack_media(media, rows))
+        return self._prefill(params, tokens, start, stack_media(media, rows))
 
     def _prefill_impl(self, params, tokens, start, media):
         model = nnx.merge(self._graphdef, params)
-        cache = KVCache.zeros(self.model_config, tokens.shape[0], tokens.shape[1])
-        logits, cache = model(tokens, start=start, cache=cache, cache_index=0, media=media)
-        return Prefix(cache, start, logits[:, -1])
+        cache = KVCache.zeros(self.model_config, *tokens.shape)
+        hidden, cache = model.hidden_states(tokens, start=start, cache=cache, cache_index=0, media=media)
+        return Prefix(cache, start, model.logits(hidden[:, -1]))  # left-padded: the last column is every row's last token
 
     # -- decode state and insert ------------------------------------------------------------------
-    def init_decode_state(self, key: jax.Array | None = None, sampling: SamplingParams = SamplingParams()) -> DecodeState:
+    def decode_state(self, key: jax.Array | None = None) -> DecodeState:
+        """A decode state with every slot free: the engine's one (made once, inside jit, on its
+        shardings) when no session holds it, a second one only while two sessions run at once.
+        Hand it back with `release` when done."""
+        with self._states_lock:
+            state = self._free_states.pop() if self._free_states else None
+        key = jax.random.key(0) if key is None else key
+        if state is None or state.cache.k.is_deleted():  # a session that failed mid-call may hand back donated buffers
+            return self._new_state(key)
+        return self._reset(state, key)
+
+    def release(self, state: DecodeState) -> None:
+        """Returns a decode state (its buffers) for the next session's `decode_state`."""
+        with self._states_lock:
+            self._free_states.append(state)
+
+    def init_decode_state(self, key: jax.Array | None = None) -> DecodeState:
+        """JetStream's name for `decode_state`."""
+        return self.decode_state(key)
+
+    def _new_state_impl(self, key) -> DecodeState:
         slots, vocab = self._slots, self.model_config.vocab_size
         return DecodeState(
             cache=KVCache.zeros(self.model_config, slots, self.max_len),
@@ -264,12 +277,14 @@ class Engine:
             logits=jnp.zeros((slots, vocab), jnp.float32),
             generated=jnp.zeros((slots,), jnp.int32),
             done=jnp.ones((slots,), bool),
-            key=jax.random.key(0) if key is None else jax.random.clone(key),  # the state is donated; the caller's key survives
+            key=key,
             step=jnp.int32(0),
-            temperature=jnp.float32(sampling.temperature),
-            top_p=jnp.float32(sampling.top_p),
-            top_k=jnp.int32(sampling.top_k),
         )
+
+    def _reset_impl(self, state: DecodeState, key) -> DecodeState:
+        # The cache is kept: `insert` writes a slot's prompt columns and decode each column before it is read.
+        return dataclasses.replace(state, index=jnp.full_like(state.index, self.max_len), generated=jnp.zeros_like(state.generated),
+                                   done=jnp.ones_like(state.done), key=key, step=jnp.zeros_like(state.step))
 
     def insert(self, prefix: Prefix, decode_state: DecodeState, slot: int) -> DecodeState:
         """JetStream's insert: row 0 of `prefix` into `slot`."""
@@ -282,22 +297,17 @@ class Engine:
         padded_slots = np.full((count,), self._slots, np.int32)
         padded_rows = np.zeros((count,), np.int32)
         padded_slots[: len(slots)], padded_rows[: len(rows)] = slots, rows
-        return self._insert(prefix, decode_state, jnp.asarray(padded_rows), jnp.asarray(padded_slots))
+        return self._insert(prefix, decode_state, padded_rows, padded_slots)
 
     def _insert_impl(self, prefix: Prefix, state: DecodeState, rows, slots):
         bucket = prefix.cache.k.shape[2]
-        # The whole row is overwritten (zeros past the prompt), so nothing of a slot's
-        # previous request survives, whatever the mask would let through.
-        def whole_rows(kv):
-            new = jnp.zeros((kv.shape[0], rows.shape[0], self.max_len) + kv.shape[3:], kv.dtype)
-            return new.at[:, :, :bucket].set(kv[:, rows])
-
-        def put(old, new, axis=0):
-            return old.at[(slice(None),) * axis + (slots,)].set(new, mode="drop")
-
+        # Only the prompt's columns are written: a slot's later columns are written by decode
+        # before any query reads them, so nothing of a slot's previous request is ever seen.
+        put_cache = lambda old, new: old.at[:, slots, :bucket].set(new[:, rows], mode="drop")
+        put = lambda old, new: old.at[slots].set(new, mode="drop")
         return dataclasses.replace(
             state,
-            cache=KVCache(put(state.cache.k, whole_rows(prefix.cache.k), 1), put(state.cache.v, whole_rows(prefix.cache.v), 1)),
+            cache=KVCache(put_cache(state.cache.k, prefix.cache.k), put_cache(state.cache.v, prefix.cache.v)),
             start=put(state.start, prefix.start[rows]),
             index=put(state.index, jnp.full(rows.shape, bucket, jnp.int32)),
             logits=put(state.logits, prefix.logits[rows]),
@@ -306,25 +316,36 @@ class Engine:
         )
 
     # -- generate ---------------------------------------------------------------------------------
-    def generate(self, params: nnx.State, decode_state: DecodeState) -> tuple[DecodeState, ResultTokens]:
-        """Advances every slot by `steps_per_generate` tokens; finished or empty slots emit invalid tokens."""
-        return self._generate(params, decode_state)
+    def kv_bucket(self, columns: int | None) -> int:
+        """The compiled cache length that holds `columns` columns (None: all `max_len`)."""
+        if columns is None or columns >= self.max_len:
+            return self.max_len
+        return next(b for b in self.kv_buckets if b >= columns)
 
-    def _generate_impl(self, params, state: DecodeState):
+    def generate(self, params: nnx.State, decode_state: DecodeState, sampling: SamplingParams = SamplingParams(),
+                 columns: int | None = None) -> tuple[DecodeState, ResultTokens]:
+        """Advances every slot by `steps_per_generate` tokens; finished or empty slots emit invalid tokens.
+
+        `columns`: how many cache columns any live slot holds at the end of this call (the
+        caller tracks it: prompt bucket + tokens since insert); attention then reads only the
+        smallest length bucket holding them. Too small a value gives wrong tokens; None reads all.
+        """
+        return self._generate[self.kv_bucket(columns)](params, decode_state, sampling)
+
+    def _generate_impl(self, params, state: DecodeState, sampling: SamplingParams, *, kv_len: int):
         model = nnx.merge(self._graphdef, params)
         stops = jnp.asarray(self.stop_tokens or (-1,), jnp.int32)
 
         def one_token(state: DecodeState, _):
             key = jax.random.fold_in(state.key, state.step)
-            token, log_prob = sample_tokens(key, state.logits, state.temperature, state.top_p, state.top_k)
+            token, log_prob = sample_tokens(key, state.logits, sampling)
             valid = ~state.done & (state.index < self.max_len)
             column = jnp.minimum(state.index, self.max_len - 1)
-            logits, cache = model(token[:, None], start=state.start, cache=state.cache, cache_index=column)
-            generated = state.generated + valid
+            # Free slots may sit past kv_len: their queries see a wrong window, and their tokens are invalid.
+            hidden, cache = model.hidden_states(token[:, None], start=state.start, cache=state.cache, cache_index=column, kv_len=kv_len)
             done = state.done | ~valid | jnp.isin(token, stops) | (state.index + 1 >= self.max_len)
-            state = dataclasses.replace(
-                state, cache=cache, index=state.index + 1, logits=logits[:, -1], generated=generated, done=done, step=state.step + 1,
-            )
+            state = dataclasses.replace(state, cache=cache, index=state.index + 1, logits=model.logits(hidden[:, -1]),
+                                        generated=state.generated + valid, done=done, step=state.step + 1)
             return state, (token, valid, log_prob)
 
         state, (tokens, valid, log_probs) = jax.lax.scan(one_token, state, length=self.steps_per_generate)
@@ -333,40 +354,86 @@ class Engine:
         return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1))
 
     # -- recompute ----------------------------------------------------------------------------------
+    @property
+    def _recompute_width(self) -> int:
+        return -(-self.max_len // self._recompute_columns) * self._recompute_columns
+
     def recompute(self, params: nnx.State, decode_state: DecodeState, tokens: np.ndarray, slots: np.ndarray) -> DecodeState:
         """Rebuilds the KV cache and next-token logits of `slots` under `params` (after a weight swap).
 
         `tokens [slots, max_len]` holds each slot's sequence at its own columns (prompt from
-        `start`, generated tokens up to `index`); one full-width forward pass, one compiled
-        shape whatever the slots' lengths. Rows not in `slots` keep their state.
+        `start`, generated tokens up to `index`). One compiled shape whatever the slots'
+        lengths; rows not in `slots` keep their state.
         """
         chosen = np.zeros((self._slots,), bool)
         chosen[np.asarray(slots, np.int64)] = True
-        return self._recompute(params, decode_state, jnp.asarray(tokens, jnp.int32), jnp.asarray(chosen))
+        padded = np.full((self._slots, self._recompute_width), self.pad_id, np.int32)
+        padded[:, : self.max_len] = tokens
+        return self._recompute(params, decode_state, padded, chosen)
 
     def _recompute_impl(self, params, state: DecodeState, tokens, chosen):
+        """Column chunks of RECOMPUTE_COLUMNS written into the state's own cache: no second cache,
+        no `[slots, columns, vocab]` logits (only each slot's last token's)."""
         model = nnx.merge(self._graphdef, params)
-        cache = KVCache.zeros(self.model_config, self._slots, self.max_len)
-        # Columns past `index` hold padding; decode overwrites each before any query can see it.
-        logits, cache = model(tokens, start=state.start, cache=cache, cache_index=0)
+        width = self._recompute_columns
         last = jnp.clip(state.index - 1, 0, self.max_len - 1)
-        keep = lambda new, old: jnp.where(chosen.reshape((1, -1) + (1,) * (old.ndim - 2)), new, old)
-        return dataclasses.replace(
-            state,
-            cache=KVCache(keep(cache.k, state.cache.k), keep(cache.v, state.cache.v)),
-            logits=jnp.where(chosen[:, None], logits[jnp.arange(self._slots), last], state.logits),
-        )
+
+        def chunk(carry, first):
+            cache, last_hidden = carry
+            ids = jax.lax.dynamic_slice_in_dim(tokens, first, width, axis=1)
+            # Rows not chosen write at column max_len, which the cache drops: their cache stays as it was.
+            index = jnp.where(chosen, first, self.max_len)
+            hidden, cache = model.hidden_states(ids, start=state.start, cache=cache, cache_index=index)
+            offset = last - first
+            here = (offset >= 0) & (offset < width)
+            picked = jnp.take_along_axis(hidden, jnp.clip(offset, 0, width - 1)[:, None, None], axis=1)[:, 0]
+            return (cache, jnp.where(here[:, None], picked, last_hidden)), None
+
+        hidden0 = jnp.zeros((self._slots, self.model_config.hidden_size), jnp.dtype(self.model_config.dtype))
+        starts = jnp.arange(0, tokens.shape[1], width, dtype=jnp.int32)
+        (cache, last_hidden), _ = jax.lax.scan(chunk, (state.cache, hidden0), starts)
+        logits = jnp.where(chosen[:, None], model.logits(last_hidden), state.logits)
+        return dataclasses.replace(state, cache=cache, logits=logits)
 
     # -- scoring ----------------------------------------------------------------------------------
-    def score(self, params: nnx.State, tokens: np.ndarray, start: np.ndarray, prompt_len: int, temperature: float) -> np.ndarray:
-        """log softmax(logits / T) of `tokens[:, prompt_len:]` by one teacher-forced forward pass.
+    def score(self, params: nnx.State, tokens: np.ndarray, start: np.ndarray, prompt_len: int, sampling: SamplingParams) -> np.ndarray:
+        """Behaviour log-probs (`rlx.rollout.sampling.token_log_probs`) of `tokens[:, prompt_len:]` by one teacher-forced pass.
 
-        For generators that do not report behaviour log-probs (JetStream's protocol returns
-        token ids only); `tokens [B, P + R]` is a left-padded prompt then the response.
+        For generators that do not report them (JetStream's protocol returns token ids only);
+        `tokens [B, P + R]` is a left-padded prompt then the response.
         """
-        return np.asarray(self._score(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(start, jnp.int32), prompt_len, jnp.float32(temperature)))
+        return np.asarray(self._score(params, jnp.asarray(tokens, jnp.int32), jnp.asarray(start, jnp.int32), prompt_len, sampling))
 
-    def _score_impl(self, params, tokens, start, prompt_len, temperature):
-        logits, _ = nnx.merge(self._graphdef, params)(tokens[:, :-1], start=start)
-        log_probs = scaled_log_probs(logits[:, prompt_len - 1:], temperature)
-        return jnp.take_along_axis(log_probs, tokens[:, prompt_len:, None], axis=-1)[..., 0]
+    def _score_impl(self, params, tokens, start, prompt_len, sampling):
+        model = nnx.merge(self._graphdef, params)
+        hidden, _ = model.hidden_states(tokens[:, :-1], start=start)
+        return token_log_probs(model.logits(hidden[:, prompt_len - 1:]), tokens[:, prompt_len:], sampling)
+
+    # -- compiled programs ------------------------------------------------------------------------
+    def programs(self, sampling: SamplingParams = SamplingParams()) -> dict[str, tuple[Callable, tuple]]:
+        """{name: (jitted program the engine runs, abstract arguments)} at the largest shapes it runs:
+        prefill of `max_concurrent_decodes` prompts at the largest bucket, insert of as many rows,
+        one decode call reading all `max_len` columns (with `sampling`, static), recompute. Each
+        entry lowers with `fn.lower(*args)`; nothing is allocated."""
+        layout, slots = self._layout, self._slots
+        shape = lambda dims, dtype, sharding: jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)
+        params, state = self._abstract_params, self._abstract_state()
+        tokens, start = shape((slots, self._max_prefill), jnp.int32, layout.rows), shape((slots,), jnp.int32, layout.rows)
+        prefix = abstract(jax.eval_shape(self._prefill_impl, params, tokens, start, None), layout.prefix())
+        index = shape((slots,), jnp.int32, layout.replicated)
+        sequences = shape((slots, self._recompute_width), jnp.int32, layout.rows)
+        return {
+            "generator prefill": (self._prefill, (params, tokens, start, None)),
+            "generator insert": (self._insert, (prefix, state, index, index)),
+            "generator decode step": (self._generate[self.max_len], (params, state, sampling)),
+            "generator recompute": (self._recompute, (params, state, sequences, shape((slots,), bool, layout.rows))),
+        }
+
+    def _abstract_state(self) -> DecodeState:
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        return abstract(jax.eval_shape(self._new_state_impl, key), self._layout.state())
+
+    def compiled_variants(self) -> int:
+        """Compiled variants of the engine's programs so far: bounded by buckets x sampling settings."""
+        jitted = [self._prefill, self._insert, self._recompute, self._new_state, self._reset, self._score, *self._generate.values()]
+        return sum(fn._cache_size() for fn in jitted)

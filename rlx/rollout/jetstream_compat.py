@@ -13,6 +13,8 @@ removed. So it is imported lazily, only here, and patched here only:
 Two JetStream conventions shape the adapter: prompts arrive right-padded to one of its
 buckets (16, 32, ...) with BOS prepended by JetStream, and a request's `max_tokens` is
 checked once per `generate` call, so the adapted engine must emit one token per call.
+The adapter tracks each slot's cache columns (JetStream never says when a slot is free, so a
+finished slot keeps counting until reused) to pick the engine's attention length bucket.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from flax import nnx
 
 from rlx.data import PromptBatch
 from rlx.rollout.driver import Completion, GroupRollout, LongPrompt, assemble_groups, check_prompt
-from rlx.rollout.engine import Engine, SamplingParams
+from rlx.rollout.engine import Engine
+from rlx.rollout.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 JETSTREAM_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -68,9 +71,13 @@ def _delete_pytree(tree: Any) -> None:
     jax.tree.map(lambda leaf: leaf.delete() if isinstance(leaf, jax.Array) else None, tree)
 
 
-def jetstream_engine(engine: Engine) -> Any:
-    """`engine` as a `jetstream.engine.engine_api.Engine` (the class is built on first use)."""
-    return _adapter_classes()[0](engine)
+def jetstream_engine(engine: Engine, *, keep_stop_tokens: bool = False) -> Any:
+    """`engine` as a `jetstream.engine.engine_api.Engine` (the class is built on first use).
+
+    JetStream drops the token that stops a request; with `keep_stop_tokens` it is returned as
+    part of the response (the engine's own stop check then ends the request one call later),
+    as RL needs: with several stop ids, which one ended a response cannot be guessed."""
+    return _adapter_classes()[0](engine, keep_stop_tokens)
 
 
 @functools.cache
@@ -78,7 +85,7 @@ def _adapter_classes() -> tuple[type, type]:
     js = import_jetstream()
 
     class Tokenizer(js.tokenizer_api.Tokenizer):
-        """rlx's tokenizer in JetStream's interface; only the engine's stop tokens end a request."""
+        """rlx's tokenizer in JetStream's interface; `stop_tokens` end a request (and are not returned)."""
 
         def __init__(self, tokenizer: Any, stop_tokens: tuple[int, ...]):
             self._tokenizer, self._stop = tokenizer, set(stop_tokens)
@@ -97,7 +104,7 @@ def _adapter_classes() -> tuple[type, type]:
         stop_tokens = property(lambda self: self._stop)
 
     class JetStreamEngine(js.engine_api.Engine):
-        def __init__(self, engine: Engine):
+        def __init__(self, engine: Engine, keep_stop_tokens: bool = False):
             if engine.steps_per_generate != 1:
                 raise ValueError(
                     f"JetStream checks max_tokens once per generate call, so its engine must emit one token per call; "
@@ -105,8 +112,9 @@ def _adapter_classes() -> tuple[type, type]:
                 )
             if engine.tokenizer is None:
                 raise ValueError("JetStream detokenizes on the server: build the engine with a tokenizer")
-            self.engine = engine
+            self.engine, self.keep_stop_tokens = engine, keep_stop_tokens
             self.truncated_prompts = 0
+            self._columns = np.zeros((engine.max_concurrent_decodes,), np.int64)  # cache columns per slot
             # JetStream builds its decode state with no arguments: the key and sampling it gets are set here.
             self.key, self.sampling = jax.random.key(0), SamplingParams(temperature=0.0)
 
@@ -120,17 +128,20 @@ def _adapter_classes() -> tuple[type, type]:
             return self.engine.prefill(params=params, existing_prefix=existing_prefix, padded_tokens=tokens, true_length=len(tokens))
 
         def generate(self, params, decode_state):
-            decode_state, result = self.engine.generate(params, decode_state)
+            self._columns += 1
+            decode_state, result = self.engine.generate(params, decode_state, self.sampling, int(self._columns.max()))
             return decode_state, js.engine_api.ResultTokens(result.data, result.tokens_idx, result.valid_idx, result.length_idx, result.samples_per_slot)
 
         def insert(self, prefix, decode_state, slot):
+            self._columns[slot] = prefix.cache.k.shape[2]
             return self.engine.insert(prefix, decode_state, slot)
 
         def load_params(self, *args, **kwargs):
             return self.engine.load_params(*args, **kwargs)
 
         def init_decode_state(self):
-            return self.engine.init_decode_state(self.key, self.sampling)
+            self._columns[:] = 0
+            return self.engine.decode_state(self.key)
 
         def get_prefix_destination_sharding(self):
             return self.engine.get_prefix_destination_sharding()
@@ -139,7 +150,7 @@ def _adapter_classes() -> tuple[type, type]:
             return js.tokenizer_pb2.TokenizerParameters(path="rlx")
 
         def build_tokenizer(self, metadata):
-            return Tokenizer(self.engine.tokenizer, self.engine.stop_tokens)
+            return Tokenizer(self.engine.tokenizer, () if self.keep_stop_tokens else self.engine.stop_tokens)
 
         def free_resource(self, slot):
             return self.engine.free_resource(slot)
@@ -199,16 +210,16 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 class JetStreamRollout:
     """The `jetstream` rollout backend: RL rollouts through JetStream's orchestrator and this engine.
 
-    JetStream returns token ids only and drops the stop token, so the stop token is put back
-    when a response ended before `max_tokens`, and behaviour log-probs are recomputed by a
-    teacher-forced pass (the learner recomputes its own log-probs either way). Weights and
+    JetStream returns token ids only, so behaviour log-probs (of the truncated sampling
+    distribution, as the engine records them) are recomputed by a teacher-forced pass; stop
+    tokens stay in the responses (`keep_stop_tokens`). Weights and
     sampling parameters go to a new orchestrator per rollout (JetStream 0.2.2 has no
     weight-update call); the engine's compiled functions are reused, nothing recompiles.
     """
 
     def __init__(self, engine: Engine, params: nnx.State, *, long_prompt: LongPrompt = "error", version: int = 0):
         self.engine = engine
-        self.adapter = jetstream_engine(engine)
+        self.adapter = jetstream_engine(engine, keep_stop_tokens=True)
         self.params = engine.load_params(params)
         self.version = version
         self.long_prompt = long_prompt
@@ -229,13 +240,12 @@ class JetStreamRollout:
         responses = self.decode(sent, [max_new_tokens] * len(sent), key, sampling)
         completions = []
         for (row, sample, prompt, cut), response in zip(rows, responses):
-            if len(response) < max_new_tokens:
-                response = [*response, self.engine.stop_tokens[0]]
             tokens = np.array(response, np.int32)
             completions.append(Completion(row, sample, prompt, tokens, np.zeros(len(tokens), np.float32), np.full(len(tokens), self.version, np.int32), cut))
         rollout = assemble_groups(prompts, completions, n, max_new_tokens, pad_id=self.engine.pad_id, metrics={"rollout/truncated_prompts": float(truncated)})
         full = np.concatenate([rollout.prompt_tokens, rollout.generation.tokens], axis=1)
-        log_probs = self.engine.score(self.params, full, rollout.start, rollout.prompt_tokens.shape[1], sampling.temperature) * rollout.generation.mask
+        log_probs = self.engine.score(self.params, full, rollout.start, rollout.prompt_tokens.shape[1], sampling)
+        log_probs = np.where(rollout.generation.mask > 0, log_probs, 0.0)  # padding may score -inf under truncation
         return dataclasses.replace(rollout, generation=dataclasses.replace(rollout.generation, log_probs=log_probs.astype(np.float32)))
 
     def decode(self, prompts: list[np.ndarray], max_tokens: list[int], key: jax.Array, sampling: SamplingParams) -> list[list[int]]:

@@ -26,7 +26,8 @@ import numpy as np
 
 from rlx.data import PromptBatch, PromptRecord
 from rlx.rollout.driver import Completion, GroupRollout, Request, assemble_groups
-from rlx.rollout.engine import SamplingParams, stack_media
+from rlx.rollout.engine import stack_media
+from rlx.rollout.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from rlx.rollout.driver import RolloutDriver, _Session
@@ -74,6 +75,7 @@ class PartialRollouts:
             self.session = self.driver.open_session(key, sampling, self._pull)
         else:  # a fresh key per step, as without a budget: sampling keys are never reused
             self.session.state = dataclasses.replace(self.session.state, key=jax.random.clone(key))
+            self.session.sampling = sampling
         restarted = self._restart_stale(min_version) if min_version is not None else 0
         truncated_before, began = self.driver.truncated_prompts, self.session.buffers.appended
         spent = lambda: self.session.buffers.appended - began >= self.token_budget
@@ -85,6 +87,7 @@ class PartialRollouts:
         rollout = assemble_groups(batch, completions, n, max_new_tokens, pad_id=self.driver.engine.pad_id, metrics={})
         rollout.metrics.update(self._metrics(rollout, self.session.buffers.appended - began, restarted))
         rollout.metrics["rollout/truncated_prompts"] = float(self.driver.truncated_prompts - truncated_before)
+        rollout.metrics["rollout/compiles"] = float(self.driver.engine.compiled_variants())
         return rollout
 
     def _enqueue(self, prompts: PromptBatch) -> None:

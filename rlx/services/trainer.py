@@ -24,7 +24,7 @@ from rlx.config import Config, to_dict
 from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import create_params
-from rlx.parallel import reshard, role_meshes, rules_for, tree_shardings
+from rlx.parallel import role_meshes, rules_for, tree_shardings
 from rlx.rewards import Scores, resolve_reward_fn, score_responses
 from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
@@ -60,10 +60,11 @@ class Trainer:
         teacher = create_params(config.distill.teacher.with_vocab(tokenizer.vocab_size), on_learner, config.run.seed + 1) if config.distill.coef > 0 else None
         self.learner = Learner(*model, config.algorithm, config.optimizer, config.rollout.temperature, config.critic, config.distill, teacher,
                                config.learner, mesh=learner_mesh, rules=learner_rules, device_memory_gib=config.parallel.device_memory_gib)
-        self._generator_shardings = tree_shardings(self.learner.params, generator_mesh, rules_for(config.parallel.generator_rules))
-        published = reshard(self.learner.params, self._generator_shardings)
-        engine = build_engine(self.learner.graphdef, published, model_config, config.rollout, config.data.max_prompt_len,
-                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh)
+        engine = build_engine(self.learner.graphdef, self.learner.params, model_config, config.rollout, config.data.max_prompt_len,
+                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh,
+                              rules=rules_for(config.parallel.generator_rules))
+        self._publish_weights = engine.publish  # cast to the compute dtype, then onto the generator's shardings
+        published = engine.load_params()
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
         self.rollout = build_backend(engine, published, config.rollout)
         if getattr(self.rollout, "partial", None) is not None:
@@ -213,7 +214,7 @@ class Trainer:
     def publish(self, version: int) -> None:
         """Copies the learner's weights onto the generator's shardings: validation uses them at once,
         the generator role at its next safe point (`mailbox`)."""
-        weights = jax.block_until_ready(reshard(self.learner.params, self._generator_shardings))
+        weights = jax.block_until_ready(self._publish_weights(self.learner.params))
         self.validator.update_weights(weights, version)
         self.mailbox.post(weights, version)
         self.published_version = version

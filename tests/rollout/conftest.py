@@ -8,18 +8,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlx.data import PromptBatch, PromptRecord
+from rlx.data import CharTokenizer, PromptBatch, PromptRecord
 from rlx.models import ModelConfig, Qwen3
 from rlx.rollout import Engine, RolloutDriver, SamplingParams
 
 PAD = 0
 PROMPTS = [np.array(p, np.int32) for p in ([1, 7, 8, 9], [1, 5, 6, 7, 8, 9], [1, 4, 4], [1, 3])]
 GREEDY = SamplingParams(temperature=0.0)
+TOKENIZER = CharTokenizer("0123456789+=x")  # 19 ids, the test model's vocabulary: decodes responses for stop strings
 
 
 @pytest.fixture(scope="package")
 def model() -> Qwen3:
-    config = ModelConfig(vocab_size=19, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, max_seq_len=24)
+    config = ModelConfig(vocab_size=TOKENIZER.vocab_size, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, max_seq_len=24)
     return Qwen3(config, rngs=nnx.Rngs(3))
 
 
@@ -31,7 +32,7 @@ def make_engine(model):
     @functools.lru_cache
     def make(slots=3, stop=(), max_prefill=12) -> Engine:
         return Engine(graphdef, params, model.config, max_concurrent_decodes=slots, max_prefill_length=max_prefill,
-                      max_decode_length=8, stop_tokens=stop, pad_id=PAD, steps_per_generate=2)
+                      max_decode_length=8, stop_tokens=stop, pad_id=PAD, steps_per_generate=2, tokenizer=TOKENIZER)
 
     return make
 

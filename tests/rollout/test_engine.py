@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from rlx.learner.logprobs import response_log_probs
-from rlx.rollout import Engine, Request, RolloutDriver, SamplingParams
+from rlx.rollout import Engine, Request, RolloutDriver, SamplingParams, token_log_probs
 from tests.rollout.conftest import GREEDY, PAD, PROMPTS, prompt_batch
 
 
@@ -30,21 +30,38 @@ def test_behaviour_log_probs_equal_learner_recomputation(model, driver, temperat
     assert [r.id for r in rollout.records] == [str(i) for i in range(4) for _ in range(2)]
 
 
+def test_behaviour_log_probs_are_those_of_the_truncated_distribution_the_learner_ratio_corrects(model, driver):
+    """With top-k/top-p the engine records log mu (truncated, renormalised); the learner recomputes the
+    untruncated pi, so pi / mu < 1 exactly where the sampler cut mass, and the corrections see that ratio."""
+    sampling = SamplingParams(temperature=1.0, top_p=0.9, top_k=6)
+    rollout = driver.generate_groups(prompt_batch(PROMPTS), 2, jax.random.key(4), sampling, max_new_tokens=7)
+    generation, prompt_len = rollout.generation, rollout.prompt_tokens.shape[1]
+    full = jnp.asarray(np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1))
+    logits, _ = model(full[:, :-1], start=jnp.asarray(rollout.start))
+    mu = token_log_probs(logits[:, prompt_len - 1:], full[:, prompt_len:], sampling)
+    real = generation.mask > 0
+    np.testing.assert_allclose(np.asarray(mu)[real], generation.log_probs[real], atol=1e-4)
+    pi, _ = response_log_probs(model, full, jnp.asarray(rollout.start), prompt_len, sampling.temperature)
+    log_ratio = np.asarray(pi)[real] - generation.log_probs[real]
+    assert (log_ratio <= 1e-5).all() and (log_ratio < -1e-2).mean() > 0.5
+
+
 def test_reused_slot_never_sees_its_previous_request(make_engine, greedy_reference):
     engine = make_engine(slots=1)
     params = engine.load_params()
-    state = engine.init_decode_state(jax.random.key(0), GREEDY)
+    state = engine.decode_state(jax.random.key(0))
     state = engine.insert(engine.prefill_batch(params, [PROMPTS[1]]), state, slot=0)
     for _ in range(3):
-        state, _ = engine.generate(params, state)
+        state, _ = engine.generate(params, state, GREEDY)
     state = engine.insert(engine.prefill_batch(params, [PROMPTS[3]]), state, slot=0)
     bucket = engine.buckets[0]
-    assert not np.asarray(state.cache.k[:, 0, bucket:]).any()  # the previous request's decode columns are gone
+    assert np.asarray(state.cache.k[:, 0, bucket:]).any()  # the previous request's decode columns are still there ...
     tokens = []
     for _ in range(3):
-        state, result = engine.generate(params, state)
+        state, result = engine.generate(params, state, GREEDY)
         tokens.extend(result.convert_to_numpy().tokens[0])
-    np.testing.assert_array_equal(tokens, greedy_reference(PROMPTS[3], 6))
+    np.testing.assert_array_equal(tokens, greedy_reference(PROMPTS[3], 6))  # ... and never seen
+    engine.release(state)
 
 
 def test_stop_token_ends_the_sample_inside_the_mask(make_engine, driver):
@@ -82,15 +99,16 @@ def test_keys_give_different_samples_and_repeat(driver):
 def test_weights_swap_without_recompiling_and_tokens_carry_their_version(make_engine):
     engine = make_engine()
     driver = RolloutDriver(engine, engine.load_params())
-    list(driver.stream([Request(PROMPTS[0], 4)], jax.random.key(0)))
-    compiled = engine._generate._cache_size()
+    requests = [Request(PROMPTS[0], 2, tag="short"), Request(PROMPTS[1], 8, tag="long")]
+    list(driver.stream(requests, jax.random.key(0)))  # compiles every program these requests use
+    compiled = engine.compiled_variants()
     new_params = jax.tree.map(lambda x: x * 1.01, engine.load_params())
-    stream = driver.stream([Request(PROMPTS[0], 2, tag="short"), Request(PROMPTS[1], 8, tag="long")], jax.random.key(0))
+    stream = driver.stream(requests, jax.random.key(0))
     assert next(stream).tag == "short"
     driver.update_weights(new_params, version=7)  # mid-rollout: later tokens of "long" come from version 7
     long = next(stream)
     assert long.versions[0] == 0 and long.versions[-1] == 7 and set(long.versions) == {0, 7}
-    assert engine._generate._cache_size() == compiled
+    assert engine.compiled_variants() == compiled
 
 
 def test_weights_of_another_shape_or_dtype_are_refused_naming_the_leaf(driver):
@@ -132,7 +150,7 @@ def test_interrupted_rollout_continues_under_new_weights_and_stamps_their_versio
     key = jax.random.key(5)
     plain = RolloutDriver(engine, engine.load_params(), version=0)
     reference = {(c.tag, c.sample): c for c in plain.stream(requests, key, GREEDY)}
-    compiled = engine._generate._cache_size()
+    compiled = engine.compiled_variants()
 
     other = jax.tree.map(lambda x: x * 1.5, engine.load_params())
     calls = []
@@ -145,7 +163,7 @@ def test_interrupted_rollout_continues_under_new_weights_and_stamps_their_versio
     driver.weight_source = source
     completions = list(driver.stream(requests, key, GREEDY))
     assert driver.mid_batch_swaps == 1 and driver.version == 1
-    assert engine._generate._cache_size() == compiled
+    assert engine.compiled_variants() == compiled
     mixed = 0
     for completion in completions:
         versions = completion.versions
@@ -176,7 +194,7 @@ def test_recompute_cache_continues_exactly_as_the_new_weights_would_from_the_pre
         return {c.tag: c for c in driver.stream(requests, jax.random.key(5), GREEDY)}
 
     run("recompute_cache")  # warm-up: compiles the recompute program once
-    programs = lambda: (engine._generate._cache_size(), engine._prefill._cache_size(), engine._recompute._cache_size())
+    programs = engine.compiled_variants
     compiled = programs()
     recomputed, kept = run("recompute_cache"), run("keep_cache")
     assert programs() == compiled
