@@ -62,7 +62,7 @@ class Layout:
     def check_rows(self, rows: int, what: str) -> None:
         if rows % self.row_ways:
             raise ValueError(
-                f"{what}: {rows} rows do not split over the learner's data-parallel axes {self.row_axes} "
+                f"{what}: {rows} rows do not split over the mesh's data-parallel axes {self.row_axes} "
                 f"({self.row_ways} ways); use a row count that is a multiple of {self.row_ways}"
             )
 

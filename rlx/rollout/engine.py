@@ -13,8 +13,9 @@ chosen on the host from the longest live slot (`generate(..., columns=)`); `reco
 in column chunks written in place, with logits only at each slot's last token. The KV cache
 and the weights (`publish`) are in the model's compute dtype.
 
-Sharding (`rlx.rollout.state.Layout`): every program has explicit in/out shardings on the
-generator mesh; slots split over its data-parallel axes. The decode state (KV cache included)
+Sharding (`rlx.rollout.state.EngineLayout`): every program has explicit in/out shardings on the
+generator mesh; slots split over its data-parallel axes, and model code is traced under the
+mesh's placement hooks (`rlx.models.activation_sharding`). The decode state (KV cache included)
 is made once, inside jit, and handed from session to session (`decode_state` / `release`).
 `programs()` returns the jitted programs with abstract arguments for the dry-run plan.
 
@@ -36,10 +37,11 @@ import numpy as np
 from flax import nnx
 
 from rlx.models import KVCache, ModelConfig
-from rlx.parallel import reshard, rules_for
+from rlx.models.activation_sharding import ActivationSharding, activation_sharding
+from rlx.parallel import Layout, reshard, rules_for
 from rlx.parallel.presets import Rules
 from rlx.rollout.sampling import SamplingParams, sample_tokens, token_log_probs
-from rlx.rollout.state import DecodeState, Layout, Prefix, ResultTokens, abstract, single_device_mesh
+from rlx.rollout.state import DecodeState, EngineLayout, Prefix, ResultTokens, abstract
 
 MIN_BUCKET = 8
 RECOMPUTE_COLUMNS = 256  # cache columns per chunk of `recompute`
@@ -95,6 +97,15 @@ def _is_abstract(tree: Any) -> bool:
     return all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(tree))
 
 
+def _jit_under(hooks: ActivationSharding, fn: Callable, **jit_kwargs: Any) -> Callable:
+    """`jax.jit(fn)` whose model code is traced under the generator's placement hooks (e.g. MoE expert parallelism)."""
+    @functools.wraps(fn)
+    def traced(*args):
+        with activation_sharding(hooks):
+            return fn(*args)
+    return jax.jit(traced, **jit_kwargs)
+
+
 class Engine:
     """JetStream Engine API over an NNX model (see the module docstring).
 
@@ -136,24 +147,26 @@ class Engine:
         self.kv_buckets = prefill_buckets(self.max_len)
         self._recompute_columns = min(RECOMPUTE_COLUMNS, self.max_len)
         self.tokenizer = tokenizer
-        self._layout = layout = Layout.build(single_device_mesh() if mesh is None else mesh, rules_for("serve_tp") if rules is None else rules,
-                                             params, model_config, max_concurrent_decodes, self.max_len)
+        rules = rules_for("serve_tp") if rules is None else rules
+        role = Layout.single_device(rules) if mesh is None else Layout(mesh, rules)
+        self._layout = layout = EngineLayout.build(role, params, model_config, max_concurrent_decodes, self.max_len)
         self._abstract_params = abstract(jax.eval_shape(self._cast_impl, params), layout.params)
         self._cast = jax.jit(self._cast_impl)
         state, prefix = layout.state(), layout.prefix()
-        self._prefill = jax.jit(self._prefill_impl, in_shardings=(layout.params, layout.rows, layout.rows, layout.rows), out_shardings=prefix)
-        self._insert = jax.jit(self._insert_impl, in_shardings=(prefix, state, layout.replicated, layout.replicated),
-                               out_shardings=state, donate_argnums=(1,))
+        jit = functools.partial(_jit_under, role.hooks())
+        self._prefill = jit(self._prefill_impl, in_shardings=(layout.params, layout.rows, layout.rows, layout.rows), out_shardings=prefix)
+        self._insert = jit(self._insert_impl, in_shardings=(prefix, state, layout.replicated, layout.replicated),
+                           out_shardings=state, donate_argnums=(1,))
         self._generate = {
-            kv_len: jax.jit(functools.partial(self._generate_impl, kv_len=kv_len), static_argnums=(2,),
-                            in_shardings=(layout.params, state), out_shardings=(state, layout.rows), donate_argnums=(1,))
+            kv_len: jit(functools.partial(self._generate_impl, kv_len=kv_len), static_argnums=(2,),
+                        in_shardings=(layout.params, state), out_shardings=(state, layout.rows), donate_argnums=(1,))
             for kv_len in self.kv_buckets
         }
-        self._recompute = jax.jit(self._recompute_impl, in_shardings=(layout.params, state, layout.rows, layout.rows),
-                                  out_shardings=state, donate_argnums=(1,))
-        self._new_state = jax.jit(self._new_state_impl, in_shardings=(layout.replicated,), out_shardings=state)
-        self._reset = jax.jit(self._reset_impl, in_shardings=(state, layout.replicated), out_shardings=state, donate_argnums=(0,))
-        self._score = jax.jit(self._score_impl, static_argnums=(3, 4))
+        self._recompute = jit(self._recompute_impl, in_shardings=(layout.params, state, layout.rows, layout.rows),
+                              out_shardings=state, donate_argnums=(1,))
+        self._new_state = jit(self._new_state_impl, in_shardings=(layout.replicated,), out_shardings=state)
+        self._reset = jit(self._reset_impl, in_shardings=(state, layout.replicated), out_shardings=state, donate_argnums=(0,))
+        self._score = jit(self._score_impl, static_argnums=(3, 4))
         self._free_states: list[DecodeState] = []
         self._states_lock = threading.Lock()
         self._params = None if _is_abstract(params) else self.publish(params)
@@ -173,7 +186,7 @@ class Engine:
 
     @property
     def mesh(self) -> jax.sharding.Mesh:
-        return self._layout.mesh
+        return self._layout.role.mesh
 
     @property
     def colocated_cpus(self) -> None:
@@ -233,7 +246,7 @@ class Engine:
             if len(prompt) > self._max_prefill:
                 raise ValueError(f"prompt of {len(prompt)} tokens exceeds max_prefill_length={self._max_prefill}")
         bucket = next(b for b in self.buckets if b >= max(len(p) for p in prompts))
-        rows = _padded_count(len(prompts), self._slots, self._layout.row_ways)
+        rows = _padded_count(len(prompts), self._slots, self._layout.role.row_ways)
         tokens = np.full((rows, bucket), self.pad_id, np.int32)
         start = np.full((rows,), bucket - 1, np.int32)  # padding rows: one pad token
         for row, prompt in enumerate(prompts):

@@ -13,13 +13,11 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from rlx.models import KVCache, ModelConfig
 from rlx.models.kv_cache import CACHE_AXES
-from rlx.parallel import expand_shardings, partition_spec, tree_shardings
-from rlx.parallel.config import MESH_AXES
-from rlx.parallel.presets import Rules
+from rlx.parallel import Layout, expand_shardings, partition_spec
 
 
 @jax.tree_util.register_dataclass
@@ -78,29 +76,28 @@ class ResultTokens:
         return np.asarray(self.data[:, self.valid_idx[0]:self.valid_idx[1]]).astype(bool)
 
 
-def single_device_mesh() -> Mesh:
-    """The mesh an engine runs on when given none: the first device, under every generator axis name."""
-    return Mesh(np.array(jax.devices()[:1]).reshape((1,) * len(MESH_AXES)), MESH_AXES)
-
-
 @dataclasses.dataclass(frozen=True)
-class Layout:
-    """Shardings of the engine's arrays on `mesh` under `rules`; `row_ways` is how many ways rows split."""
+class EngineLayout:
+    """The engine's arrays on the generator's mesh: `role` places weights and rows (`rlx.parallel.Layout`),
+    and the KV cache goes slots over the row axes, kv heads over `tensor`."""
 
-    mesh: Mesh
+    role: Layout
     params: Any  # a prefix of the weights tree
     cache: NamedSharding
-    rows: NamedSharding  # leading dim over the batch axes, the rest whole
-    replicated: NamedSharding
-    row_ways: int
 
     @classmethod
-    def build(cls, mesh: Mesh, rules: Rules, params: Any, config: ModelConfig, slots: int, max_len: int) -> "Layout":
-        rows = partition_spec(("batch",), (slots,), rules, mesh, "decode slots (rollout.max_concurrent_decodes)")
-        cache = partition_spec(CACHE_AXES, KVCache.shape(config, slots, max_len), rules, mesh, "kv cache")
-        ways = int(np.prod([mesh.shape[axis] for axis in _axes(rows[0])]))
-        return cls(mesh, tree_shardings(params, mesh, rules), NamedSharding(mesh, cache), NamedSharding(mesh, rows),
-                   NamedSharding(mesh, PartitionSpec()), ways)
+    def build(cls, role: Layout, params: Any, config: ModelConfig, slots: int, max_len: int) -> "EngineLayout":
+        role.check_rows(slots, "decode slots (rollout.max_concurrent_decodes)")
+        cache = partition_spec(CACHE_AXES, KVCache.shape(config, slots, max_len), role.rules, role.mesh, "kv cache")
+        return cls(role, role.weights(params), NamedSharding(role.mesh, cache))
+
+    @property
+    def rows(self) -> NamedSharding:
+        return self.role.rows
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return self.role.replicated
 
     def prefix(self) -> Prefix:
         return Prefix(KVCache(self.cache, self.cache), self.rows, self.rows)
@@ -108,12 +105,6 @@ class Layout:
     def state(self) -> DecodeState:
         rows, replicated = self.rows, self.replicated
         return DecodeState(KVCache(self.cache, self.cache), rows, rows, rows, rows, rows, replicated, replicated)
-
-
-def _axes(entry: str | tuple[str, ...] | None) -> tuple[str, ...]:
-    if entry is None:
-        return ()
-    return (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def abstract(tree: Any, shardings: Any) -> Any:

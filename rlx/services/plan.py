@@ -2,13 +2,13 @@
 
 Nothing is allocated: the model, optimizer state and batches are `jax.ShapeDtypeStruct`s
 (`jax.eval_shape`), placed on a simulated mesh of the configured size by the sharding
-rules of each role. The learner's programs are the ones the run executes, from the same
-builder (`rlx.learner.build`): the update, the log-prob and advantage passes (and the
+rules of each role. The programs are the ones the run executes: the learner's come from the
+same builder (`rlx.learner.build`): the update, the log-prob and advantage passes (and the
 teacher's and critic's when configured), on one step's rollouts; with
 `learner.micro_batch_rows: auto` the plan picks the largest micro-batch whose programs fit
-`parallel.device_memory_gib`, as the run does. The generator steps are one prefill of
-`data.max_prompt_len` tokens and one decode step over `rollout.max_concurrent_decodes` cache
-slots (what the engine runs). Per-device memory comes from XLA's memory analysis of the
+`parallel.device_memory_gib`, as the run does. The generator's are the engine's own
+(`Engine.programs`): prefill, insert, a decode call reading every cache column, recompute,
+at their largest shapes. Per-device memory comes from XLA's memory analysis of the
 compiled SPMD program; each line says whether it fits. Decoder layers are scanned, so the plan
 compiles the whole depth (compile time barely grows with it).
 """
@@ -19,7 +19,6 @@ import dataclasses
 from collections import Counter
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -29,9 +28,10 @@ from rlx.data import load_task
 from rlx.learner.build import LearnerSpec, build_programs, every_program, fitting_micro_batch_rows
 from rlx.learner.memory import GIB, ProgramMemory, measure
 from rlx.learner.programs import abstract_batch
-from rlx.models import KVCache, ModelConfig, Qwen3
-from rlx.parallel import batch_sharding, partition_spec, role_meshes, rules_for, tree_shardings
+from rlx.models import ModelConfig, Qwen3
+from rlx.parallel import role_meshes, rules_for, tree_shardings
 from rlx.parallel.layout import Layout
+from rlx.rollout import build_engine, sampling_params
 from rlx.services.media import media_spec
 
 
@@ -91,7 +91,7 @@ def dry_run(config: Config) -> Plan:
     learner_mesh, generator_mesh = role_meshes(par)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen3(model_config, rngs=nnx.Rngs(0))))
     steps, workload = _learner_programs(config, model_config, graphdef, params, learner_mesh)
-    steps.update(_generator_steps(config, model_config, graphdef, params, generator_mesh))
+    steps.update(_generator_programs(config, model_config, graphdef, params, generator_mesh))
     sharding = {
         f"learner ({par.learner_rules})": _sharding_summary(params, learner_mesh, par.learner_rules),
         f"generator ({par.generator_rules})": _sharding_summary(params, generator_mesh, par.generator_rules),
@@ -145,28 +145,10 @@ def _sharding_summary(params: nnx.State, mesh: Mesh, preset: str) -> list[tuple[
     return [(spec, tensors[spec], counts[spec]) for spec, _ in counts.most_common()]
 
 
-def _generator_steps(config: Config, model_config: ModelConfig, graphdef: nnx.GraphDef, params: nnx.State,
-                     mesh: Mesh) -> dict[str, ProgramMemory]:
-    rules = rules_for(config.parallel.generator_rules)
-    slots, prompt = config.rollout.max_concurrent_decodes, config.data.max_prompt_len
-    cache = jax.eval_shape(lambda: KVCache.zeros(model_config, slots, prompt + config.rollout.max_new_tokens))
-    cache_spec = lambda x: jax.sharding.NamedSharding(
-        mesh, partition_spec((None, "batch", None, "kv_heads", "head_dim"), x.shape, rules, mesh, "kv cache"))
-    cache_sh = jax.tree.map(cache_spec, cache)
-    param_sh = tree_shardings(params, mesh, rules)
-
-    def forward(params, tokens, start, cache, index):
-        model = nnx.merge(graphdef, params)
-        hidden, cache = model.hidden_states(tokens, start=start, cache=cache, cache_index=index)
-        # Only the last position is sampled from: no [rows, length, vocab] logits.
-        return jnp.einsum("bd,dv->bv", hidden[:, -1], model.unembedding().astype(hidden.dtype)), cache
-
-    row = lambda shape: batch_sharding(mesh, rules, shape)
-    steps = {}
-    for name, width in (("generator prefill", prompt), ("generator decode step", 1)):
-        tokens, start = jax.ShapeDtypeStruct((slots, width), jnp.int32), jax.ShapeDtypeStruct((slots,), jnp.int32)
-        index = jax.ShapeDtypeStruct((), jnp.int32)
-        step = jax.jit(forward, in_shardings=(param_sh, row(tokens.shape), row(start.shape), cache_sh, None),
-                       out_shardings=(row((slots, 1)), cache_sh), donate_argnums=(3,))
-        steps[name] = measure(step, params, tokens, start, cache, index)
-    return steps
+def _generator_programs(config: Config, model_config: ModelConfig, graphdef: nnx.GraphDef, params: nnx.State,
+                        mesh: Mesh) -> dict[str, ProgramMemory]:
+    """The engine's own programs (`Engine.programs`), built from abstract weights: what the generator runs."""
+    # Stop and pad ids are constants inside the programs; they change no shape or buffer.
+    engine = build_engine(graphdef, params, model_config, config.rollout, config.data.max_prompt_len, eos_id=0, pad_id=0,
+                          mesh=mesh, rules=rules_for(config.parallel.generator_rules))
+    return {name: measure(fn, *args) for name, (fn, args) in engine.programs(sampling_params(config.rollout)).items()}

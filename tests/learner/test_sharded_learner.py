@@ -131,7 +131,7 @@ def test_steps_reuse_one_compiled_update():
 
 def test_micro_batch_rows_must_split_rows_over_devices():
     learner = make_learner({"data": 4}, learner=LearnerConfig(micro_batch_rows=2))
-    with pytest.raises(ValueError, match="do not split over the learner's data-parallel axes"):
+    with pytest.raises(ValueError, match="do not split over the mesh's data-parallel axes"):
         learner.update(make_batch())
     with pytest.raises(ValueError, match="do not split into micro-batches of learner.micro_batch_rows=3"):
         make_learner(learner=LearnerConfig(micro_batch_rows=3)).update(make_batch())

@@ -56,7 +56,7 @@ def test_slots_split_over_data_axes_and_greedy_tokens_equal_one_device(mesh, par
 
 
 def test_slots_that_do_not_split_over_the_data_axes_are_refused(mesh, params):
-    with pytest.raises(ValueError, match=r"decode slots.*size 6.*4 ways"):
+    with pytest.raises(ValueError, match=r"decode slots \(rollout.max_concurrent_decodes\): 6 rows do not split .* \(4 ways\)"):
         engine_on(mesh, params, slots=6)
 
 
@@ -90,7 +90,7 @@ def test_weights_and_cache_live_in_the_compute_dtype(params):
     engine = engine_on(None, params, config)
     assert {x.dtype for x in jax.tree.leaves(engine.load_params())} == {jnp.dtype(jnp.bfloat16)}
     state = engine.decode_state()
-    assert state.cache.k.dtype == jnp.bfloat16 and state.logits.dtype == jnp.float32
+    assert state.cache.dtype == jnp.bfloat16 and state.logits.dtype == jnp.float32
     engine.release(state)
     with pytest.raises(ValueError, match="float32.*bfloat16.*Engine.publish"):
         engine.load_params(params)  # float32 master weights must be published (cast) first
