@@ -28,7 +28,7 @@ def response_log_probs(
     `remat` rematerialises decoder layers in the backward pass; `layout` is the mesh the rows
     are split on (None: one device).
     """
-    hidden, _ = model.hidden_states(tokens[:, :-1], start=start, media=media, remat=remat)
+    hidden, _ = model.hidden_states(tokens[:, :-1], start=start, media=media, media_columns=prompt_len, remat=remat)
     hidden = hidden[:, prompt_len - 1:]
     batch, length, width = hidden.shape
     targets = tokens[:, prompt_len:]

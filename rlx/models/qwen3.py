@@ -97,8 +97,12 @@ class Qwen3(nnx.Module):
         self.vision = VisionEncoder(config.vision, config.hidden_size, rngs=rngs) if config.vision.enabled else None
         self.audio = AudioEncoder(config.audio, config.hidden_size, rngs=rngs) if config.audio.enabled else None
 
-    def encode_media(self, input_ids: jax.Array, media: Media) -> list[ModalityEmbeddings]:
-        """Runs the encoders on `media` (one item per modality per row) for the placeholders of `input_ids`."""
+    def encode_media(self, input_ids: jax.Array, media: Media, media_columns: int | None = None) -> list[ModalityEmbeddings]:
+        """Runs the encoders on `media` (one item per modality per row) for the placeholders of `input_ids`
+        in its first `media_columns` columns (default: all): a placeholder id a response happens to
+        contain is text, as it was when the sampler produced it."""
+        columns = jnp.arange(input_ids.shape[1])[None, :]
+        in_prompt = columns < (input_ids.shape[1] if media_columns is None else media_columns)
         encoders = {
             "image": (self.vision, lambda x: self.vision.encode_images(x), self.config.vision.image_token_id),
             "video": (self.vision, lambda x: self.vision.encode_video(x), self.config.vision.video_token_id),
@@ -109,7 +113,7 @@ class Qwen3(nnx.Module):
             encoder, encode, token_id = encoders[name]
             if encoder is None:
                 raise ValueError(f"a batch carries {name} inputs but the model has no encoder for them; enable model.{'audio' if name == 'audio' else 'vision'}")
-            merged.append(ModalityEmbeddings(input_ids == token_id, run_encoder(encode, inputs)))
+            merged.append(ModalityEmbeddings((input_ids == token_id) & in_prompt, run_encoder(encode, inputs)))
         return merged
 
     def unembedding(self) -> jax.Array:
@@ -127,13 +131,15 @@ class Qwen3(nnx.Module):
         cache_index: jax.Array | int = 0,
         modality: ModalityEmbeddings | None = None,
         media: Media | None = None,
+        media_columns: int | None = None,
         kv_len: int | None = None,
         remat: str = "none",
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-normed hidden states [B, S, hidden] (and the updated cache).
 
         `media` (encoder inputs by modality, see `Media`) is encoded and merged into the
-        placeholder columns; `modality` merges features that were encoded already. With a
+        placeholder columns among the first `media_columns` (the prompt's; default all);
+        `modality` merges features that were encoded already. With a
         cache, attention reads only its first `kv_len` columns (default: all; every query's
         column must lie below it). `remat` (`none`, `full`, `save_dots`) rematerialises each
         decoder layer in the backward pass instead of keeping its activations.
@@ -149,7 +155,7 @@ class Qwen3(nnx.Module):
             raise ValueError(f"remat {remat!r} is not one of {', '.join(REMAT_POLICIES)}")
         dtype = jnp.dtype(self.config.dtype)
         x = merge_modality_embeddings(self.embed[...][input_ids].astype(dtype), modality)
-        for encoded in self.encode_media(input_ids, media) if media else ():
+        for encoded in self.encode_media(input_ids, media, media_columns) if media else ():
             x = merge_modality_embeddings(x, encoded)
         x = constrain(x, RESIDUAL)
         for stack in self.layers:

@@ -75,6 +75,17 @@ def test_media_are_scattered_into_their_placeholders(model):
     assert not np.allclose(logits, other, atol=1e-4)
 
 
+def test_placeholder_ids_past_the_prompt_stay_text(model):
+    """A response that samples a placeholder id gets the token's embedding, as it did in the sampler."""
+    prompt, response = jnp.array([[1, 3, 3, 3, 3, 7]]), jnp.array([[3, 9]])
+    ids = jnp.concatenate([prompt, response], axis=1)
+    image = jax.random.normal(jax.random.key(1), (1, 16, 16, 3))
+    run = jitted(lambda m, ids, media: m(ids, media=media, media_columns=prompt.shape[1])[0])
+    features = jnp.zeros((1, 4, 32)).at[:, :4].set(encode_images(model, image))
+    expected = forward(model, ids, None, ModalityEmbeddings((ids == 3) & (jnp.arange(8) < 6), features))
+    np.testing.assert_allclose(run(model, ids, {"image": image}), expected, atol=1e-5)
+
+
 def test_media_without_an_encoder_is_an_error():
     config = ModelConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                          vision=VISION)
