@@ -104,6 +104,7 @@ class Config:
         _check_modalities(self)
         _check_hf_checkpoints(self)
         _check_bus(self)
+        _check_processes(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(
@@ -144,6 +145,15 @@ def _check_bus(config: Config) -> None:
         raise ValueError(f"bus.interrupt={bus.interrupt!r} swaps weights inside rlx's driver; it needs rollout.backend=engine")
     if config.rollout.token_budget is not None and config.algorithm.dynamic_sampling:
         raise ValueError("rollout.token_budget carries samples across steps, algorithm.dynamic_sampling redraws within one; use one of them")
+
+
+def _check_processes(config: Config) -> None:
+    """What runs across several processes (`parallel.distributed`): the synchronous and the asynchronous loop."""
+    if config.parallel.distributed.mode != "off" and config.rollout.token_budget is not None:
+        raise ValueError(
+            "rollout.token_budget (partial rollouts) is not supported with several processes (parallel.distributed.mode: "
+            f"{config.parallel.distributed.mode}): set rollout.token_budget: null, or run one process"
+        )
 
 
 def _check_algorithm_sections(config: Config) -> None:

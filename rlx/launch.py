@@ -11,15 +11,17 @@ from rlx.config import Config, ConfigError, load_config
 
 
 def start_devices(config: Config) -> None:
-    """Simulated CPU devices for the placement, and `jax.distributed` when configured; before JAX's backend starts."""
+    """Simulated CPU devices for the placement (each process's share of them), and `jax.distributed` when
+    configured; before JAX's backend starts."""
     import jax
 
-    from rlx.parallel import initialize_distributed
+    from rlx.parallel.distributed import expected_processes, initialize_distributed
 
-    if config.parallel.num_devices > 1:
+    devices = config.parallel.devices_per_process(expected_processes(config.parallel.distributed))
+    if devices > 1:
         # On a CPU host the placement's devices are simulated (e.g. configs/demo_async.yaml); accelerators ignore this.
         try:
-            jax.config.update("jax_num_cpu_devices", config.parallel.num_devices)
+            jax.config.update("jax_num_cpu_devices", devices)
         except RuntimeError:
             pass  # a backend already started (e.g. under pytest); role_meshes checks the device count
     initialize_distributed(config.parallel.distributed)
@@ -46,11 +48,14 @@ def main(argv: list[str] | None = None) -> int:
         simulate_cpu_devices(config.parallel.num_devices)  # before anything starts a JAX backend
         print(dry_run(config).render())
         return 0
+    from rlx.parallel.distributed import fail_fast
     from rlx.services import train  # after config checks, so a typo fails before JAX starts
 
     start_devices(config)
-    curve = train(config)
-    print(f"done: metrics in {config.run.output_dir}/metrics.jsonl, curve in {curve}")
+    with fail_fast():  # several processes: one that fails stops the others instead of leaving them in a collective
+        curve = train(config)
+    if curve is not None:  # None on every process but the first, which writes the outputs
+        print(f"done: metrics in {config.run.output_dir}/metrics.jsonl, curve in {curve}")
     return 0
 
 

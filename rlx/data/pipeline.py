@@ -64,23 +64,40 @@ class _EncodeRecord:
         return row
 
 
+class _ShardPosition:
+    """Position j of a shard's stream -> the record index at its place in the one-shard stream `order`."""
+
+    def __init__(self, order: grain.MapDataset, batch_size: int, local: int, offset: int):
+        self.order, self.batch_size, self.local, self.offset = order, batch_size, local, offset
+
+    def __call__(self, position: int) -> int:
+        batch, within = divmod(position, self.local)
+        return self.order[batch * self.batch_size + self.offset + within]
+
+
 class PromptStream:
     """An endless, per-epoch reshuffled stream of prompt batches whose position is checkpointable.
 
-    Each epoch visits every record once, so no prompt repeats before all were used.
+    Each epoch visits every record once, so no prompt repeats before all were used. With
+    `shards > 1` (one per process of a multi-process run) this stream yields block `shard` of
+    each batch of the one-shard stream (`batch_size / shards` prompts): the shards together
+    draw exactly the same prompts as one stream, and all sit at the same position.
     """
 
     def __init__(self, records: Sequence[PromptRecord], tokenizer: CharTokenizer, batch_size: int, width: int, seed: int,
-                 media: MediaSpec | None = None, workers: int = 0):
+                 media: MediaSpec | None = None, workers: int = 0, shard: int = 0, shards: int = 1):
         if batch_size > len(records):
             raise ValueError(f"batch of {batch_size} prompts but only {len(records)} records")
+        if batch_size % shards:
+            raise ValueError(f"a batch of {batch_size} prompts does not split into {shards} shards")
         self._records = list(records)
+        order = grain.MapDataset.range(len(records)).shuffle(seed=seed).repeat()
+        local = batch_size // shards
         dataset = (
-            grain.MapDataset.range(len(records))
-            .shuffle(seed=seed)
-            .repeat()
+            grain.MapDataset.range(len(order) // batch_size * local)
+            .map(_ShardPosition(order, batch_size, local, local * shard))
             .map(_EncodeRecord(self._records, tokenizer, width, media))
-            .batch(batch_size)
+            .batch(local)
             .to_iter_dataset()
         )
         if workers:

@@ -160,7 +160,7 @@ class Learner:
 
     def _fitting_micro_batch_rows(self, batch: TrainBatch) -> int:
         """The largest micro-batch whose programs fit the device (its reported limit, else `device_memory_gib`)."""
-        stats = self.layout.mesh.devices.flat[0].memory_stats() or {}
+        stats = self.layout.mesh.local_devices[0].memory_stats() or {}  # a device of this process
         limit = stats.get("bytes_limit") or (self.device_memory_gib * GIB if self.device_memory_gib else None)
         if limit is None:
             raise ValueError("learner.micro_batch_rows: auto needs the device memory: the device reports none, so set parallel.device_memory_gib")

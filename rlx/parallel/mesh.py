@@ -24,18 +24,45 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device]) -> Mesh:
 
 
 def role_meshes(config: ParallelConfig, devices: Sequence[jax.Device] | None = None) -> tuple[Mesh, Mesh]:
-    """(learner mesh, generator mesh): the same devices when colocated, disjoint slices otherwise."""
+    """(learner mesh, generator mesh): the same devices when colocated, disjoint slices otherwise.
+
+    When `devices` belong to several processes, the learner mesh spans all of them and the
+    generator mesh is this process's own replica (`role_devices`).
+    """
     devices = list(jax.devices() if devices is None else devices)
-    if len(devices) < config.num_devices:
+    learner, generator = role_devices(config, devices, jax.process_index())
+    return make_mesh(config.learner, learner), make_mesh(config.generator, generator)
+
+
+def role_devices(config: ParallelConfig, devices: Sequence[Any], process: int) -> tuple[list[Any], list[Any]]:
+    """The learner's devices and process `process`'s generator devices, from `devices` in JAX's order.
+
+    One process: the first `learner.size` devices, and the generator's on the same ones
+    (colocated) or the next `generator.size`. P processes: the learner takes the first
+    `learner.size / P` devices of every process, in process order (so its rows split by process),
+    and each process's generator replica takes its own share (colocated) or its next
+    `generator.size` devices (disaggregated); no generator program ever spans processes.
+    """
+    processes = sorted({d.process_index for d in devices})
+    local = {p: [d for d in devices if d.process_index == p] for p in processes}
+    per_process = config.devices_per_process(len(processes))
+    share = config.learner.size // len(processes)
+    if len(processes) > 1 and config.placement == "colocated" and config.generator.size != share:
         raise ValueError(
-            f"parallel config needs {config.num_devices} devices ({config.placement}: learner {config.learner.shape}, "
-            f"generator {config.generator.shape}) but {len(devices)} are visible"
+            f"placement: colocated with {len(processes)} processes runs one generator replica per process on its "
+            f"{share} learner devices, but parallel.generator has {config.generator.size} devices; size it {share} "
+            "(parallel.generator is per process)"
         )
-    learner = make_mesh(config.learner, devices[: config.learner.size])
-    if config.placement == "colocated":
-        return learner, make_mesh(config.generator, devices[: config.generator.size])
-    generator_devices = devices[config.learner.size : config.learner.size + config.generator.size]
-    return learner, make_mesh(config.generator, generator_devices)
+    short = {p: len(local[p]) for p in processes if len(local[p]) < per_process}
+    if short:
+        raise ValueError(
+            f"parallel config needs {per_process} devices per process ({config.placement}: learner {config.learner.shape} over "
+            f"{len(processes)} process(es), generator {config.generator.shape} each) but process(es) {sorted(short)} see "
+            f"{sorted(set(short.values()))}"
+        )
+    learner = [d for p in processes for d in local[p][:share]]
+    first = 0 if config.placement == "colocated" else share
+    return learner, local[process][first: first + config.generator.size]
 
 
 def expand_shardings(shardings: Any, tree: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -20,6 +20,14 @@ log = logging.getLogger(__name__)
 # (with a weighted sum such as `math_verify + 0.1 * format`, give the verifier weight 1).
 SOLVED_AT = 1.0
 
+# Per-record results of this process -> those of every process, joined (a multi-process run's
+# processes each evaluate a part of the records; `rlx.parallel.Processes.gather_rows`).
+Gather = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+def this_process(rows: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    return rows
+
 
 def evaluate(
     backend: RolloutBackend,
@@ -29,24 +37,28 @@ def evaluate(
     prompt_width: int,
     max_new_tokens: int,
     media: MediaSpec | None = None,
+    gather: Gather = this_process,
 ) -> dict[str, float]:
     """`val/accuracy`: mean verifier reward of greedy responses over all validation records.
 
     With modality encoders (`media`), `val/accuracy/<modality>` is the same mean over the
     records of each modality (`text` for records without media).
     All records go to the rollout backend at once: its slots are refilled as responses finish,
-    so no batch shape has to be fixed here.
+    so no batch shape has to be fixed here. With `gather`, the metrics cover every process's records.
     """
     prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
     rollout = backend.generate_groups(prompts, 1, jax.random.key(0), SamplingParams(temperature=0.0), max_new_tokens)
     responses = tokenizer.decode_batch(rollout.generation.tokens)
     rewards = score_responses(reward_fn, responses, rollout.records, on_error=0.0).rewards
+    rows = gather({"rewards": rewards, "lengths": rollout.generation.lengths,
+                   "modalities": np.array([record_modality(record) for record in rollout.records])})
+    rewards = rows["rewards"]
     metrics = {
         "val/accuracy": float(np.mean(rewards)),
-        "val/response_length/mean": float(np.mean(rollout.generation.lengths)),
+        "val/response_length/mean": float(np.mean(rows["lengths"])),
     }
     if media is not None:
-        modalities = np.array([record_modality(record) for record in rollout.records])
+        modalities = rows["modalities"]
         for name in sorted(set(modalities)):
             metrics[f"val/accuracy/{name}"] = float(np.mean(rewards[modalities == name]))
     return metrics
@@ -78,22 +90,28 @@ def sampled_evaluation(
     samples: int,
     key: jax.Array,
     media: MediaSpec | None = None,
+    gather: Gather = this_process,
 ) -> dict[str, float]:
     """`samples` responses per prompt at `sampling`: `pass@k` (unbiased, per prompt, averaged) for k in
     `reported_ks(samples)`, `avg@<samples>` (mean reward over every sample), `response_length/mean`,
-    and with media `pass@1/<modality>`. A sample is correct when its reward reaches `SOLVED_AT`."""
+    and with media `pass@1/<modality>`. A sample is correct when its reward reaches `SOLVED_AT`.
+    With `gather`, the metrics cover every process's records."""
     prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
     rollout = backend.generate_groups(prompts, samples, key, sampling, max_new_tokens)
     responses = tokenizer.decode_batch(rollout.generation.tokens)
     scores = score_responses(reward_fn, responses, rollout.records, on_error=0.0)
-    rewards = scores.rewards.reshape(len(records), samples)  # rows are prompt-major
+    rows = gather({"rewards": scores.rewards.reshape(len(records), samples),  # rows are prompt-major
+                   "lengths": rollout.generation.lengths.reshape(len(records), samples),
+                   "modalities": np.array([record_modality(record) for record in rollout.records[::samples]]),
+                   "errors": np.array([scores.errors])})  # one per process
+    rewards = rows["rewards"]
     correct = (rewards >= SOLVED_AT).sum(axis=1)
     metrics = {f"pass@{k}": float(np.mean([pass_at_k(samples, int(c), k) for c in correct])) for k in reported_ks(samples)}
     metrics[f"avg@{samples}"] = float(rewards.mean())
-    metrics["response_length/mean"] = float(np.mean(rollout.generation.lengths))
-    metrics["reward/errors"] = float(scores.errors)
+    metrics["response_length/mean"] = float(np.mean(rows["lengths"]))
+    metrics["reward/errors"] = float(rows["errors"].sum())
     if media is not None:
-        modalities = np.array([record_modality(record) for record in rollout.records[::samples]])
+        modalities = rows["modalities"]
         for name in sorted(set(modalities)):
             metrics[f"pass@1/{name}"] = float(np.mean(correct[modalities == name]) / samples)
     return metrics

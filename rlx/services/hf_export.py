@@ -28,14 +28,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 
 def export_policy(config: Config, model: Qwen3, out: str | Path) -> Path:
-    """Writes `model` to `out`: config.json keeps what `model.init_from`'s says beyond the architecture
+    """Writes `model` (its weights whole in this process: `rlx.parallel.processes.local_copy`) to `out`: config.json keeps what `model.init_from`'s says beyond the architecture
     (token ids, ...), tokenizer files come from `data.tokenizer_path`, generation_config.json from `init_from`."""
     if config.model.vision.enabled or config.model.audio.enabled:
         raise ValueError("Hugging Face Qwen3 checkpoints hold a text decoder only; this run's model has modality encoders")
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            "exporting gathers the weights in one process, which multi-process runs do not do yet; "
-            "export a saved checkpoint on one host with python -m rlx.export --run DIR")
     out = Path(out)
     source = config.model.init_from
     save_pretrained(PretrainedModel(model, read_hf_config(source) if source else {}), out)

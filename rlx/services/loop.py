@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flax import nnx
+
 from rlx.config import Config
 from rlx.services.feed import RolloutFeed
+from rlx.parallel.processes import local_copy
 from rlx.services.hf_export import export_policy
 from rlx.services.trainer import Trainer
 
@@ -33,7 +36,9 @@ def train(config: Config) -> Path:
                     with trainer.timeline.span("learner", "save", step):
                         trainer.save(step, **feed.checkpoint_state())
         if run.export_hf:
-            export_policy(config, trainer.learner.model(), Path(run.output_dir) / "hf")
+            policy = nnx.merge(trainer.learner.graphdef, local_copy(trainer.learner.params))  # whole on every process
+            if trainer.processes.primary:
+                export_policy(config, policy, Path(run.output_dir) / "hf")
     finally:
         curve = trainer.close()
     return curve

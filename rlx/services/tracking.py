@@ -1,4 +1,8 @@
-"""Run outputs: step metrics to the configured loggers, a console progress bar, user hooks and the reward curve."""
+"""Run outputs: step metrics to the configured loggers, a console progress bar, user hooks and the reward curve.
+
+In a multi-process run every process reports its metrics, they are combined into the run's
+(`combine_processes`), and process 0 alone writes them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, Callable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlx.config import RunConfig
+from rlx.parallel.processes import Processes
 from rlx.plugins import load_object
 from rlx.services.loggers import Sink, open_sinks
 
@@ -17,24 +22,50 @@ log = logging.getLogger(__name__)
 
 StepHook = Callable[[int, dict[str, float]], None]
 
+# How the run's value of a metric follows from each process's. Processes train on equally many rows,
+# so the mean of their row means is the run's mean: the default. First matching prefix wins; `*_max`
+# takes the maximum. A metric a process does not report (a staleness histogram bin) counts as 0 there.
+ACROSS_PROCESSES: tuple[tuple[str, Callable[[list[float]], float]], ...] = (
+    ("timing_s/", max), ("bus/wait_s/", max),  # a step waits for the slowest process
+    ("perf/", sum),  # throughputs add up
+    ("bus/", sum), ("reward/errors", sum), ("rollout/truncated_prompts", sum), ("rollout/carried_lost_on_resume", sum),
+    ("dapo/dropped_groups", sum), ("dapo/filled_groups", sum),  # counts
+    ("rollout/compiles", max), ("dapo/sampling_rounds", max),
+)
+
+
+def combine_processes(per_process: list[dict[str, float]]) -> dict[str, float]:
+    """The run's metrics from every process's (process 0's names first); equal values stay exactly as they are."""
+    names = list(dict.fromkeys(name for metrics in per_process for name in metrics))
+    combined = {}
+    for name in names:
+        values = [metrics.get(name, 0.0) for metrics in per_process]
+        reduce = next((rule for prefix, rule in ACROSS_PROCESSES if name.startswith(prefix)), None)
+        reduce = reduce or (max if name.endswith("_max") else lambda v: sum(v) / len(v))
+        combined[name] = values[0] if all(v == values[0] for v in values) and reduce is not sum else float(reduce(values))
+    return combined
+
 
 class Tracker:
     """Writes each step's metrics the moment that step ends (never a step late).
 
     Loggers and the progress bar open at the first `log`, so a Trainer built only to evaluate
-    (`rlx.eval`) writes nothing into the run.
+    (`rlx.eval`) writes nothing into the run. Every process calls `log` (it combines their metrics);
+    only the primary one writes, draws the bar and runs the hooks.
     """
 
-    def __init__(self, output_dir: Path, run: RunConfig, config: dict[str, Any]):
+    def __init__(self, output_dir: Path, run: RunConfig, config: dict[str, Any], processes: Processes | None = None):
         self.output_dir = output_dir
         self.metrics_path = output_dir / "metrics.jsonl"
         self._run, self._config = run, config
-        self._hooks: list[StepHook] = [load_object(path) for path in run.hooks]
+        self._processes = processes or Processes()
+        self._writes = self._processes.primary
+        self._hooks: list[StepHook] = [load_object(path) for path in run.hooks] if self._writes else []
         self._sinks: list[Sink] | None = None
         self._rows: list[dict[str, Any]] = []  # this process's steps, for the curve when metrics.jsonl is off
         self._progress = Progress(
             TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-            disable=not run.progress,
+            disable=not (run.progress and self._writes),
         )
         self._task = self._progress.add_task("rl", total=run.steps, status="")
         self._last_val: float | None = None
@@ -43,6 +74,10 @@ class Tracker:
         self._hooks.append(hook)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._processes.count > 1:
+            metrics = combine_processes(self._processes.allgather(metrics))
+        if not self._writes:
+            return
         if self._sinks is None:
             self._sinks = open_sinks(self._run.loggers, self.output_dir, self._run.wandb_project, self._config)
             self._progress.start()

@@ -3,6 +3,10 @@
 The generator role calls `produce` (rollout, reward, the algorithm's batch shaping); the
 learner role calls `learn` (update, then publish the new weights onto the generator's slice).
 `rl_step` runs both in turn: the synchronous step without the bus.
+
+In a multi-process run (`rlx.parallel.processes`) each process generates its share of every
+step's prompt groups with its own generator replica and feeds them as its rows of the one
+learner batch; validation splits the val records the same way; process 0 writes the outputs.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import create_params
 from rlx.parallel import role_meshes, rules_for, tree_shardings
+from rlx.parallel.processes import Processes, check_rows_by_process, local_copy
 from rlx.rewards import Scores, resolve_reward_fn, score_responses
 from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
@@ -42,6 +47,8 @@ log = logging.getLogger(__name__)
 class Trainer:
     def __init__(self, config: Config):
         self.config = config
+        self.processes = processes = Processes.current(config.parallel.distributed.timeout_s)
+        self.prompts_per_process = processes.share(config.data.prompts_per_step, "data.prompts_per_step")
         self.output_dir = Path(config.run.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.media = media_spec(config.model)
@@ -60,10 +67,14 @@ class Trainer:
         teacher = create_params(config.distill.teacher.with_vocab(tokenizer.vocab_size), on_learner, config.run.seed + 1) if config.distill.coef > 0 else None
         self.learner = Learner(*model, config.algorithm, config.optimizer, config.rollout.temperature, config.critic, config.distill, teacher,
                                config.learner, mesh=learner_mesh, rules=learner_rules, device_memory_gib=config.parallel.device_memory_gib)
-        engine = build_engine(self.learner.graphdef, self.learner.params, model_config, config.rollout, config.data.max_prompt_len,
+        if processes.count > 1:
+            check_rows_by_process(self.learner.layout.rows, processes.count)
+        # Each process's generator replica samples with the whole weights, gathered onto its own devices.
+        engine = build_engine(self.learner.graphdef, local_copy(self.learner.params), model_config, config.rollout, config.data.max_prompt_len,
                               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh,
                               rules=rules_for(config.parallel.generator_rules))
-        self._publish_weights = engine.publish  # cast to the compute dtype, then onto the generator's shardings
+        # Cast to the compute dtype, then onto the generator's shardings.
+        self._publish_weights = lambda params: engine.publish(local_copy(params))
         published = engine.load_params()
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
         self.rollout = build_backend(engine, published, config.rollout)
@@ -74,17 +85,22 @@ class Trainer:
         self.mailbox = WeightMailbox()
         self.published_version = 0
         self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
-        self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed)
+        self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed, "data.prompts_per_step")
+        if len(self.task.val) < processes.count:
+            raise ValueError(f"{len(self.task.val)} validation records cannot give each of {processes.count} processes some; use more")
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
-        self.tracker = Tracker(self.output_dir, config.run, to_dict(config))
-        self.timeline = Timeline(self.output_dir / "trace.json" if config.run.trace else None)
+        self.tracker = Tracker(self.output_dir, config.run, to_dict(config), processes)
+        self.timeline = Timeline(self.output_dir / "trace.json" if config.run.trace and processes.primary else None)
         self._base_key = jax.random.key(config.run.seed)
         self._resume_metrics: dict[str, float] = {}
         self._last_step_end: float | None = None
 
-    def _stream(self, records: list[PromptRecord], batch_size: int, seed: int) -> PromptStream:
-        data = self.config.data
-        return PromptStream(records, self.task.tokenizer, batch_size, data.max_prompt_len, seed, self.media, data.media_workers)
+    def _stream(self, records: list[PromptRecord], batch_size: int, seed: int, what: str) -> PromptStream:
+        """`batch_size` prompts per batch in all; this process's stream yields its share of each batch."""
+        data, processes = self.config.data, self.processes
+        processes.share(batch_size, what)
+        return PromptStream(records, self.task.tokenizer, batch_size, data.max_prompt_len, seed, self.media, data.media_workers,
+                            processes.index, processes.count)
 
     # -- start -------------------------------------------------------------------------------
     def resume_or_warm_start(self) -> int:
@@ -95,7 +111,8 @@ class Trainer:
             log.info("resumed from %s at step %d", self.output_dir / "checkpoints", latest)
             self._last_step_end = time.perf_counter()
             return latest
-        (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        if self.processes.primary:
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
         metrics = {**self._warm_up(), **self._train_teacher(), **self.evaluate(), **self.task.counts}
         self.tracker.log(0, metrics)
         self.save(0)
@@ -109,12 +126,12 @@ class Trainer:
         began = time.perf_counter()
 
         def train() -> tuple[nnx.State, list[float]]:
-            stream = self._stream(self.task.demonstrations, warmup.batch_size, self.config.data.seed + 1)
+            stream = self._stream(self.task.demonstrations, warmup.batch_size, self.config.data.seed + 1, "warmup.batch_size")
             return supervised_warmup(
                 self.learner.graphdef, self.learner.params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
                 self.config.learner.logprob_impl, self.learner.layout)
 
-        started = warm_start(self.config, self.learner.params, self.task.demonstrations, self.task.tokenizer, train)
+        started = warm_start(self.config, self.learner.params, self.task.demonstrations, self.task.tokenizer, train, self.processes)
         self.learner.reset_weights(started.params)
         self.publish(version=0)
         losses = started.losses
@@ -126,7 +143,7 @@ class Trainer:
         if self.learner.teacher_params is None:
             return {}
         warmup, began = self.config.distill.teacher_warmup, time.perf_counter()
-        stream = self._stream(self.task.train, warmup.batch_size, self.config.data.seed + 2)
+        stream = self._stream(self.task.train, warmup.batch_size, self.config.data.seed + 2, "distill.teacher_warmup.batch_size")
         params, losses = supervised_warmup(
             self.learner.teacher_graphdef, self.learner.teacher_params, stream, self.task.tokenizer, warmup, self.config.rollout.max_new_tokens,
             layout=self.learner.layout)
@@ -145,7 +162,7 @@ class Trainer:
                 return ScoredRollout(more, texts, more_scores.rewards)
 
             kept, metrics = fill_with_varied_groups(
-                ScoredRollout(rollout, responses, scores), draw, self.config.rollout.n_samples, self.config.data.prompts_per_step, algo.max_sampling_rounds)
+                ScoredRollout(rollout, responses, scores), draw, self.config.rollout.n_samples, self.prompts_per_process, algo.max_sampling_rounds)
             rollout, responses, scores = kept.rollout, kept.responses, kept.scores
         shaping = overlong_penalty(rollout.generation.lengths, self.config.rollout.max_new_tokens, algo.overlong_buffer, algo.overlong_penalty)
         if algo.overlong_buffer:
@@ -184,6 +201,7 @@ class Trainer:
         """The learner role's work for step `step`: one update on `batch`, then publish version `step`."""
         began = time.perf_counter()
         rollout, rewards = batch.rollout, batch.rewards
+        self.processes.check_same(f"the number of rollouts of step {step}", len(rewards))  # shapes of one SPMD program
         with self.timeline.span("learner", "learn", step):
             metrics = self.learner.update(self._train_batch(step, rollout, rewards))
             if self.config.algorithm.ref_update_every and step % self.config.algorithm.ref_update_every == 0:
@@ -230,14 +248,16 @@ class Trainer:
         key = jax.random.fold_in(self._base_key, step)
         if round_:
             key = jax.random.fold_in(key, round_)
+        if self.processes.count > 1:
+            key = jax.random.fold_in(key, self.processes.index)  # each replica samples its own prompts with its own noise
         # Partial rollouts carry samples across steps: none may hold a token staler than the bus allows at `step`.
         oldest = {"min_version": step - 1 - self.config.bus.max_staleness} if rollout_config.token_budget is not None else {}
         return self.rollout.generate_groups(
             next(self.prompts), rollout_config.n_samples, key, sampling_params(rollout_config), rollout_config.max_new_tokens, **oldest,
         )
 
-    @staticmethod
-    def _train_batch(step: int, rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
+    def _train_batch(self, step: int, rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
+        """This process's rows; group ids offset by the rows of the processes before it, unique in the global batch."""
         generation = rollout.generation
         lag, real = version_lag(rollout.policy_version, step)
         staleness = np.where(real, lag, 0).astype(np.float32)  # padding gets 0
@@ -246,7 +266,7 @@ class Trainer:
             start=rollout.start,
             mask=generation.mask,
             rewards=rewards,
-            group_ids=rollout.group_ids,
+            group_ids=rollout.group_ids + self.processes.index * len(rewards),
             behaviour_log_probs=generation.log_probs,
             media=rollout.media,
             staleness=staleness,
@@ -255,34 +275,49 @@ class Trainer:
     def _save_rollouts(self, step: int, rollout: GroupRollout, responses: list[str], rewards: np.ndarray) -> None:
         if not self.config.run.save_rollouts:
             return
+        rows = [{"step": step, "prompt_id": record.id, "prompt": record.prompt, "response": response, "reward": float(reward)}
+                for record, response, reward in zip(rollout.records, responses, rewards)]
+        every = [row for rows_of_process in self.processes.allgather(rows) for row in rows_of_process]
+        if not self.processes.primary:
+            return
         with (self.output_dir / "rollouts.jsonl").open("a") as handle:
-            for record, response, reward in zip(rollout.records, responses, rewards):
-                handle.write(json.dumps({"step": step, "prompt_id": record.id, "prompt": record.prompt, "response": response, "reward": float(reward)}) + "\n")
+            for row in every:
+                handle.write(json.dumps(row) + "\n")
 
     # -- validation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Greedy `val/accuracy`; with `run.eval_samples: K`, also `val/pass@k` and `val/avg@K`."""
-        metrics = evaluate(self.validator, self.task.val, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len,
-                           self.config.rollout.max_new_tokens, self.media)
+        """Greedy `val/accuracy`; with `run.eval_samples: K`, also `val/pass@k` and `val/avg@K`. Each process
+        evaluates its part of the val records; the metrics cover them all."""
+        records = self.processes.part(self.task.val)
+        metrics = evaluate(self.validator, records, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len,
+                           self.config.rollout.max_new_tokens, self.media, self.processes.gather_rows)
         if self.config.run.eval_samples:
-            sampled = self.sampled_evaluation(self.task.val, self.config.run.eval_samples)
+            sampled = self.sampled_evaluation(records, self.config.run.eval_samples)
             metrics.update({f"val/{name}": value for name, value in sampled.items() if name.startswith(("pass@", "avg@"))})
         return metrics
 
     def sampled_evaluation(self, records: list[PromptRecord], samples: int) -> dict[str, float]:
         """pass@k, avg@`samples` and response length of `records`, `samples` responses each at the rollout's sampling
-        settings, with the latest published weights. The same key every call, so evaluations compare like with like."""
-        rollout = self.config.rollout
+        settings, with the latest published weights. The same key every call, so evaluations compare like with like.
+        In a multi-process run `records` is this process's part, and the metrics cover every process's."""
+        rollout, key = self.config.rollout, jax.random.split(self._base_key)[1]
+        if self.processes.count > 1:
+            key = jax.random.fold_in(key, self.processes.index)
         return sampled_evaluation(self.validator, records, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len,
-                                  rollout.max_new_tokens, sampling_params(rollout), samples, jax.random.split(self._base_key)[1], self.media)
+                                  rollout.max_new_tokens, sampling_params(rollout), samples, key, self.media, self.processes.gather_rows)
 
     def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0, carried_groups: int = 0) -> None:
         """`data_state`: the prompt stream's position after step `step`'s draws (default: now). `bus_groups`
         rollouts drawn ahead and not yet trained are not saved: a resumed run draws them again, counted.
         `carried_groups` (partial rollouts, drawn before that position, unfinished) are not saved either:
-        a resumed run skips those prompts, counted in `rollout/carried_lost_on_resume`."""
-        meta = {"step": step, "seed": self.config.run.seed, "data_state": data_state or self.prompts.get_state(),
-                "bus_groups": bus_groups, "carried_groups": carried_groups}
+        a resumed run skips those prompts, counted in `rollout/carried_lost_on_resume`. Every process saves (orbax
+        writes the shards collectively); the metadata holds each process's stream position and the counts of all."""
+        local = {"data_state": data_state or self.prompts.get_state(), "bus_groups": bus_groups, "carried_groups": carried_groups}
+        every = self.processes.allgather(local)
+        meta = {"step": step, "seed": self.config.run.seed, "data_state": every[0]["data_state"],
+                "bus_groups": sum(p["bus_groups"] for p in every), "carried_groups": sum(p["carried_groups"] for p in every)}
+        if self.processes.count > 1:
+            meta["data_state_by_process"] = [p["data_state"] for p in every]
         self.checkpointer.save(step, self.learner.state_dict(), meta)
 
     def restore(self, step: int) -> None:
@@ -298,9 +333,19 @@ class Trainer:
             )
         self.learner.load_state_dict(trees)
         self.publish(version=step)
-        self.prompts.set_state(meta["data_state"])
+        self.prompts.set_state(self._data_state(meta))
         self._resume_metrics = {"bus/regenerated_on_resume": float(meta.get("bus_groups", 0)),
                                 "rollout/carried_lost_on_resume": float(meta.get("carried_groups", 0))}
+
+    def _data_state(self, meta: dict) -> dict:
+        """This process's prompt-stream position in checkpoint metadata `meta`."""
+        states = meta.get("data_state_by_process", [meta["data_state"]])
+        if len(states) == self.processes.count:
+            return states[self.processes.index]
+        if all(state == states[0] for state in states):
+            return states[0]  # every stream at one position of the shared prompt order: any process count resumes it
+        raise ValueError(f"{self.output_dir}: checkpoint written by {len(states)} processes whose prompt streams stand at different "
+                         f"positions (dynamic sampling draws per process); resume it with {len(states)} processes")
 
     def close(self) -> Path:
         self.prompts.close()

@@ -27,6 +27,7 @@ from safetensors.numpy import load_file, save_file
 
 from rlx.config import Config, to_dict
 from rlx.data import PromptRecord
+from rlx.parallel.processes import Processes, local_copy
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +69,29 @@ class WarmStart:
     source: str  # "trained", or the file it was loaded from
 
 
-def warm_start(config: Config, params: nnx.State, demonstrations: Sequence[PromptRecord], tokenizer: Any, train: Warmup) -> WarmStart:
+def warm_start(config: Config, params: nnx.State, demonstrations: Sequence[PromptRecord], tokenizer: Any, train: Warmup,
+               processes: Processes | None = None) -> WarmStart:
     """The warmed-up weights: loaded when `warmup.cache: reuse` finds this warm-up stored, else `train()`ed
-    (and stored, unless `warmup.cache: none`). Loaded weights take the shardings of `params`."""
+    (and stored, unless `warmup.cache: none`). Loaded weights take the shardings of `params`.
+
+    Several `processes` load only when every one finds the warm start (else all train, together);
+    process 0 stores it, so a `warmup.cache_dir` on storage every host sees serves them all."""
+    processes = processes or Processes()
     mode = config.warmup.cache
     if mode == "none":
         return WarmStart(*train(), source="trained")
     key = warmup_key(config, params, demonstrations, tokenizer)
-    if mode == "reuse":
-        for directory in (SHIPPED_DIR, cache_dir(config)):
-            path = directory / f"{key}.safetensors"
-            if path.is_file():
-                loaded, losses = load_warm_start(path, params)
-                log.info("warm start loaded from %s (warmup.cache: reuse; rebuild: python -m rlx.warmstart --config ...)", path)
-                return WarmStart(loaded, losses, source=str(path))
+    stored = [directory / f"{key}.safetensors" for directory in (SHIPPED_DIR, cache_dir(config))]
+    path = next((path for path in stored if path.is_file()), None) if mode == "reuse" else None
+    if all(processes.allgather(path is not None)):
+        loaded, losses = load_warm_start(path, params)
+        log.info("warm start loaded from %s (warmup.cache: reuse; rebuild: python -m rlx.warmstart --config ...)", path)
+        return WarmStart(loaded, losses, source=str(path))
     trained, losses = train()
-    path = cache_dir(config) / f"{key}.safetensors"
-    save_warm_start(path, trained, losses, key)
-    log.info("warm start stored in %s", path)
+    whole = local_copy(trained)  # every process takes part; the first one writes
+    if processes.primary:
+        save_warm_start(stored[1], whole, losses, key)
+        log.info("warm start stored in %s", stored[1])
     return WarmStart(trained, losses, source="trained")
 
 
