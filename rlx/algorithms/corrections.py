@@ -3,7 +3,8 @@
 
 Every correction has the signature `fn(inputs: CorrectionInputs, config) -> (weights, mask, metrics)`
 with rho_t = pi_train(y_t) / pi_rollout(y_t) from the learner's proximal log-probs and the
-sampler's behaviour log-probs. The learner multiplies the per-token policy loss by `weights`
+sampler's behaviour log-probs (log mu of the distribution each token was drawn from, i.e. after
+top-p/top-k truncation; the learner's pi is untruncated). The learner multiplies the per-token policy loss by `weights`
 and trains only on `mask`. Neither depends on the weights being trained, so both are computed
 once per step.
 """

@@ -43,6 +43,10 @@ class Generation:
     mask: np.ndarray  # [B, R] float32
     lengths: np.ndarray  # [B] int32
 
+    def clipped(self, stop_ids: Sequence[int]) -> np.ndarray:
+        """[B] bool: responses that filled every column without ending on a stop token (cut at the length limit)."""
+        return (self.mask[:, -1] > 0) & ~np.isin(self.tokens[:, -1], np.asarray(stop_ids))
+
 
 @dataclasses.dataclass(frozen=True)
 class GroupRollout:

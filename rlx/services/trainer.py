@@ -221,7 +221,7 @@ class Trainer:
             "reward/mean": float(rewards.mean()),
             "critic/score/mean": float(batch.task_scores.mean()),
             "response_length/mean": float(rollout.generation.lengths.mean()),
-            "response_length/clip_ratio": float(np.mean((rollout.generation.mask[:, -1] > 0) & (rollout.generation.tokens[:, -1] != self.task.tokenizer.eos_id))),
+            "response_length/clip_ratio": float(np.mean(rollout.generation.clipped(self.task.tokenizer.stop_ids))),
             "timing_s/update": updated - began,
             "timing_s/weight_sync": published - updated,
             "timing_s/step": wall,

@@ -11,6 +11,7 @@ from rlx.data import CharTokenizer
 from rlx.data.hf_tokenizer import HFTokenizer
 from rlx.models import ModelConfig, Qwen3
 from rlx.rollout import Request, RolloutConfig, RolloutDriver, build_engine
+from rlx.rollout.driver import Generation
 from tests.data.test_hf_tokenizer import _write
 from tests.rollout.conftest import GREEDY, PROMPTS, TOKENIZER, prompt_batch
 
@@ -83,3 +84,11 @@ def test_tokenizers_name_their_stop_ids_and_the_engine_stops_on_them(tmp_path):
     engine = build_engine(nnx.graphdef(abstract), nnx.state(abstract, nnx.Param), model_config, RolloutConfig(max_concurrent_decodes=2),
                           16, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer)
     assert engine.stop_tokens == (2, 0)
+
+
+def test_a_response_is_clipped_only_when_it_fills_every_column_without_a_stop_token():
+    tokens = np.array([[5, 2, 0], [5, 6, 7], [5, 6, 0], [5, 6, 2]], np.int32)  # stops 2 and 0 (id 0 is a real id)
+    mask = np.array([[1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1]], np.float32)
+    generation = Generation(tokens, np.zeros_like(mask), mask, mask.sum(1).astype(np.int32))
+    assert generation.clipped((2, 0)).tolist() == [False, True, False, False]
+    assert generation.clipped((2,)).tolist() == [False, True, True, False]
