@@ -37,10 +37,12 @@ How to read these figures honestly:
 * Temporaries are XLA's CPU buffer assignment; a TPU or GPU compilation schedules differently
   (and fuses the Pallas kernels the CPU build replaces with XLA scans), so treat them as an
   estimate of the accelerator's figure, not a measurement of it.
-* Qwen3-MoE experts: the learner and prefill temporaries of the 30B plan come from the expert MLP
-  (`rlx/models/moe.py`); with `jax.lax.ragged_dot`, XLA's CPU lowering materializes a dense
-  [token copies, experts, width] mask and GSPMD replicates it instead of splitting it over `expert`.
-  Whether the 30B config fits depends on the grouped, expert-sharded matmul that replaces it.
+* The generator programs are the engine's own (`Engine.programs()`, what the run compiles): prefill
+  (last-position logits only), insert into the sharded slots, one bucketed decode call, and the
+  chunked recompute of every slot's cache. The insert's temporaries include a replicated gather
+  of the slots' indices (a known overhead, left for later).
+* Qwen3-MoE experts run as a grouped matmul sharded over `expert` under `shard_map`
+  (`rlx/models/grouped_matmul.py`, `model.moe_impl: auto`), in the learner and the generator.
 """
 
 
