@@ -63,6 +63,12 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def vocabulary(self) -> str:
+        """Text that changes iff an id would map to another token (what a resumed run must not change)."""
+        vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+        return "\n".join(sorted(f"{index}\t{token}" for token, index in vocab.items()))
+
     def encode(self, text: str, *, bos: bool = True) -> list[int]:
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids
         return [self.bos_id] + ids if bos and self.bos_id is not None else ids

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlx.config import RunConfig
+from rlx.errors import UserError
 from rlx.plugins import load_object
 from rlx.services.loggers import Sink, open_sinks
 
@@ -29,7 +30,7 @@ class Tracker:
         self.output_dir = output_dir
         self.metrics_path = output_dir / "metrics.jsonl"
         self._run, self._config = run, config
-        self._hooks: list[StepHook] = [load_object(path) for path in run.hooks]
+        self._hooks: list[tuple[str, StepHook]] = [(path, load_object(path)) for path in run.hooks]
         self._sinks: list[Sink] | None = None
         self._rows: list[dict[str, Any]] = []  # this process's steps, for the curve when metrics.jsonl is off
         self._progress = Progress(
@@ -40,7 +41,7 @@ class Tracker:
         self._last_val: float | None = None
 
     def add_hook(self, hook: StepHook) -> None:
-        self._hooks.append(hook)
+        self._hooks.append((getattr(hook, "__qualname__", repr(hook)), hook))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self._sinks is None:
@@ -49,8 +50,12 @@ class Tracker:
         self._rows.append({"step": step, **metrics})
         for sink in self._sinks:
             sink.log(step, metrics)
-        for hook in self._hooks:
-            hook(step, dict(metrics))
+        for name, hook in self._hooks:
+            try:
+                hook(step, dict(metrics))
+            except Exception as err:  # the user's code: name it, the step's checkpoint and metrics are already written
+                raise UserError(f"hook {name} (run.hooks) raised at step {step}: {type(err).__name__}: {err}; "
+                                "fix it and run again to resume") from err
         self._update_progress(step, metrics)
 
     def _update_progress(self, step: int, metrics: dict[str, float]) -> None:

@@ -8,7 +8,6 @@ learner role calls `learn` (update, then publish the new weights onto the genera
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,7 +29,10 @@ from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_para
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
+from rlx.services.preflight import check_task
+from rlx.services.resume import check_fingerprint, fingerprint, record_config_changes, restore_intact
 from rlx.services.generator import WeightMailbox
+from rlx.services.loggers import json_line
 from rlx.services.timeline import Timeline
 from rlx.services.tracking import Tracker
 from rlx.services.warmstart import warm_start
@@ -49,6 +51,8 @@ class Trainer:
         tokenizer = self.task.tokenizer
         check_placeholder_ids(config.model, tokenizer)
         model_config = config.model.with_vocab(tokenizer.vocab_size)
+        check_task(config, self.task, model_config)  # batch sizes against record counts, weights against device memory
+        self._fingerprint = fingerprint(config, tokenizer.vocabulary)
         # Placement: the learner's weights live on its slice, the generator's copy on its own
         # (the same devices when colocated); every publish is a versioned reshard between them.
         learner_mesh, generator_mesh = role_meshes(config.parallel)
@@ -89,16 +93,15 @@ class Trainer:
     # -- start -------------------------------------------------------------------------------
     def resume_or_warm_start(self) -> int:
         """Restores the latest checkpoint (returning its step), or warms up and validates step 0."""
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            self._restore(latest)
+        if self.checkpointer.latest_step() is not None:
+            latest = self._resume()
             log.info("resumed from %s at step %d", self.output_dir / "checkpoints", latest)
             self._last_step_end = time.perf_counter()
             return latest
         (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
         metrics = {**self._warm_up(), **self._train_teacher(), **self.evaluate(), **self.task.counts}
+        self.save(0)  # before the metrics row: a crash in between must not make the rerun log step 0 twice
         self.tracker.log(0, metrics)
-        self.save(0)
         self._last_step_end = time.perf_counter()
         return 0
 
@@ -176,7 +179,8 @@ class Trainer:
             rollout, responses, task_scores, rewards, metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
         scored = time.perf_counter()
         metrics.update(rollout.metrics)
-        metrics.update({"reward/errors": float(scores.errors), "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
+        metrics.update({"reward/errors": float(scores.errors), "reward/scored": float(len(scores.rewards)),
+                        "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
                         "perf/gen_tokens_per_s": float(rollout.generation.mask.sum()) / (generated - began)})
         return ScoredBatch(rollout, responses, task_scores, rewards), {"metrics": metrics, "data_state": self.prompts.get_state()}
 
@@ -257,7 +261,7 @@ class Trainer:
             return
         with (self.output_dir / "rollouts.jsonl").open("a") as handle:
             for record, response, reward in zip(rollout.records, responses, rewards):
-                handle.write(json.dumps({"step": step, "prompt_id": record.id, "prompt": record.prompt, "response": response, "reward": float(reward)}) + "\n")
+                handle.write(json_line({"step": step, "prompt_id": record.id, "prompt": record.prompt, "response": response, "reward": float(reward)}))
 
     # -- validation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -282,20 +286,28 @@ class Trainer:
         `carried_groups` (partial rollouts, drawn before that position, unfinished) are not saved either:
         a resumed run skips those prompts, counted in `rollout/carried_lost_on_resume`."""
         meta = {"step": step, "seed": self.config.run.seed, "data_state": data_state or self.prompts.get_state(),
-                "bus_groups": bus_groups, "carried_groups": carried_groups}
+                "bus_groups": bus_groups, "carried_groups": carried_groups, "fingerprint": self._fingerprint}
         self.checkpointer.save(step, self.learner.state_dict(), meta)
 
     def restore(self, step: int) -> None:
         """Loads checkpoint `step` (as a resumed run would) and publishes its weights."""
         self._restore(step)
 
+    def _resume(self) -> int:
+        """Restores the latest intact checkpoint whose fingerprint matches this run (`rlx.services.resume`); returns its step."""
+        directory = self.output_dir / "checkpoints"
+
+        def restore(step: int) -> None:
+            meta = self.checkpointer.restore_meta(step)
+            check_fingerprint(meta.get("fingerprint", {"run.seed": meta["seed"]}), self._fingerprint, self.config, directory)
+            self._restore(step)
+
+        step, _ = restore_intact(self.checkpointer, directory, restore)
+        record_config_changes(self.output_dir, self.config, step)
+        return step
+
     def _restore(self, step: int) -> None:
         trees, meta = self.checkpointer.restore(step, self.learner.state_dict())
-        if meta["seed"] != self.config.run.seed:
-            raise ValueError(
-                f"{self.output_dir} holds a run with run.seed={meta['seed']}, but run.seed={self.config.run.seed}; "
-                "use the same seed to resume, or a new run.output_dir"
-            )
         self.learner.load_state_dict(trees)
         self.publish(version=step)
         self.prompts.set_state(meta["data_state"])
