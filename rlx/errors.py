@@ -21,6 +21,10 @@ class UserError(ValueError):
     label = "error"
 
 
+class MissingInputError(UserError, FileNotFoundError):
+    """A file or directory the user named (a dataset, a checkpoint step) does not exist."""
+
+
 class RunStopped(RuntimeError):
     """A run went bad and was stopped before it could report success; the message says why and what to change."""
 

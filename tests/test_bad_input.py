@@ -106,6 +106,7 @@ CONFIG_CASES = [
     ("data.prompts_per_step=0", "prompts_per_step must be >= 1"),
     ("data.max_prompt_len=100", "exceeds model.max_seq_len"),
     ("data.max_image_pixels=0", "max_image_pixels must be >= 1"),
+    ("data.seed=-1", "data: seed must be >= 0"),
     ("data.source=jsonl", "source: jsonl needs data.train_path and data.val_path"),
     ("algorithm.minibatches=5", "8 rollouts do not split into algorithm.minibatches=5"),
     ("algorithm.minibatches=0", "minibatches and epochs must be >= 1"),
@@ -429,6 +430,8 @@ def test_resume_changes_allow_resumes_and_warns(trained, tmp_path, capsys):
     code, output = run_command(launch.main, [*resume_argv(out, data), "run.steps=3", "run.resume_changes=allow"], capsys)
     assert code == 0, output
     assert "although these changed (run.resume_changes: allow): data.train_path (contents)" in output
+    history = (out / "config_history.yaml").read_text()
+    assert "resume_changes" in history and "data.train_path (contents)" in history
     assert [strict_json(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
 
 

@@ -93,6 +93,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require_positive(self, "train_size", "val_size", "prompts_per_step", "max_prompt_len", "max_image_pixels")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.source == "jsonl" and not (self.train_path and self.val_path):
             raise ValueError("source: jsonl needs data.train_path and data.val_path")
         if self.source != "jsonl" and self.tokenizer_path is not None:

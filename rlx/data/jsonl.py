@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from rlx.data.records import PromptRecord
-from rlx.errors import UserError
+from rlx.errors import MissingInputError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +21,11 @@ class BadRowError(UserError):
     """A dataset row cannot become a PromptRecord; the message names file and line."""
 
 
-class DatasetNotFoundError(UserError, FileNotFoundError):
-    """A dataset path names no file."""
-
-
 def read_jsonl(path: str | Path, on_bad_row: Literal["skip", "error"] = "skip") -> tuple[list[PromptRecord], int]:
     """Returns the records and the number of malformed rows skipped (each is logged with its line)."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetNotFoundError(f"dataset file not found: {path}; check data.train_path / data.val_path")
+        raise MissingInputError(f"dataset file not found: {path}; check data.train_path / data.val_path")
     records: list[PromptRecord] = []
     skipped = 0
     with path.open("rb") as handle:  # decoded per line, so one undecodable row is skipped, not the file

@@ -39,7 +39,7 @@ def load_task(config: DataConfig, media: MediaSpec | None = None) -> TaskData:
         tokenizer = CharTokenizer(ALPHABET)
     elif config.source == "omni":
         if media is None:
-            raise ValueError("data.source: omni needs modality encoders; set model.vision.enabled and model.audio.enabled")
+            raise UserError("data.source: omni needs modality encoders; set model.vision.enabled and model.audio.enabled")
         train, val = omni_splits(config.omni, media, config.train_size, config.val_size, config.seed)
         tokenizer = CharTokenizer(OMNI_ALPHABET)
     else:
@@ -95,7 +95,7 @@ def _jsonl_tokenizer(config: DataConfig, records: list[PromptRecord]) -> Tokeniz
 def _as_chat(records: list[PromptRecord], tokenizer: Tokenizer) -> list[PromptRecord]:
     """Each prompt as one user turn, rendered by the tokenizer's chat template (generation prompt added)."""
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("data.chat_template is true but the tokenizer in data.tokenizer_path has no chat template")
+        raise UserError("data.chat_template is true but the tokenizer in data.tokenizer_path has no chat template")
     return [
         dataclasses.replace(record, prompt=tokenizer.apply_chat_template([{"role": "user", "content": record.prompt}]))
         for record in records

@@ -57,17 +57,16 @@ def _digest(text: str) -> str:
     return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], config: Config, directory: Path) -> None:
-    """Raises ResumeMismatch naming each changed field (unless `run.resume_changes: allow`, which logs them); a checkpoint
-    older than fingerprints holds only its seed."""
-    changed = [f"{name} (checkpoint: {saved[name]!r}, now: {value!r})" for name, value in current.items()
-               if name in saved and saved[name] != value]
-    if not changed:
-        return
-    what = "; ".join(changed)
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], config: Config, directory: Path) -> dict[str, tuple[Any, Any]]:
+    """The changed fields {name: (checkpoint's, now)} when `run.resume_changes: allow` (logged); else raises ResumeMismatch
+    naming each. A checkpoint older than fingerprints holds only its seed."""
+    changes = {name: (saved[name], value) for name, value in current.items() if name in saved and saved[name] != value}
+    if not changes:
+        return {}
+    what = "; ".join(f"{name} (checkpoint: {old!r}, now: {new!r})" for name, (old, new) in changes.items())
     if config.run.resume_changes == "allow":
         log.warning("resuming %s although these changed (run.resume_changes: allow): %s", directory, what)
-        return
+        return changes
     raise ResumeMismatch(
         f"cannot resume {directory}: {what}; the checkpoint's weights and data position belong to the old value(s). "
         "Use a new run.output_dir, go back to the old value(s), or set run.resume_changes=allow to resume anyway"
@@ -77,25 +76,26 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], config: Co
 def restore_intact(checkpointer: Checkpointer, directory: Path, restore: Callable[[int], Any]) -> tuple[int, Any]:
     """(step, `restore(step)`) for the latest checkpoint that restores; unreadable later ones are skipped with a warning.
     A ResumeMismatch is not skipped: an older checkpoint of the same run would not match either."""
-    steps = checkpointer.all_steps()
+    steps, problem = checkpointer.all_steps(), ""
     for step in reversed(steps):
         try:
             return step, restore(step)
         except ResumeMismatch:
             raise
         except Exception as err:  # orbax reports a truncated or missing file in many ways
-            log.warning("checkpoint %d under %s cannot be read (%s: %s); trying the one before it",
-                        step, directory, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-    raise UserError(f"no intact checkpoint under {directory} (steps {steps} all fail to load, see the warnings above); "
+            problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            log.warning("checkpoint %d under %s cannot be read (%s); trying the one before it", step, directory, problem)
+    raise UserError(f"no intact checkpoint under {directory}: steps {steps} all fail to load (the last: {problem}); "
                     "delete the directory to start over, or point run.output_dir elsewhere")
 
 
-def record_config_changes(output_dir: Path, config: Config, step: int) -> None:
-    """Rewrites `config.yaml` to `config` and appends what changed since the previous one to `config_history.yaml`."""
+def record_config_changes(output_dir: Path, config: Config, step: int, allowed: dict[str, tuple[Any, Any]]) -> None:
+    """Rewrites `config.yaml` to `config` and appends what changed since the previous one, and the `allowed`
+    fingerprint changes, to `config_history.yaml`."""
     path = output_dir / "config.yaml"
     now = to_dict(config)
     before = parse_yaml(path.read_text()) if path.is_file() else None
-    changes = _differences(before, now) if isinstance(before, dict) else {}
+    changes = {**(_differences(before, now) if isinstance(before, dict) else {}), **allowed}
     if changes:
         entry = [{"resumed_at_step": step, "changed": {key: {"before": old, "now": new} for key, (old, new) in changes.items()}}]
         with (output_dir / "config_history.yaml").open("a") as handle:

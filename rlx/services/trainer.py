@@ -297,13 +297,14 @@ class Trainer:
         """Restores the latest intact checkpoint whose fingerprint matches this run (`rlx.services.resume`); returns its step."""
         directory = self.output_dir / "checkpoints"
 
-        def restore(step: int) -> None:
+        def restore(step: int) -> dict:
             meta = self.checkpointer.restore_meta(step)
-            check_fingerprint(meta.get("fingerprint", {"run.seed": meta["seed"]}), self._fingerprint, self.config, directory)
+            allowed = check_fingerprint(meta.get("fingerprint", {"run.seed": meta["seed"]}), self._fingerprint, self.config, directory)
             self._restore(step)
+            return allowed
 
-        step, _ = restore_intact(self.checkpointer, directory, restore)
-        record_config_changes(self.output_dir, self.config, step)
+        step, allowed = restore_intact(self.checkpointer, directory, restore)
+        record_config_changes(self.output_dir, self.config, step, allowed)
         return step
 
     def _restore(self, step: int) -> None:
