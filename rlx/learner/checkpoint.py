@@ -12,7 +12,8 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self.directory = Path(directory)
+        self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

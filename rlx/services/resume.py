@@ -10,6 +10,7 @@ checkpoint that cannot be read is skipped with a warning for the previous intact
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 from pathlib import Path
@@ -59,7 +60,7 @@ def _digest(text: str) -> str:
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], config: Config, directory: Path) -> dict[str, tuple[Any, Any]]:
     """The changed fields {name: (checkpoint's, now)} when `run.resume_changes: allow` (logged); else raises ResumeMismatch
-    naming each. A checkpoint older than fingerprints holds only its seed."""
+    naming each."""
     changes = {name: (saved[name], value) for name, value in current.items() if name in saved and saved[name] != value}
     if not changes:
         return {}
@@ -71,6 +72,24 @@ def check_fingerprint(saved: dict[str, Any], current: dict[str, Any], config: Co
         f"cannot resume {directory}: {what}; the checkpoint's weights and data position belong to the old value(s). "
         "Use a new run.output_dir, go back to the old value(s), or set run.resume_changes=allow to resume anyway"
     )
+
+
+def saved_fingerprint(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's fingerprint; one older than fingerprints holds only its seed."""
+    return meta.get("fingerprint", {"run.seed": meta["seed"]})
+
+
+def check_latest_fingerprint(checkpointer: Checkpointer, current: dict[str, Any], config: Config) -> None:
+    """`check_fingerprint` against the latest checkpoint's metadata, cheap enough to run before the model is built.
+    Unreadable metadata is left to `restore_intact`, which falls back to an older checkpoint and checks that one."""
+    latest = checkpointer.latest_step()
+    if latest is None or config.run.resume_changes == "allow":  # allowed changes are logged once, when restoring
+        return
+    try:
+        meta = checkpointer.restore_meta(latest)
+    except Exception:  # orbax reports a damaged checkpoint in many ways
+        return
+    check_fingerprint(saved_fingerprint(meta), current, config, checkpointer.directory)
 
 
 def restore_intact(checkpointer: Checkpointer, directory: Path, restore: Callable[[int], Any]) -> tuple[int, Any]:
@@ -85,8 +104,21 @@ def restore_intact(checkpointer: Checkpointer, directory: Path, restore: Callabl
         except Exception as err:  # orbax reports a truncated or missing file in many ways
             problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             log.warning("checkpoint %d under %s cannot be read (%s); trying the one before it", step, directory, problem)
+            _drop_failed_reads()
     raise UserError(f"no intact checkpoint under {directory}: steps {steps} all fail to load (the last: {problem}); "
                     "delete the directory to start over, or point run.output_dir elsewhere")
+
+
+def _drop_failed_reads() -> None:
+    """A failed orbax restore leaves futures holding the same error for each array; asyncio would print each one's
+    traceback when it is collected ("Future exception was never retrieved"), after the one-line warning above."""
+    asyncio_log = logging.getLogger("asyncio")
+    level = asyncio_log.level
+    asyncio_log.setLevel(logging.CRITICAL)
+    try:
+        gc.collect()
+    finally:
+        asyncio_log.setLevel(level)
 
 
 def record_config_changes(output_dir: Path, config: Config, step: int, allowed: dict[str, tuple[Any, Any]]) -> None:

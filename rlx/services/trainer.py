@@ -30,7 +30,8 @@ from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
 from rlx.services.preflight import check_task
-from rlx.services.resume import check_fingerprint, fingerprint, record_config_changes, restore_intact
+from rlx.services.resume import (check_fingerprint, check_latest_fingerprint, fingerprint, record_config_changes, restore_intact,
+                                 saved_fingerprint)
 from rlx.services.generator import WeightMailbox
 from rlx.services.loggers import json_line
 from rlx.services.timeline import Timeline
@@ -53,6 +54,8 @@ class Trainer:
         model_config = config.model.with_vocab(tokenizer.vocab_size)
         check_task(config, self.task, model_config)  # batch sizes against record counts, weights against device memory
         self._fingerprint = fingerprint(config, tokenizer.vocabulary)
+        self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
+        check_latest_fingerprint(self.checkpointer, self._fingerprint, config)  # a refused resume fails before the model is built
         # Placement: the learner's weights live on its slice, the generator's copy on its own
         # (the same devices when colocated); every publish is a versioned reshard between them.
         learner_mesh, generator_mesh = role_meshes(config.parallel)
@@ -79,7 +82,6 @@ class Trainer:
         self.published_version = 0
         self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
         self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed)
-        self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
         self.tracker = Tracker(self.output_dir, config.run, to_dict(config))
         self.timeline = Timeline(self.output_dir / "trace.json" if config.run.trace else None)
         self._base_key = jax.random.key(config.run.seed)
@@ -299,7 +301,7 @@ class Trainer:
 
         def restore(step: int) -> dict:
             meta = self.checkpointer.restore_meta(step)
-            allowed = check_fingerprint(meta.get("fingerprint", {"run.seed": meta["seed"]}), self._fingerprint, self.config, directory)
+            allowed = check_fingerprint(saved_fingerprint(meta), self._fingerprint, self.config, directory)
             self._restore(step)
             return allowed
 
