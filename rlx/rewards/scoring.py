@@ -14,6 +14,7 @@ from rlx.rewards.verifiers import RewardFn
 
 log = logging.getLogger(__name__)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+LOGGED_ERRORS = 3  # per scored batch; the rest are counted in one line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,10 @@ def score_responses(fn: RewardFn, responses: Sequence[str], records: Sequence[Pr
                 raise ValueError(f"returned {value}, which is not a finite float32 reward")
         except Exception as err:  # a user plug-in may raise anything; the run must go on
             errors += 1
-            log.warning("reward function failed on record %r (response %r): %r; scoring %s", record.id, response, err, on_error)
+            if errors <= LOGGED_ERRORS:
+                log.warning("reward function failed on record %r (response %r): %r; scoring %s", record.id, response, err, on_error)
             value = on_error
         rewards[row] = value
+    if errors > LOGGED_ERRORS:
+        log.warning("reward function failed on %d more of these %d responses", errors - LOGGED_ERRORS, len(responses))
     return Scores(rewards, errors)
