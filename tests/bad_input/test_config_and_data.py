@@ -276,6 +276,10 @@ def test_rlx_info_lines_appear_although_the_root_logger_was_configured(tmp_path,
     from rlx.logs import configure_logging
     import logging
 
+    logging.getLogger().setLevel(logging.WARNING)  # as absl leaves it
     configure_logging("INFO")
     logging.getLogger("rlx.services.trainer").info("resumed from somewhere")
     assert "INFO rlx.services.trainer: resumed from somewhere" in capsys.readouterr().err
+    configure_logging("WARNING")  # run.log_level
+    logging.getLogger("rlx.services.trainer").info("not shown")
+    assert "not shown" not in capsys.readouterr().err
