@@ -21,6 +21,7 @@ from rlx.algorithms.config import AlgorithmConfig
 from rlx.bus.config import BusConfig
 from rlx.checks import require_positive
 from rlx.data.config import DataConfig
+from rlx.errors import UserError
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig, WarmupConfig
 from rlx.models.config import ModelConfig
 from rlx.models.hf_config import UnsupportedCheckpointError, architecture_from_hf, read_hf_config
@@ -29,8 +30,10 @@ from rlx.rewards.config import RewardConfig
 from rlx.rollout.config import RolloutConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value or key is wrong; the message says which and what was expected."""
+
+    label = "config error"
 
 
 class _Loader(yaml.SafeLoader):
@@ -52,6 +55,10 @@ def parse_yaml(text: str) -> Any:
 class RunConfig:
     """Where a run writes, how long it runs, how it validates and what it logs.
 
+    `resume_changes`: a resumed run refuses a checkpoint made with another model architecture, tokenizer
+    vocabulary, dataset or seed (`rlx.services.resume`); `allow` resumes anyway and records the change.
+    `log_level`: what rlx's own loggers print.
+
     `eval_samples: K > 0` adds sampled validation (K responses per prompt at the rollout settings:
     `val/pass@k`, `val/avg@K`) to the greedy `val/accuracy`. `loggers` take each step's metrics
     (`wandb`: project `wandb_project`, offline without an API key). `trace: true` writes each role's
@@ -72,8 +79,12 @@ class RunConfig:
     loggers: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl", "tensorboard")
     wandb_project: str = "rlx"
     trace: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    resume_changes: Literal["refuse", "allow"] = "refuse"
 
     def __post_init__(self) -> None:
+        if not self.output_dir.strip():
+            raise ValueError("output_dir is empty; name a directory for checkpoints and metrics, e.g. run.output_dir=runs/my_run")
         require_positive(self, "steps", "eval_every", "checkpoint_every", "keep_checkpoints")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
@@ -105,6 +116,7 @@ class Config:
         _check_hf_checkpoints(self)
         _check_bus(self)
         _check_processes(self)
+        _check_minibatches(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(
@@ -153,6 +165,15 @@ def _check_processes(config: Config) -> None:
         raise ValueError(
             "rollout.token_budget (partial rollouts) is not supported with several processes (parallel.distributed.mode: "
             f"{config.parallel.distributed.mode}): set rollout.token_budget: null, or run one process"
+        )
+
+
+def _check_minibatches(config: Config) -> None:
+    rows, minibatches = config.data.prompts_per_step * config.rollout.n_samples, config.algorithm.minibatches
+    if rows % minibatches:
+        raise ValueError(
+            f"a step's data.prompts_per_step * rollout.n_samples = {rows} rollouts do not split into algorithm.minibatches="
+            f"{minibatches}; choose a divisor of {rows}"
         )
 
 
@@ -239,7 +260,7 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"config files include each other in a cycle: {' -> '.join(map(str, _seen + (path,)))}")
-    loaded = parse_yaml(path.read_text())
+    loaded = _parse_file(path)
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
@@ -250,6 +271,24 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base must be a path to another YAML file, got {base!r}")
     return _merge(read_yaml(path.parent / base, _seen + (path.resolve(),)), loaded)
+
+
+def _parse_file(path: Path) -> Any:
+    try:
+        return parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a UTF-8 text file (byte {err.start}: {err.reason}); give a YAML config file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: {_yaml_problem(err)}; fix the YAML syntax there") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """`line L, column C: problem` from a YAML error (lines and columns counted from 1)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -271,7 +310,10 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {'.'.join(parts[:depth + 1])} is a value, not a section")
         node = child
-    node[parts[-1]] = parse_yaml(text) if text.strip() else ""
+    try:
+        node[parts[-1]] = parse_yaml(text) if text.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({_yaml_problem(err)}); quote it if it is text") from None
 
 
 def from_dict(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:

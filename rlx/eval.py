@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-from rlx.config import ConfigError, load_config
+from rlx.config import load_config
+from rlx.errors import UserError, add_debug_flag, run_guarded
+from rlx.logs import configure_logging
 
 
 def evaluate_run(run_dir: str | Path, step: int | None = None, samples: int | None = None, split: str = "val") -> dict[str, Any]:
@@ -32,7 +33,7 @@ def evaluate_run(run_dir: str | Path, step: int | None = None, samples: int | No
     try:
         step = trainer.checkpointer.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}; train the run first")
+            raise UserError(f"no checkpoint under {run_dir / 'checkpoints'}; train the run first")
         trainer.restore(step)
         if split == "val":
             records = trainer.task.val
@@ -40,7 +41,7 @@ def evaluate_run(run_dir: str | Path, step: int | None = None, samples: int | No
             rows, _ = read_jsonl(split, config.data.on_bad_row)
             records = usable_records(rows, trainer.task.tokenizer, config.data.max_prompt_len, trainer.media)
             if not records:
-                raise ValueError(f"no record of {split} fits this run's tokenizer and data.max_prompt_len; see the warnings above")
+                raise UserError(f"no record of {split} fits this run's tokenizer and data.max_prompt_len; see the warnings above")
         samples = samples or config.rollout.n_samples
         metrics = trainer.sampled_evaluation(records, samples)
     finally:
@@ -62,18 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     parser.add_argument("--samples", type=int, help="responses per prompt, K (default: the run's rollout.n_samples)")
     parser.add_argument("--split", default="val", help="val (the run's validation split) or a JSONL file of prompts and answers")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.samples is not None and args.samples < 1:
         parser.error(f"--samples must be >= 1, got {args.samples}")
+    return run_guarded(lambda: _eval(args), args.debug)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    configure_logging("WARNING")
     if not (Path(args.run) / "config.yaml").is_file():
-        print(f"{args.run} is not a run directory (no config.yaml)", file=sys.stderr)
-        return 2
-    try:
-        result = evaluate_run(args.run, args.step, args.samples, args.split)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UserError(f"{args.run} is not a run directory (no config.yaml); give --run the run.output_dir of a run")
+    result = evaluate_run(args.run, args.step, args.samples, args.split)
     print(format_table(result))
     print(f"written to {Path(args.run) / 'eval.json'}")
     return 0

@@ -8,11 +8,12 @@ model is and where its tokenizer is.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from rlx.config import Config, ConfigError, from_dict, read_yaml
+from rlx.errors import UserError, add_debug_flag, run_guarded
+from rlx.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,14 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="the run's output_dir (holds config.yaml and checkpoints/)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--out", default=None, help="output directory (default: <run>/hf, or <run>/hf_step_N with --step)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_guarded(lambda: _export(args), args.debug)
+
+
+def _export(args: argparse.Namespace) -> int:
+    configure_logging("INFO")
     run = Path(args.run)
     try:
         config = from_dict(Config, read_yaml(run / "config.yaml"))  # as resolved when the run started
     except ConfigError as err:
-        print(f"{run}: {err}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"{run}: {err}") from None
     from rlx.learner import Checkpointer
     from rlx.services.hf_export import export_policy, restore_policy
 
@@ -37,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         step = checkpointer.latest_step()
         checkpointer.close()
         if step is None:
-            print(f"{run}/checkpoints holds no checkpoint yet", file=sys.stderr)
-            return 2
+            raise UserError(f"{run}/checkpoints holds no checkpoint yet; train the run first")
     out = Path(args.out) if args.out else run / ("hf" if args.step is None else f"hf_step_{step}")
     export_policy(config, restore_policy(config, run, step), out)
     print(f"step {step} of {run} exported to {out}")

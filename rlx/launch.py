@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 
-from rlx.config import Config, ConfigError, load_config
+from rlx.config import Config, load_config
+from rlx.errors import add_debug_flag, run_guarded
+from rlx.logs import configure_logging
 
 
 def start_devices(config: Config) -> None:
@@ -35,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. run.steps=20")
     parser.add_argument("--dry-run", action="store_true",
                         help="compile the learner and generator steps on abstract arrays over a simulated mesh and print the plan")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: _launch(args), args.debug)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    configure_logging(config.run.log_level)
     if args.dry_run:
         from rlx.services.plan import dry_run, simulate_cpu_devices
 
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from rlx.parallel.distributed import fail_fast
     from rlx.services import train  # after config checks, so a typo fails before JAX starts
+    from rlx.services.preflight import check_run
 
+    check_run(config)  # output directory and plug-ins, before any model is built
     start_devices(config)
     with fail_fast():  # several processes: one that fails stops the others instead of leaving them in a collective
         curve = train(config)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import socket
 import sys
 from pathlib import Path
 
-from rlx.config import Config, ConfigError, load_config
+from rlx.config import Config, load_config
+from rlx.errors import UserError, add_debug_flag, run_guarded
+from rlx.logs import configure_logging
 
 log = logging.getLogger("rlx.serve")
 
@@ -36,7 +39,12 @@ def build_server(config: Config, host: str, port: int):
     engine = build_engine(graphdef, params, model_config, rollout, config.data.max_prompt_len,
                           eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer)
     adapter = jetstream_engine(engine)
-    return GrpcServer(start_driver(adapter, adapter.load_params()), host, port)
+    driver = start_driver(adapter, adapter.load_params())
+    try:
+        return GrpcServer(driver, host, port)
+    except BaseException:
+        driver.stop()  # its threads would keep a failed server's process alive
+        raise
 
 
 def _restore_params(directory: Path, params):
@@ -65,15 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the server to the network")
     parser.add_argument("--port", type=int, default=9000, help="0 picks a free port")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    # JetStream's orchestrator logs every decode step to the root logger at INFO: keep root at WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("rlx").setLevel(logging.INFO)
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: _serve(args), args.debug)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    # JetStream's orchestrator logs every decode step to the root logger at INFO: the root stays at WARNING.
+    configure_logging(config.run.log_level)
+    check_port(args.host, args.port)  # before minutes of model set-up
     server = build_server(config, args.host, args.port)
     print(f"serving on {server.address} (JetStream gRPC Orchestrator service)", flush=True)
     try:
@@ -83,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """Raises UserError when `host:port` cannot be bound (in use, or not an address of this machine)."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number (0..65535)")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as err:
+        raise UserError(f"cannot serve on {host}:{port}: {err.strerror or err}; pick another --port (0 picks a free one) "
+                        "or stop what is using it") from None
 
 
 if __name__ == "__main__":

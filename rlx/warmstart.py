@@ -8,11 +8,12 @@ Runs the config's supervised warm-up (in a scratch run directory) and stores its
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 
-from rlx.config import ConfigError, load_config
+from rlx.config import load_config
+from rlx.errors import UserError, add_debug_flag, run_guarded
+from rlx.logs import configure_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,21 +22,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="YAML file under configs/")
     parser.add_argument("--ship", action="store_true", help="write into the package (rlx/warmstarts/) instead of warmup.cache_dir")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_guarded(lambda: _warmstart(args), args.debug)
+
+
+def _warmstart(args: argparse.Namespace) -> int:
     from rlx.services.warmstart import SHIPPED_DIR
 
     target = [f"warmup.cache_dir={SHIPPED_DIR}"] if args.ship else []
     with tempfile.TemporaryDirectory() as scratch:
-        try:
-            config = load_config(args.config, [*args.overrides, "warmup.cache=refresh", *target,
-                                               f"run.output_dir={scratch}", "run.progress=false", "run.save_rollouts=false"])
-        except ConfigError as err:
-            print(f"config error: {err}", file=sys.stderr)
-            return 2
+        config = load_config(args.config, [*args.overrides, "warmup.cache=refresh", *target,
+                                           f"run.output_dir={scratch}", "run.progress=false", "run.save_rollouts=false"])
+        configure_logging(config.run.log_level)
         if config.warmup.sft_steps == 0:
-            print(f"{args.config} has no warm-up (warmup.sft_steps: 0)", file=sys.stderr)
-            return 2
+            raise UserError(f"{args.config} has no warm-up (warmup.sft_steps: 0); nothing to store")
         from rlx.launch import start_devices
         from rlx.services.trainer import Trainer
 

@@ -1,5 +1,6 @@
 """Test-wide setup. XLA_FLAGS must be set before JAX is first imported."""
 
+import logging
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -8,6 +9,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 from rlx.config import Config, load_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _restore_rlx_logger():
+    """Commands run in-process configure the `rlx` logger (own handler, no propagation): undo it, so caplog sees rlx's lines."""
+    logger = logging.getLogger("rlx")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def tiny_overrides(output_dir) -> list[str]:

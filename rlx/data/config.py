@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 from rlx.checks import require_positive
+from rlx.data.media import MAX_IMAGE_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +66,8 @@ class DataConfig:
 
     JSONL rows may reference media files (`"media": {"image": ["imgs/0.png"]}`, paths relative
     to the JSONL file); a record whose media cannot be read is skipped and counted
-    (`data/skipped_media`). `media_workers` grain worker processes preprocess media ahead of use.
+    (`data/skipped_media`), as is an image (or video frame) of more than `max_image_pixels` pixels, an empty
+    video, a frame folder of mixed sizes or a WAV file without a sample rate. `media_workers` grain worker processes preprocess media ahead of use.
 
     JSONL data uses a character tokenizer built from its text, or the Hugging Face tokenizer
     in `tokenizer_path` (a directory with `tokenizer.json`; by default `model.init_from`'s, filled
@@ -87,9 +89,12 @@ class DataConfig:
     arithmetic: ArithmeticConfig = ArithmeticConfig()
     omni: OmniConfig = OmniConfig()
     media_workers: int = 0
+    max_image_pixels: int = MAX_IMAGE_PIXELS
 
     def __post_init__(self) -> None:
-        require_positive(self, "train_size", "val_size", "prompts_per_step", "max_prompt_len")
+        require_positive(self, "train_size", "val_size", "prompts_per_step", "max_prompt_len", "max_image_pixels")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.source == "jsonl" and not (self.train_path and self.val_path):
             raise ValueError("source: jsonl needs data.train_path and data.val_path")
         if self.source != "jsonl" and self.tokenizer_path is not None:

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
+from rlx.errors import MissingInputError
 
 Message = dict[str, Any]
 
@@ -49,7 +50,7 @@ class HFTokenizer:
         """Reads `tokenizer.json`, `tokenizer_config.json` and, if present, `chat_template.jinja` and `generation_config.json`."""
         path = Path(path)
         if not (path / "tokenizer.json").is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer.json (only fast Hugging Face tokenizers are supported)")
+            raise MissingInputError(f"{path}: no tokenizer.json (only fast Hugging Face tokenizers are supported)")
         config_file = path / "tokenizer_config.json"
         config = json.loads(config_file.read_text()) if config_file.is_file() else {}
         template_file = path / "chat_template.jinja"
@@ -62,6 +63,12 @@ class HFTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocabulary(self) -> str:
+        """Text that changes iff an id would map to another token (what a resumed run must not change)."""
+        vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+        return "\n".join(sorted(f"{index}\t{token}" for token, index in vocab.items()))
 
     def encode(self, text: str, *, bos: bool = True) -> list[int]:
         ids = self._tokenizer.encode(text, add_special_tokens=False).ids

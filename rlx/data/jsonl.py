@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Literal
 
 from rlx.data.records import PromptRecord
+from rlx.errors import MissingInputError, UserError
 
 log = logging.getLogger(__name__)
 
 
-class BadRowError(ValueError):
+class BadRowError(UserError):
     """A dataset row cannot become a PromptRecord; the message names file and line."""
 
 
@@ -24,14 +25,15 @@ def read_jsonl(path: str | Path, on_bad_row: Literal["skip", "error"] = "skip") 
     """Returns the records and the number of malformed rows skipped (each is logged with its line)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {path}")
+        raise MissingInputError(f"dataset file not found: {path}; check data.train_path / data.val_path")
     records: list[PromptRecord] = []
     skipped = 0
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+    with path.open("rb") as handle:  # decoded per line, so one undecodable row is skipped, not the file
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
+                line = _decode(raw)
                 records.append(_parse_row(line, default_id=f"{path.stem}-{line_number}", folder=path.parent))
             except (ValueError, TypeError) as err:
                 message = f"{path}:{line_number}: {err}"
@@ -40,6 +42,13 @@ def read_jsonl(path: str | Path, on_bad_row: Literal["skip", "error"] = "skip") 
                 log.warning("skipping malformed row %s", message)
                 skipped += 1
     return records, skipped
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r})") from None
 
 
 def _parse_row(line: str, default_id: str, folder: Path) -> PromptRecord:

@@ -22,12 +22,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from rlx.errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 AUDIO_SUFFIXES = (".wav",)
 VIDEO_FORMATS = ("a folder of PNG/JPEG frames", ".npy array [frames, H, W, 3]")
 SUPPORTED = {"image": "PNG, JPEG", "audio": "WAV (PCM 8/16/32-bit)", "video": ", ".join(VIDEO_FORMATS)}
 
 MediaItem = np.ndarray | str
+MAX_IMAGE_PIXELS = 4096 * 4096  # `data.max_image_pixels`' default: larger images are skipped, never decoded every epoch
+UNLIMITED = 2**62  # preprocessing reads files the loader already checked against the configured limit
 
 
 class MediaReadError(ValueError):
@@ -38,7 +42,7 @@ class MediaReadError(ValueError):
         self.path = path
 
 
-class UnsupportedMediaError(ValueError):
+class UnsupportedMediaError(UserError):
     """A media file's format is not one rlx reads."""
 
 
@@ -72,13 +76,17 @@ class MediaSpec:
 
 
 # -- reading files --------------------------------------------------------------------------
-def read_image(path: str) -> np.ndarray:
-    """uint8 RGB `[H, W, 3]`."""
+def read_image(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """uint8 RGB `[H, W, 3]`; an image of more than `max_pixels` pixels is refused before it is decoded."""
     _check_suffix(path, "image", IMAGE_SUFFIXES)
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise MediaReadError(path, f"{width}x{height} = {width * height:,} pixels exceed the limit of {max_pixels:,} "
+                                           "(data.max_image_pixels); downscale the file")
             return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as err:
         raise MediaReadError(path, str(err) or type(err).__name__) from None
 
 
@@ -100,24 +108,33 @@ def read_wav(path: str) -> tuple[np.ndarray, int]:
     samples /= float(2 ** (8 * width - 1))
     if len(samples) == 0:
         raise MediaReadError(path, "no audio samples")
+    if rate <= 0:
+        raise MediaReadError(path, f"sample rate {rate} Hz")
     return samples.reshape(-1, channels).mean(axis=1), rate
 
 
-def read_video(path: str) -> np.ndarray:
-    """Frames `[F, H, W, 3]` from a folder of images (sorted by name) or an .npy array."""
+def read_video(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Frames `[F, H, W, 3]` from a folder of images (sorted by name, all of one size) or an .npy array."""
     source = Path(path)
     if source.is_dir():
         frames = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not frames:
             raise MediaReadError(path, "the frame folder holds no PNG/JPEG frames")
-        return np.stack([read_image(str(frame)) for frame in frames])
+        images = [read_image(str(frame), max_pixels) for frame in frames]
+        for frame, image in zip(frames, images):
+            if image.shape != images[0].shape:
+                raise MediaReadError(path, f"frames differ in size: {frames[0].name} is {images[0].shape[1]}x{images[0].shape[0]}, "
+                                           f"{frame.name} is {image.shape[1]}x{image.shape[0]}")
+        return np.stack(images)
     _check_suffix(path, "video", (".npy",))
     try:
         frames = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise MediaReadError(path, str(err) or type(err).__name__) from None
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise MediaReadError(path, f"expected an array [frames, H, W, 3], got shape {list(frames.shape)}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise MediaReadError(path, f"expected an array [frames, H, W, 3] with at least one frame, got shape {list(frames.shape)}")
+    if frames.shape[1] * frames.shape[2] > max_pixels:
+        raise MediaReadError(path, f"{frames.shape[2]}x{frames.shape[1]} frames exceed the limit of {max_pixels:,} pixels (data.max_image_pixels)")
     return frames
 
 
@@ -183,9 +200,9 @@ def sample_frames(frames: np.ndarray, count: int) -> np.ndarray:
 def preprocess(modality: str, item: MediaItem, spec: MediaSpec) -> np.ndarray:
     """One media item (array or path) -> its encoder input. Raw audio arrays are at `spec.sample_rate`."""
     if modality == "image":
-        return preprocess_image(read_image(item) if isinstance(item, str) else item, spec.image_size)
+        return preprocess_image(read_image(item, UNLIMITED) if isinstance(item, str) else item, spec.image_size)
     if modality == "video":
-        frames = sample_frames(read_video(item) if isinstance(item, str) else item, spec.video_frames)
+        frames = sample_frames(read_video(item, UNLIMITED) if isinstance(item, str) else item, spec.video_frames)
         return np.stack([preprocess_image(frame, spec.image_size) for frame in frames])
     if modality == "audio":
         samples, rate = read_wav(item) if isinstance(item, str) else (item, spec.sample_rate)

@@ -26,6 +26,11 @@ class CharTokenizer:
         return len(SPECIAL_TOKENS) + len(self.alphabet)
 
     @property
+    def vocabulary(self) -> str:
+        """Text that changes iff an id would map to another token (what a resumed run must not change)."""
+        return self.alphabet
+
+    @property
     def stop_ids(self) -> tuple[int, ...]:
         """Ids that end a response: `<eos>`."""
         return (self.eos_id,)

@@ -12,10 +12,19 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int):
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-        self._manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self.directory = Path(directory)
+        self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of the finished checkpoints, oldest first (an interrupted save is never listed)."""
+        return sorted(self._manager.all_steps())
+
+    def restore_meta(self, step: int) -> dict[str, Any]:
+        """Only the metadata of checkpoint `step`: cheap, read before the arrays."""
+        return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
     def save(self, step: int, trees: dict[str, Any], meta: dict[str, Any]) -> None:
         items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}

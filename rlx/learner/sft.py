@@ -17,6 +17,7 @@ from rlx.learner.logprobs import response_log_probs
 from rlx.learner.objective import linear_coefficients
 from rlx.learner.optimizer import freeze_encoders
 from rlx.learner.programs import ProgramBuilder, Schedule, Weights
+from rlx.learner.train_step import NonFiniteLossError, all_finite
 from rlx.parallel import rules_for
 from rlx.parallel.layout import Layout
 
@@ -82,4 +83,7 @@ def supervised_warmup(
         rows = Demonstrations(np.concatenate([batch.tokens, answers], axis=1), batch.start, mask, batch.media)
         params, opt_state, metrics = step(params, opt_state, layout.feed(rows))
         losses.append(float(metrics["warmup/loss"][0]))
+    if not bool(all_finite(params)):  # checked before a caller stores or trains on them
+        raise NonFiniteLossError(f"the supervised warm-up left parameters that are not finite (step losses {losses[:4]}...); "
+                                 "lower warmup.learning_rate")
     return params, losses

@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from rlx.algorithms import AlgorithmConfig
+from rlx.errors import RunStopped
 from pallas_kernels import resolve_fused_logprob_impl
 from rlx.learner.build import LearnerSpec, build_programs, fitting_micro_batch_rows
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig
@@ -30,8 +31,8 @@ from rlx.parallel.presets import Rules
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive updates had a non-finite loss or gradient."""
+class NonFiniteLossError(RunStopped):
+    """Too many consecutive updates had a non-finite loss or gradient, or an update left a parameter non-finite."""
 
 
 class Learner:
@@ -98,6 +99,11 @@ class Learner:
             prepared.update(value_metrics(values, returns, batch.mask))
         per_step = jax.device_get(metrics)  # each [optimizer steps of this update]
         self._count_nonfinite(float(np.min(per_step["actor/update_finite"])))
+        if not bool(all_finite(self.params)):
+            raise NonFiniteLossError(
+                "the update left parameters that are not finite (inf/NaN) although its loss and gradient were finite; "
+                "the weights are lost, so the run stops before checkpointing them: lower optimizer.learning_rate"
+            )
         return {**{key: float(np.mean(value)) for key, value in per_step.items()},
                 **{key: float(value) for key, value in jax.device_get(prepared).items()}}
 
@@ -182,6 +188,13 @@ class Learner:
                 f"{self.consecutive_nonfinite} consecutive updates had a non-finite loss or gradient and were skipped; "
                 "lower optimizer.learning_rate, tighten optimizer.grad_clip, or check rewards for NaN/inf"
             )
+
+
+@jax.jit
+def all_finite(tree: Weights) -> jax.Array:
+    """One boolean: every element of every array in `tree` is finite."""
+    floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats])) if floats else jnp.array(True)
 
 
 def warn_if_updates_vanish(params: Weights, learning_rate: float) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal, get_args
 
 from rlx.checks import require_positive
+from rlx.errors import UserError
 from rlx.models.encoder_config import AudioConfig, VisionConfig
 
 DType = Literal["float32", "bfloat16"]
@@ -103,7 +104,7 @@ class ModelConfig:
         if self.vocab_size is None:
             return dataclasses.replace(self, vocab_size=tokenizer_vocab_size)
         if self.vocab_size < tokenizer_vocab_size:
-            raise ValueError(
+            raise UserError(
                 f"model.vocab_size = {self.vocab_size} is smaller than the tokenizer's "
                 f"{tokenizer_vocab_size} tokens; set it to null or >= {tokenizer_vocab_size}"
             )

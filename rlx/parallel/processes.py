@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rlx.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -47,7 +49,7 @@ class Processes:
     def share(self, total: int, what: str) -> int:
         """This process's part of `total` items that split evenly (e.g. a step's prompt groups)."""
         if total % self.count:
-            raise ValueError(
+            raise UserError(
                 f"{what}={total} does not split over {self.count} processes (each generates whole prompt groups); "
                 f"use a multiple of {self.count}"
             )
@@ -151,7 +153,7 @@ def check_rows_by_process(rows: NamedSharding, processes: int) -> None:
     owners = row_owners(rows.devices_indices_map((probe,)), probe)
     block = probe // processes
     if owners != {p: set(range(p * block, (p + 1) * block)) for p in range(processes)}:
-        raise ValueError(
+        raise UserError(
             f"the learner's rows ({rows.spec}) do not split into one block per process over {processes} processes: the "
             "mesh axes rows split over (`batch` in parallel.learner_rules, e.g. data x fsdp) must be a multiple of the "
             "process count and lead the mesh, with tensor/expert axes inside each process"

@@ -6,9 +6,10 @@ import re
 from typing import Callable
 
 from rlx.data.records import PromptRecord
-from rlx.plugins import load_object
+from rlx.plugins import PluginError, load_object
 from rlx.rewards.composite import WeightedSum, parse_terms
 from rlx.rewards.config import RewardConfig
+from rlx.rewards.deadline import WithDeadline
 
 RewardFn = Callable[[str, PromptRecord], float]
 RewardFactory = Callable[[RewardConfig], RewardFn]  # for verifiers that read settings of the reward section
@@ -73,16 +74,27 @@ def resolve_reward_fn(expression: str, config: RewardConfig = RewardConfig()) ->
     return WeightedSum([(term.weight, _resolve_one(term.name, config)) for term in terms])
 
 
+def check_reward_plugins(expression: str) -> None:
+    """Raises PluginError when a term of `expression` is neither registered nor an importable callable; builds nothing."""
+    for term in parse_terms(expression):
+        if term.name not in _VERIFIERS:
+            _load_plugin(term.name)
+
+
 def _resolve_one(name: str, config: RewardConfig) -> RewardFn:
-    """A registered verifier by name, or a plug-in by dotted path `package.module:function`."""
+    """A registered verifier by name, or a plug-in by dotted path `package.module:function` (with `timeout_s` per call)."""
     if name in _VERIFIERS:
         return _VERIFIERS[name](config)
+    return WithDeadline(_load_plugin(name), config.timeout_s, name)
+
+
+def _load_plugin(name: str) -> RewardFn:
     if ":" not in name:
-        raise ValueError(
-            f"unknown reward function {name!r}; registered: {', '.join(sorted(_VERIFIERS))}, "
+        raise PluginError(
+            f"reward.fn: unknown reward function {name!r}; registered: {', '.join(sorted(_VERIFIERS))}, "
             "or give a plug-in as 'package.module:function'"
         )
     fn = load_object(name)
     if not callable(fn):
-        raise ValueError(f"reward function {name!r} is not callable")
+        raise PluginError(f"reward.fn: {name!r} is not callable")
     return fn

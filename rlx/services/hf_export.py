@@ -16,6 +16,7 @@ from flax import nnx
 
 from rlx.config import Config
 from rlx.data import load_task
+from rlx.errors import MissingInputError
 from rlx.learner import Checkpointer
 from rlx.models import PretrainedModel, Qwen3, save_pretrained
 from rlx.models.hf_config import read_hf_config
@@ -48,7 +49,7 @@ def restore_policy(config: Config, run_dir: str | Path, step: int) -> Qwen3:
     checkpoints = Path(run_dir) / "checkpoints"
     if not (checkpoints / str(step)).is_dir():
         saved = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
-        raise FileNotFoundError(f"{checkpoints}: no checkpoint of step {step}; saved steps: {saved or 'none'}")
+        raise MissingInputError(f"{checkpoints}: no checkpoint of step {step}; saved steps: {saved or 'none'}")
     model_config = config.model
     if model_config.vocab_size is None:  # the run took the tokenizer's size
         model_config = model_config.with_vocab(load_task(config.data).tokenizer.vocab_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import netrc
 import os
 import uuid
@@ -17,6 +18,13 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+def json_line(row: dict[str, Any]) -> str:
+    """`row` as one line of strict JSON: a non-finite number becomes null (JSON has no NaN or Infinity)."""
+    def finite(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    return json.dumps({key: finite(value) for key, value in row.items()}, allow_nan=False) + "\n"
+
+
 class JsonlSink:
     """One JSON object per step, appended (a resumed run continues the file)."""
 
@@ -25,7 +33,7 @@ class JsonlSink:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+            handle.write(json_line({"step": step, **metrics}))
 
     def close(self) -> None:
         pass

@@ -1,5 +1,6 @@
 """The RL loop: a generator role fills the bus up to `bus.max_staleness` steps ahead; the learner
-takes each step's batch -> learns -> publishes weights -> (validates) -> (saves); at the end, with
+takes each step's batch -> learns -> publishes weights -> (validates) -> checks it went well (`RunGuard`) ->
+(saves) -> logs; at the end, with
 `run.export_hf`, the final policy is written as a Hugging Face checkpoint."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from flax import nnx
 from rlx.config import Config
 from rlx.services.feed import RolloutFeed
 from rlx.parallel.processes import local_copy
+from rlx.services.guards import RunGuard
 from rlx.services.hf_export import export_policy
 from rlx.services.trainer import Trainer
 
@@ -18,7 +20,7 @@ from rlx.services.trainer import Trainer
 def train(config: Config) -> Path:
     """Runs (or resumes) `config` to `run.steps` RL steps; returns the reward-curve path."""
     trainer = Trainer(config)
-    run = config.run
+    run, guard = config.run, RunGuard(config)
     try:
         step = trainer.resume_or_warm_start()
         with RolloutFeed(trainer, first=step + 1, last=run.steps) as feed:
@@ -31,10 +33,11 @@ def train(config: Config) -> Path:
                 if step % run.eval_every == 0 or step == run.steps:
                     with trainer.timeline.span("learner", "evaluate", step):
                         metrics.update(trainer.evaluate())
-                trainer.tracker.log(step, metrics)
+                guard.check(step, metrics)  # a run gone bad stops before it checkpoints the damage
                 if step % run.checkpoint_every == 0 or step == run.steps:
                     with trainer.timeline.span("learner", "save", step):
                         trainer.save(step, **feed.checkpoint_state())
+                trainer.tracker.log(step, metrics)  # after the checkpoint decision: a rerun never logs a step twice
         if run.export_hf:
             policy = nnx.merge(trainer.learner.graphdef, local_copy(trainer.learner.params))  # whole on every process
             if trainer.processes.primary:

@@ -6,6 +6,7 @@ from typing import Any
 
 from rlx.data.media import MediaSpec
 from rlx.models import ModelConfig
+from rlx.errors import UserError
 
 
 def media_spec(model: ModelConfig) -> MediaSpec | None:
@@ -30,7 +31,7 @@ def check_placeholder_ids(model: ModelConfig, tokenizer: Any) -> None:
         return
     ids = getattr(tokenizer, "placeholder_ids", None)
     if ids is None:
-        raise ValueError("modality encoders need a tokenizer with <image>/<audio>/<video> placeholder tokens (the character tokenizer has them)")
+        raise UserError("modality encoders need a tokenizer with <image>/<audio>/<video> placeholder tokens (the character tokenizer has them)")
     expected = {
         "model.vision.image_token_id": (model.vision.image_token_id, ids["image"]),
         "model.vision.video_token_id": (model.vision.video_token_id, ids["video"]),
@@ -38,4 +39,4 @@ def check_placeholder_ids(model: ModelConfig, tokenizer: Any) -> None:
     }
     for key, (configured, actual) in expected.items():
         if configured != actual:
-            raise ValueError(f"{key} = {configured}, but the tokenizer's placeholder id is {actual}; set {key}={actual}")
+            raise UserError(f"{key} = {configured}, but the tokenizer's placeholder id is {actual}; set {key}={actual}")

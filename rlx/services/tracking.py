@@ -14,6 +14,7 @@ from typing import Any, Callable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rlx.config import RunConfig
+from rlx.errors import UserError
 from rlx.parallel.processes import Processes
 from rlx.plugins import load_object
 from rlx.services.loggers import Sink, open_sinks
@@ -60,7 +61,7 @@ class Tracker:
         self._run, self._config = run, config
         self._processes = processes or Processes()
         self._writes = self._processes.primary
-        self._hooks: list[StepHook] = [load_object(path) for path in run.hooks] if self._writes else []
+        self._hooks: list[tuple[str, StepHook]] = [(path, load_object(path)) for path in run.hooks] if self._writes else []
         self._sinks: list[Sink] | None = None
         self._rows: list[dict[str, Any]] = []  # this process's steps, for the curve when metrics.jsonl is off
         self._progress = Progress(
@@ -71,7 +72,7 @@ class Tracker:
         self._last_val: float | None = None
 
     def add_hook(self, hook: StepHook) -> None:
-        self._hooks.append(hook)
+        self._hooks.append((getattr(hook, "__qualname__", repr(hook)), hook))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self._processes.count > 1:
@@ -84,8 +85,12 @@ class Tracker:
         self._rows.append({"step": step, **metrics})
         for sink in self._sinks:
             sink.log(step, metrics)
-        for hook in self._hooks:
-            hook(step, dict(metrics))
+        for name, hook in self._hooks:
+            try:
+                hook(step, dict(metrics))
+            except Exception as err:  # the user's code: name it, the step's checkpoint and metrics are already written
+                raise UserError(f"hook {name} (run.hooks) raised at step {step}: {type(err).__name__}: {err}; "
+                                "fix it and run again to resume") from err
         self._update_progress(step, metrics)
 
     def _update_progress(self, step: int, metrics: dict[str, float]) -> None:

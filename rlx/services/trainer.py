@@ -12,7 +12,6 @@ learner batch; validation splits the val records the same way; process 0 writes 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from flax import nnx
 from rlx.algorithms import overlong_penalty
 from rlx.bus import version_lag
 from rlx.config import Config, to_dict
+from rlx.errors import UserError
 from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import create_params
@@ -35,7 +35,11 @@ from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_para
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
+from rlx.services.preflight import check_task
+from rlx.services.resume import (check_fingerprint, check_latest_fingerprint, fingerprint, record_config_changes, restore_intact,
+                                 saved_fingerprint)
 from rlx.services.generator import WeightMailbox
+from rlx.services.loggers import json_line
 from rlx.services.timeline import Timeline
 from rlx.services.tracking import Tracker
 from rlx.services.warmstart import warm_start
@@ -56,6 +60,10 @@ class Trainer:
         tokenizer = self.task.tokenizer
         check_placeholder_ids(config.model, tokenizer)
         model_config = config.model.with_vocab(tokenizer.vocab_size)
+        check_task(config, self.task, model_config)  # batch sizes against record counts, weights against device memory
+        self._fingerprint = fingerprint(config, tokenizer.vocabulary)
+        self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
+        check_latest_fingerprint(self.checkpointer, self._fingerprint, config)  # a refused resume fails before the model is built
         # Placement: the learner's weights live on its slice, the generator's copy on its own
         # (the same devices when colocated); every publish is a versioned reshard between them.
         learner_mesh, generator_mesh = role_meshes(config.parallel)
@@ -87,8 +95,7 @@ class Trainer:
         self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
         self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed, "data.prompts_per_step")
         if len(self.task.val) < processes.count:
-            raise ValueError(f"{len(self.task.val)} validation records cannot give each of {processes.count} processes some; use more")
-        self.checkpointer = Checkpointer(self.output_dir / "checkpoints", config.run.keep_checkpoints)
+            raise UserError(f"{len(self.task.val)} validation records cannot give each of {processes.count} processes some; use more")
         self.tracker = Tracker(self.output_dir, config.run, to_dict(config), processes)
         self.timeline = Timeline(self.output_dir / "trace.json" if config.run.trace and processes.primary else None)
         self._base_key = jax.random.key(config.run.seed)
@@ -105,17 +112,16 @@ class Trainer:
     # -- start -------------------------------------------------------------------------------
     def resume_or_warm_start(self) -> int:
         """Restores the latest checkpoint (returning its step), or warms up and validates step 0."""
-        latest = self.checkpointer.latest_step()
-        if latest is not None:
-            self._restore(latest)
+        if self.checkpointer.latest_step() is not None:
+            latest = self._resume()
             log.info("resumed from %s at step %d", self.output_dir / "checkpoints", latest)
             self._last_step_end = time.perf_counter()
             return latest
         if self.processes.primary:
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
         metrics = {**self._warm_up(), **self._train_teacher(), **self.evaluate(), **self.task.counts}
+        self.save(0)  # before the metrics row: a crash in between must not make the rerun log step 0 twice
         self.tracker.log(0, metrics)
-        self.save(0)
         self._last_step_end = time.perf_counter()
         return 0
 
@@ -193,7 +199,8 @@ class Trainer:
             rollout, responses, task_scores, rewards, metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
         scored = time.perf_counter()
         metrics.update(rollout.metrics)
-        metrics.update({"reward/errors": float(scores.errors), "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
+        metrics.update({"reward/errors": float(scores.errors), "reward/scored": float(len(scores.rewards)),
+                        "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
                         "perf/gen_tokens_per_s": float(rollout.generation.mask.sum()) / (generated - began)})
         return ScoredBatch(rollout, responses, task_scores, rewards), {"metrics": metrics, "data_state": self.prompts.get_state()}
 
@@ -282,7 +289,7 @@ class Trainer:
             return
         with (self.output_dir / "rollouts.jsonl").open("a") as handle:
             for row in every:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json_line(row))
 
     # -- validation and checkpoints ----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -315,7 +322,8 @@ class Trainer:
         local = {"data_state": data_state or self.prompts.get_state(), "bus_groups": bus_groups, "carried_groups": carried_groups}
         every = self.processes.allgather(local)
         meta = {"step": step, "seed": self.config.run.seed, "data_state": every[0]["data_state"],
-                "bus_groups": sum(p["bus_groups"] for p in every), "carried_groups": sum(p["carried_groups"] for p in every)}
+                "bus_groups": sum(p["bus_groups"] for p in every), "carried_groups": sum(p["carried_groups"] for p in every),
+                "fingerprint": self._fingerprint}
         if self.processes.count > 1:
             meta["data_state_by_process"] = [p["data_state"] for p in every]
         self.checkpointer.save(step, self.learner.state_dict(), meta)
@@ -324,13 +332,23 @@ class Trainer:
         """Loads checkpoint `step` (as a resumed run would) and publishes its weights."""
         self._restore(step)
 
+    def _resume(self) -> int:
+        """Restores the latest intact checkpoint whose fingerprint matches this run (`rlx.services.resume`); returns its step."""
+        directory = self.output_dir / "checkpoints"
+
+        def restore(step: int) -> dict:
+            meta = self.checkpointer.restore_meta(step)
+            allowed = check_fingerprint(saved_fingerprint(meta), self._fingerprint, self.config, directory)
+            self._restore(step)
+            return allowed
+
+        step, allowed = restore_intact(self.checkpointer, directory, restore)
+        if self.processes.primary:
+            record_config_changes(self.output_dir, self.config, step, allowed)
+        return step
+
     def _restore(self, step: int) -> None:
         trees, meta = self.checkpointer.restore(step, self.learner.state_dict())
-        if meta["seed"] != self.config.run.seed:
-            raise ValueError(
-                f"{self.output_dir} holds a run with run.seed={meta['seed']}, but run.seed={self.config.run.seed}; "
-                "use the same seed to resume, or a new run.output_dir"
-            )
         self.learner.load_state_dict(trees)
         self.publish(version=step)
         self.prompts.set_state(self._data_state(meta))
@@ -344,7 +362,7 @@ class Trainer:
             return states[self.processes.index]
         if all(state == states[0] for state in states):
             return states[0]  # every stream at one position of the shared prompt order: any process count resumes it
-        raise ValueError(f"{self.output_dir}: checkpoint written by {len(states)} processes whose prompt streams stand at different "
+        raise UserError(f"{self.output_dir}: checkpoint written by {len(states)} processes whose prompt streams stand at different "
                          f"positions (dynamic sampling draws per process); resume it with {len(states)} processes")
 
     def close(self) -> Path:

@@ -1,4 +1,5 @@
 import math
+import time
 
 import numpy as np
 import pytest
@@ -30,8 +31,29 @@ def test_crashing_and_non_finite_rewards_are_isolated_and_counted(caplog):
     assert scores.errors == 2 and "kaboom" in caplog.text
 
 
-def test_plugin_by_dotted_path():
-    assert resolve_reward_fn("tests.rewards.test_rewards:crashing") is crashing
+def test_plugin_by_dotted_path_runs_under_its_deadline():
+    fn = resolve_reward_fn("tests.rewards.test_rewards:crashing")
+    assert fn("ok", RECORD) == 1.0
+    with pytest.raises(RuntimeError, match="kaboom"):
+        fn("boom", RECORD)
+
+
+def sleeping(response, record):
+    time.sleep(float(response))
+    return 1.0
+
+
+def test_a_plugin_past_its_deadline_fails_and_later_calls_fail_at_once():
+    fn = resolve_reward_fn("tests.rewards.test_rewards:sleeping", RewardConfig(timeout_s=0.2))
+    began = time.perf_counter()
+    scores = score_responses(fn, ["5", "0", "0"], [RECORD] * 3, on_error=0.0)
+    assert scores.errors == 3 and time.perf_counter() - began < 1.5  # one deadline, then fail-fast while it sleeps on
+
+
+def test_rewards_beyond_float32_are_errors():
+    scores = score_responses(lambda response, record: float(response), ["1e300", "-1e39", "2.5"], [RECORD] * 3, on_error=0.0)
+    np.testing.assert_array_equal(scores.rewards, [0.0, 0.0, 2.5])
+    assert scores.errors == 2
 
 
 @pytest.mark.parametrize(
