@@ -170,6 +170,12 @@ def _check_algorithm_sections(config: Config) -> None:
             "learner.proximal=approximate has no proximal log-probs before the loss, but algorithm.correction, distill.coef or "
             "a reward KL penalty needs them; use learner.proximal=recompute, or correction: none, distill.coef: 0, kl_penalty: loss"
         )
+    if algo.routing_replay != "off" and (not config.model.moe_layers or config.rollout.backend != "engine"):
+        raise ValueError(
+            f"algorithm.routing_replay={algo.routing_replay!r} records the experts rlx's engine routes each token to: it needs "
+            f"a mixture-of-experts model (model.num_experts > 0, got {config.model.num_experts}) and rollout.backend: engine "
+            f"(got {config.rollout.backend!r}); set algorithm.routing_replay: off otherwise"
+        )
     teacher_len = config.data.max_prompt_len + config.rollout.max_new_tokens
     if config.distill.coef > 0 and teacher_len > config.distill.teacher.max_seq_len:
         raise ValueError(f"distill.teacher.max_seq_len = {config.distill.teacher.max_seq_len} is below prompt + response = {teacher_len}")

@@ -62,7 +62,7 @@ class Trainer:
                                config.learner, mesh=learner_mesh, rules=learner_rules, device_memory_gib=config.parallel.device_memory_gib)
         engine = build_engine(self.learner.graphdef, self.learner.params, model_config, config.rollout, config.data.max_prompt_len,
                               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh,
-                              rules=rules_for(config.parallel.generator_rules))
+                              rules=rules_for(config.parallel.generator_rules), record_routes=config.algorithm.routing_replay != "off")
         self._publish_weights = engine.publish  # cast to the compute dtype, then onto the generator's shardings
         published = engine.load_params()
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
@@ -250,6 +250,7 @@ class Trainer:
             behaviour_log_probs=generation.log_probs,
             media=rollout.media,
             staleness=staleness,
+            routes=rollout.routes,
         )
 
     def _save_rollouts(self, step: int, rollout: GroupRollout, responses: list[str], rewards: np.ndarray) -> None:
