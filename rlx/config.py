@@ -34,7 +34,9 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 with numbers as people write them: `3e-4` and `1E6` are floats (YAML 1.1 asks for `3.0e-4`)."""
+    """YAML 1.1 with numbers and booleans as people write them: `3e-4` and `1E6` are floats (YAML 1.1 asks
+    for `3.0e-4`), and only true/false are booleans, as in YAML 1.2 (`off`, `on`, `yes`, `no` stay the words
+    that choices such as `bus.interrupt: off` are made of)."""
 
 
 _Loader.add_implicit_resolver(
@@ -42,6 +44,11 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def parse_yaml(text: str) -> Any:
