@@ -1,4 +1,5 @@
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -110,9 +111,16 @@ def test_bad_moe_config(fields, message):
         ModelConfig(**fields)
 
 
-def _model_routes(model, ids, **kwargs):
-    hidden, _, routes = model.hidden_states_and_routes(ids, **kwargs)
-    return hidden, routes
+def _model_routes(model, ids, routes=None):
+    """(hidden states, the routers' own routes) of a jitted forward (eager scans are slow)."""
+    graphdef, state = nnx.split(model)
+    return _forward(graphdef, state, ids, routes)
+
+
+@partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, ids, routes):
+    hidden, _, own = nnx.merge(graphdef, state).hidden_states_and_routes(ids, routes=routes)
+    return hidden, own
 
 
 def test_stacks_emit_routes_in_layer_order_and_replay_them():
@@ -135,7 +143,8 @@ def test_stacks_emit_routes_in_layer_order_and_replay_them():
 
 def test_dense_model_has_no_routes():
     dense = dataclasses.replace(CONFIG, num_experts=0)
-    _, routes = _model_routes(Qwen3(dense, rngs=nnx.Rngs(0)), jnp.zeros((1, 3), jnp.int32))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen3(dense, rngs=nnx.Rngs(0))))
+    _, _, routes = jax.eval_shape(lambda st, ids: nnx.merge(graphdef, st).hidden_states_and_routes(ids), state, jnp.zeros((1, 3), jnp.int32))
     assert routes is None and dense.moe_layers == 0
 
 
@@ -145,6 +154,6 @@ def test_router_gets_gradients_under_replay_in_every_moe_layer():
     _, routes = _model_routes(model, ids)
     forced = (routes + 1) % CONFIG.num_experts
     graphdef, state = nnx.split(model)
-    grads = jax.grad(lambda st: jnp.sum(jnp.sin(_model_routes(nnx.merge(graphdef, st), ids, routes=forced)[0])))(state)
+    grads = jax.jit(jax.grad(lambda st: jnp.sum(jnp.sin(_forward(graphdef, st, ids, forced)[0]))))(state)
     for stack in (0, 2):
         assert np.abs(np.asarray(grads["layers"][stack]["layer"]["mlp"]["router"][...])).sum() > 0

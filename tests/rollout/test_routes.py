@@ -2,6 +2,7 @@
 token went to, the driver ships them per row, aligned with the learner's tokens, through partial and interrupted rollouts."""
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,12 @@ def engine(moe):
 def full_forward_routes(graphdef, params, rollout):
     """The routes a full (cache-free) forward computes for the rollout's tokens: [B, P + R, moe_layers, k]."""
     tokens = jnp.asarray(np.concatenate([rollout.prompt_tokens, rollout.generation.tokens], axis=1))
-    _, _, routes = jax.jit(lambda p, t, s: nnx.merge(graphdef, p).hidden_states_and_routes(t, start=s))(params, tokens, jnp.asarray(rollout.start))
-    return np.asarray(routes)
+    return np.asarray(_own_routes(graphdef, params, tokens, jnp.asarray(rollout.start)))
+
+
+@partial(jax.jit, static_argnums=0)
+def _own_routes(graphdef, params, tokens, start):
+    return nnx.merge(graphdef, params).hidden_states_and_routes(tokens, start=start)[2]
 
 
 def real_columns(rollout):
