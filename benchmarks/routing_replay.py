@@ -1,6 +1,6 @@
 """Rollout routing replay (R3) on the MoE demo: what it costs per step and how much rollout/learner mismatch it removes (issue 16).
 
-    python -m benchmarks.routing_replay                                 # 96 timed steps per variant, ~5 min on 2 busy cores
+    python -m benchmarks.routing_replay                                 # 96 timed steps per variant, 4.5-6.5 min on 2 busy cores
     python -m benchmarks.routing_replay --steps 3 --reps 2 --no-write   # plumbing check
 
 Setup: `configs/demo_moe.yaml` (a tiny Qwen3-MoE, 8 experts, 2 per token, in both layers; its shipped
