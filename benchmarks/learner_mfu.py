@@ -98,7 +98,7 @@ def measure(case: Case, reps: int) -> dict:
     parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     learner = Learner(graphdef, params, AlgorithmConfig(), OptimizerConfig(learning_rate=1e-5), 1.0)
     batch = learner.layout.feed(_batch(case))
-    old, _ = learner.programs.log_probs(learner.params, batch)
+    old = learner.programs.log_probs(learner.params, batch).log_probs
     targets, _, _ = learner.programs.prepare(batch, old, None, None, jnp.zeros_like(old))
     state = [learner.params, learner.opt_state]
 

@@ -37,7 +37,9 @@ class ConfigError(UserError):
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 with numbers as people write them: `3e-4` and `1E6` are floats (YAML 1.1 asks for `3.0e-4`)."""
+    """YAML 1.1 with numbers and booleans as people write them: `3e-4` and `1E6` are floats (YAML 1.1 asks
+    for `3.0e-4`), and only true/false are booleans, as in YAML 1.2 (`off`, `on`, `yes`, `no` stay the words
+    that choices such as `bus.interrupt: off` are made of)."""
 
 
 _Loader.add_implicit_resolver(
@@ -45,6 +47,11 @@ _Loader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def parse_yaml(text: str) -> Any:
@@ -200,6 +207,12 @@ def _check_algorithm_sections(config: Config) -> None:
         raise ValueError(
             "learner.proximal=approximate has no proximal log-probs before the loss, but algorithm.correction, distill.coef or "
             "a reward KL penalty needs them; use learner.proximal=recompute, or correction: none, distill.coef: 0, kl_penalty: loss"
+        )
+    if algo.routing_replay != "off" and (not config.model.moe_layers or config.rollout.backend != "engine"):
+        raise ValueError(
+            f"algorithm.routing_replay={algo.routing_replay!r} records the experts rlx's engine routes each token to: it needs "
+            f"a mixture-of-experts model (model.num_experts > 0, got {config.model.num_experts}) and rollout.backend: engine "
+            f"(got {config.rollout.backend!r}); set algorithm.routing_replay: off otherwise"
         )
     teacher_len = config.data.max_prompt_len + config.rollout.max_new_tokens
     if config.distill.coef > 0 and teacher_len > config.distill.teacher.max_seq_len:

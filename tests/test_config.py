@@ -169,3 +169,34 @@ def test_non_finite_numbers_are_refused(override, message):
 
 def test_infinity_stays_a_value_where_it_means_off():
     assert load_config(None, ["algorithm.clip_ratio_c=.inf"]).algorithm.clip_ratio_c == float("inf")
+
+
+MOE = ["model.num_experts=4", "model.num_experts_per_tok=2"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algorithm.routing_replay=replay"], r"needs a mixture-of-experts model \(model.num_experts > 0, got 0\)"),
+    ([*MOE, "model.num_layers=1", "model.mlp_only_layers=[0]", "algorithm.routing_replay=record"], "needs a mixture-of-experts model"),
+    ([*MOE, "algorithm.routing_replay=replay", "rollout.backend=jetstream"], "and rollout.backend: engine \\(got 'jetstream'\\)"),
+    (["algorithm.routing_replay=on"], "'on' is not one of 'off', 'record', 'replay'"),
+    (["rollout.dtype=float16"], "'float16' is not one of 'float32', 'bfloat16'"),
+])
+def test_routing_replay_and_generator_dtype_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_routing_replay_and_generator_dtype_load():
+    config = load_config(None, [*MOE, "algorithm.routing_replay=replay", "rollout.dtype=bfloat16"])
+    assert config.algorithm.routing_replay == "replay" and config.rollout.dtype == "bfloat16" and config.model.dtype == "float32"
+    assert load_config(None).rollout.dtype is None  # null: the generator computes in model.dtype
+
+
+def test_only_true_and_false_are_booleans_so_off_is_a_choice(tmp_path):
+    path = tmp_path / "choices.yaml"
+    path.write_text("bus: {interrupt: off}\nalgorithm: {routing_replay: off}\nrun: {save_rollouts: false, progress: True}\n")
+    config = load_config(path, ["rollout.long_prompt=truncate"])
+    assert config.bus.interrupt == "off" and config.algorithm.routing_replay == "off"
+    assert config.run.save_rollouts is False and config.run.progress is True
+    with pytest.raises(ConfigError, match="run.progress: expected true or false, got 'yes'"):
+        load_config(None, ["run.progress=yes"])

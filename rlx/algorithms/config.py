@@ -12,6 +12,12 @@ class AlgorithmConfig:
     """Defaults give GRPO: group-normalized advantages, PPO-clip, token-mean aggregation.
 
     Each field is read by the function its group names (see the registries in this package).
+
+    `routing_replay` (mixture-of-experts models; rollout routing replay, R3): `off`; `record`: the
+    generator records the experts each token went to and the learner reports how often its own
+    router agrees (`moe/route_agreement`) without replaying them; `replay`: every learner forward
+    (old, reference and current log-probs) uses the recorded experts, with gate weights recomputed
+    from the learner's router at those experts so the router still learns.
     """
 
     # advantages (rlx/algorithms/advantages.py)
@@ -43,6 +49,8 @@ class AlgorithmConfig:
     max_sampling_rounds: int = 3  # generation rounds per step before filling with dropped groups
     overlong_buffer: int = 0  # last L_cache tokens of the budget where the length penalty ramps; 0 = off
     overlong_penalty: float = 1.0
+    # MoE rollout routing replay (rlx/models/moe.py, rlx/learner/logprobs.py)
+    routing_replay: Literal["off", "record", "replay"] = "off"
     # updates
     minibatches: int = 1
     epochs: int = 1

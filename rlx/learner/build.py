@@ -37,7 +37,8 @@ class LearnerSpec:
         return freeze_encoders(make_optimizer(self.optimizer), self.model)
 
     def settings(self) -> ScoreSettings:
-        return ScoreSettings(self.temperature if self.temperature > 0 else 1.0, self.learner.logprob_impl, self.learner.remat)
+        return ScoreSettings(self.temperature if self.temperature > 0 else 1.0, self.learner.logprob_impl, self.learner.remat,
+                             self.algorithm.routing_replay)
 
 
 def build_programs(spec: LearnerSpec, graphdef: nnx.GraphDef, params: Weights, layout: Layout, micro_batch_rows: int | None,

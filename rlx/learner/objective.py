@@ -37,6 +37,7 @@ class TrainBatch:
     behaviour_log_probs: jax.Array  # [B, R] from the sampler
     media: dict[str, jax.Array] | None = None  # encoder inputs per row (rlx.models.multimodal.Media); None for text
     staleness: jax.Array | None = None  # [B, R] versions the learner is ahead of each token's sampler (proximal: approximate)
+    routes: jax.Array | None = None  # [B, P + R, moe_layers, k] int32 experts the sampler routed each token to, -1 where none
 
     @property
     def prompt_len(self) -> int:

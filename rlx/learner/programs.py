@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rlx.learner.logprobs import response_log_probs
+from rlx.learner.logprobs import ResponseScores, response_scores
 from rlx.learner.memory import Programs
 from rlx.learner.microbatch import accumulate_gradients, map_slices, slice_count, strided
 from rlx.learner.objective import Objective, StepTargets, TrainBatch
@@ -48,6 +48,7 @@ class ScoreSettings:
     temperature: float  # of the behaviour policy's log-probs
     logprob_impl: str = "auto"
     remat: str = "none"  # of the update's backward pass
+    routing_replay: str = "off"  # AlgorithmConfig.routing_replay: `replay` replays a batch's recorded routes
 
 
 def abstract(tree: Any) -> Any:
@@ -135,24 +136,27 @@ class LearnerPrograms:
         self.init_opt_state = builder.jit(tx.init, (weights,), self.opt_shardings)
         self.copy = builder.jit(partial(jax.tree.map, jnp.copy), (weights,), weights)
         self.log_probs = builder.jit(partial(self._log_probs, graphdef), (weights, rows), rows)
-        self.teacher_log_probs = (builder.jit(partial(self._log_probs, self.teacher_graphdef), (self.teacher_shardings, rows), rows)
+        # The teacher is another network: the policy's recorded routes mean nothing to it.
+        self.teacher_log_probs = (builder.jit(partial(self._log_probs, self.teacher_graphdef, routed=False), (self.teacher_shardings, rows), rows)
                                   if teacher is not None else None)
         self.prepare = builder.jit(objective.prepare, (rows,) * 5, (rows, rows, replicated))
         self.update = builder.jit(self._update, (weights, self.opt_shardings, rows, rows), (weights, self.opt_shardings, replicated),
                                   donate_argnums=(0, 1))
 
-    def score(self, model: nnx.Module, batch: TrainBatch, remat: str = "none") -> tuple[jax.Array, jax.Array]:
+    def score(self, model: nnx.Module, batch: TrainBatch, remat: str = "none", routed: bool = True) -> ResponseScores:
+        """`routed`: whether the batch's recorded routes (if any) belong to this model (replayed, compared)."""
         settings = self.settings
-        return response_log_probs(model, batch.tokens, batch.start, batch.prompt_len, settings.temperature, settings.logprob_impl,
-                                  batch.media, remat, self.builder.layout)
+        return response_scores(model, batch.tokens, batch.start, batch.prompt_len, settings.temperature, settings.logprob_impl,
+                               batch.media, remat, self.builder.layout, batch.routes if routed else None,
+                               settings.routing_replay == "replay")
 
-    def _log_probs(self, graphdef: nnx.GraphDef, params: Weights, batch: TrainBatch) -> tuple[jax.Array, jax.Array]:
-        return self.builder.forward(lambda rows: self.score(nnx.merge(graphdef, params), rows), batch)
+    def _log_probs(self, graphdef: nnx.GraphDef, params: Weights, batch: TrainBatch, routed: bool = True) -> ResponseScores:
+        return self.builder.forward(lambda rows: self.score(nnx.merge(graphdef, params), rows, routed=routed), batch)
 
     def _update(self, params: Weights, opt_state: Any, batch: TrainBatch, targets: StepTargets):
         def loss(params, micro, progress):
             (batch, targets), weights = micro
-            log_probs, entropy = self.score(nnx.merge(self.graphdef, params), batch, self.settings.remat)
+            log_probs, entropy, _ = self.score(nnx.merge(self.graphdef, params), batch, self.settings.remat)
             return self.objective.loss(log_probs, entropy, batch, targets, weights, progress)
 
         return self.builder.optimizer_steps(self.tx, loss, self.objective.loss_weights, params, opt_state, (batch, targets), "actor")
@@ -172,8 +176,10 @@ class LearnerPrograms:
         return programs
 
 
-def abstract_batch(rows: int, prompt_len: int, response_len: int, media: dict[str, tuple[int, ...]] | None = None) -> TrainBatch:
-    """A `TrainBatch` of shapes only, as the trainer builds it (`media`: one item's shape per modality)."""
+def abstract_batch(rows: int, prompt_len: int, response_len: int, media: dict[str, tuple[int, ...]] | None = None,
+                   routes: tuple[int, int] | None = None) -> TrainBatch:
+    """A `TrainBatch` of shapes only, as the trainer builds it (`media`: one item's shape per modality;
+    `routes`: (moe_layers, k) of recorded routes, None without)."""
     shape = lambda *dims, dtype=jnp.float32: jax.ShapeDtypeStruct(dims, dtype)
     return TrainBatch(
         tokens=shape(rows, prompt_len + response_len, dtype=jnp.int32), start=shape(rows, dtype=jnp.int32),
@@ -181,4 +187,5 @@ def abstract_batch(rows: int, prompt_len: int, response_len: int, media: dict[st
         behaviour_log_probs=shape(rows, response_len),
         media={name: shape(rows, *item) for name, item in media.items()} if media else None,
         staleness=shape(rows, response_len),
+        routes=shape(rows, prompt_len + response_len, *routes, dtype=jnp.int32) if routes else None,
     )

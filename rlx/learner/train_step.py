@@ -83,12 +83,15 @@ class Learner:
         """One RL update on `batch` (this process's rows, host or device arrays); returns host-side metrics."""
         if self.config.proximal == "approximate" and batch.staleness is None:
             raise ValueError("learner.proximal=approximate needs TrainBatch.staleness (per-token policy-version lag)")
+        if self.algorithm.routing_replay == "replay" and batch.routes is None:
+            raise ValueError("algorithm.routing_replay=replay needs TrainBatch.routes (the experts the engine recorded per token)")
         batch = self._feed(batch)
         programs = self.programs
+        route_agreement = None
         if self.config.proximal == "approximate":
             old_log_probs = batch.behaviour_log_probs  # stands in until the loss interpolates
         else:
-            old_log_probs, _ = programs.log_probs(self.params, batch)
+            old_log_probs, _, route_agreement = programs.log_probs(self.params, batch)
         ref_log_probs = programs.log_probs(self.ref_params, batch)[0] if self.ref_params is not None else None
         teacher_log_probs = programs.teacher_log_probs(self.teacher_params, batch)[0] if self.teacher_params is not None else None
         values = self.critic.values(batch) if self.critic is not None else jnp.zeros_like(old_log_probs)
@@ -97,6 +100,9 @@ class Learner:
         if self.critic is not None:
             metrics.update(self.critic.update(batch, values, returns))
             prepared.update(value_metrics(values, returns, batch.mask))
+        if route_agreement is not None:  # of the weights before the update, as training/rollout_probs_diff_*
+            agreed, recorded = jnp.sum(route_agreement, axis=0)
+            prepared["moe/route_agreement"] = agreed / jnp.maximum(recorded, 1)
         per_step = jax.device_get(metrics)  # each [optimizer steps of this update]
         self._count_nonfinite(float(np.min(per_step["actor/update_finite"])))
         if not bool(all_finite(self.params)):
@@ -109,7 +115,7 @@ class Learner:
 
     def log_probs(self, batch: TrainBatch) -> tuple[jax.Array, jax.Array]:
         """(log-probs, entropies) [B, R] of `batch`'s responses under the current weights."""
-        return self.programs.log_probs(self.params, self._feed(batch))
+        return tuple(self.programs.log_probs(self.params, self._feed(batch))[:2])
 
     def teacher_log_probs(self, batch: TrainBatch) -> jax.Array:
         return self.programs.teacher_log_probs(self.teacher_params, self._feed(batch))[0]

@@ -88,6 +88,11 @@ class ModelConfig:
         """Whether decoder layer `layer` uses the expert MLP (the Hugging Face Qwen3-MoE rule)."""
         return bool(self.num_experts) and layer not in self.mlp_only_layers and (layer + 1) % self.decoder_sparse_step == 0
 
+    @property
+    def moe_layers(self) -> int:
+        """How many decoder layers use the expert MLP (the routes' `moe_layers` axis)."""
+        return sum(self.is_moe_layer(layer) for layer in range(self.num_layers))
+
     def layer_runs(self) -> list[tuple[int, int, bool]]:
         """Maximal runs of consecutive layers of one kind: (first layer, count, is_moe). Each run is one scanned stack."""
         runs: list[tuple[int, int, bool]] = []

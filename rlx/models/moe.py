@@ -8,7 +8,10 @@ Routing (Qwen3-MoE, as in Hugging Face `Qwen3MoeSparseMoeBlock`):
 
 Replay (rollout routing replay, R3): given the expert indices the generator chose, the
 layer uses them instead of its own top-k, and recomputes only their weights from the
-current router, so the learner scores exactly the experts that produced the tokens.
+current router, so the learner scores exactly the experts that produced the tokens (and the
+router still gets gradients through those weights). A token whose replayed indices are -1
+(nothing recorded: padding) is routed by its own top-k. The layer always returns the
+router's own top-k, replayed or not, so a caller can count how often the two agree.
 
 Experts run as grouped matmuls (`rlx.models.grouped_matmul`, chosen by `model.moe_impl`)
 over the token copies sorted by expert: no capacity limit, no dropped tokens, and no
@@ -42,21 +45,24 @@ from rlx.models.layers import param
 from rlx.models.activation_sharding import MeshRules, current_mesh_rules
 
 
-def route(router_logits: jax.Array, top_k: int, normalize: bool, routes: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """(weights [..., k] float32, expert indices [..., k] int32) from logits [..., E].
+def route(router_logits: jax.Array, top_k: int, normalize: bool, routes: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(weights [..., k] float32, expert indices used [..., k] int32, the router's own top-k [..., k] int32)
+    from logits [..., E].
 
-    With `routes` given, those indices are kept and only their weights are computed.
+    With `routes` given, a token's recorded indices are used (and only their weights computed);
+    a token whose indices are -1 (nothing recorded) uses its own top-k.
     """
     probs = jax.nn.softmax(router_logits.astype(jnp.float32), axis=-1)
-    if routes is None:
-        weights, routes = jax.lax.top_k(probs, top_k)
-    else:
+    weights, own = jax.lax.top_k(probs, top_k)
+    used = own
+    if routes is not None:
         if routes.shape[-1] != top_k:
             raise ValueError(f"replayed routes choose {routes.shape[-1]} experts per token, the model {top_k}")
-        weights = jnp.take_along_axis(probs, routes, axis=-1)
+        used = jnp.where(routes[..., :1] >= 0, routes, own)
+        weights = jnp.take_along_axis(probs, used, axis=-1)
     if normalize:
         weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-    return weights, routes.astype(jnp.int32)
+    return weights, used.astype(jnp.int32), own.astype(jnp.int32)
 
 
 def mix_experts(tokens: jax.Array, weights: jax.Array, routes: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array,
@@ -101,16 +107,16 @@ def expert_parallel(context: MeshRules, x: jax.Array, router: jax.Array, gate: j
             router = jax.lax.all_gather(router, embed, axis=0, tiled=True)
             gate, up = (jax.lax.all_gather(w, embed, axis=1, tiled=True) for w in (gate, up))
             down = jax.lax.all_gather(down, embed, axis=2, tiled=True)
-        weights, routes = route(jnp.einsum("bsd,de->bse", x, router), top_k, normalize, routes)
-        tokens, token_weights, token_routes = x, weights, routes
+        weights, used, own = route(jnp.einsum("bsd,de->bse", x, router), top_k, normalize, routes)
+        tokens, token_weights, token_routes = x, weights, used
         if gathered:
-            tokens, token_weights, token_routes = (jax.lax.all_gather(a, gathered, axis=0, tiled=True) for a in (x, weights, routes))
+            tokens, token_weights, token_routes = (jax.lax.all_gather(a, gathered, axis=0, tiled=True) for a in (x, weights, used))
         first = jax.lax.axis_index(experts) * held if experts else 0
         flat = lambda a: a.reshape(-1, a.shape[-1])
         y = mix_experts(flat(tokens), flat(token_weights), flat(token_routes), gate, up, down, first, impl).reshape(tokens.shape)
         if gathered:
             y = jax.lax.psum_scatter(y, gathered, scatter_dimension=0, tiled=True)
-        return (jax.lax.psum(y, summed) if summed else y), routes
+        return (jax.lax.psum(y, summed) if summed else y), own
 
     row_spec = context.spec(rows)
     in_proj, out_proj = context.spec(experts, embed, mlp), context.spec(experts, mlp, embed)
@@ -137,11 +143,12 @@ class MoEBlock(nnx.Module):
         self.down = param(rngs, init, (e, f, d), ("exp", "moe_mlp", "embed"), dt)
 
     def __call__(self, x: jax.Array, routes: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """y [B, S, D] and the expert indices used [B, S, k] (the replayed ones when given)."""
+        """y [B, S, D] and the router's own top-k expert indices [B, S, k] (what it would choose; the
+        replayed `routes` [B, S, k] are used instead where given and not -1)."""
         router, gate, up, down = (w[...].astype(x.dtype) for w in (self.router, self.gate, self.up, self.down))
         context = current_mesh_rules()
         if context is not None and context.mesh.size > 1:
             return expert_parallel(context, x, router, gate, up, down, routes, self.top_k, self.normalize, self.impl)
-        weights, routes = route(jnp.einsum("bsd,de->bse", x, router), self.top_k, self.normalize, routes)
+        weights, used, own = route(jnp.einsum("bsd,de->bse", x, router), self.top_k, self.normalize, routes)
         flat = lambda a: a.reshape(-1, a.shape[-1])
-        return mix_experts(flat(x), flat(weights), flat(routes), gate, up, down, 0, self.impl).reshape(x.shape), routes
+        return mix_experts(flat(x), flat(weights), flat(used), gate, up, down, 0, self.impl).reshape(x.shape), own

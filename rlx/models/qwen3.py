@@ -37,12 +37,15 @@ class DecoderLayer(nnx.Module):
         else:
             self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, param_dtype=dt, rngs=rngs)
 
-    def __call__(self, x, positions, q_columns, start, cache, layer, cache_index, kv_len):
+    def __call__(self, x, positions, q_columns, start, cache, layer, cache_index, kv_len, routes=None):
+        """(x, cache, the router's own routes [B, S, k] or None for a dense layer); `routes` are replayed (MoE only)."""
         attended, cache = self.attn(self.input_norm(x), positions, q_columns, start, cache, layer, cache_index, kv_len)
         x = x + attended
         mlp_in = self.post_attn_norm(x)
-        mlp_out = self.mlp(mlp_in)[0] if self.is_moe else self.mlp(mlp_in)
-        return x + mlp_out, cache
+        if not self.is_moe:
+            return x + self.mlp(mlp_in), cache, None
+        mlp_out, own = self.mlp(mlp_in, routes)
+        return x + mlp_out, cache, own
 
 
 class LayerStack(nnx.Module):
@@ -50,7 +53,7 @@ class LayerStack(nnx.Module):
     leading `layers` axis and run by one `lax.scan`: compile time stays flat as depth grows."""
 
     def __init__(self, config: ModelConfig, first: int, count: int, moe: bool, *, rngs: nnx.Rngs):
-        self.first, self.count = first, count
+        self.first, self.count, self.is_moe = first, count, moe
 
         @nnx.split_rngs(splits=count)
         @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=count)
@@ -62,18 +65,22 @@ class LayerStack(nnx.Module):
             if isinstance(variable, nnx.Variable) and variable.get_metadata().get("out_sharding") is not None:
                 variable.set_metadata(out_sharding=("layers", *variable.get_metadata()["out_sharding"]))
 
-    def __call__(self, x, positions, q_columns, start, cache, cache_index, kv_len, remat: str):
+    def __call__(self, x, positions, q_columns, start, cache, cache_index, kv_len, remat: str, routes=None):
+        """(x, cache, routes [count, B, S, k] the router chose per layer, None for dense layers);
+        `routes [count, B, S, k]` are replayed (MoE stacks only)."""
         graphdef, weights = nnx.split(self.layer)
 
-        def one_layer(carry, layer_weights):
+        def one_layer(carry, per_layer):
+            layer_weights, layer_routes = per_layer
             x, cache, index = carry
-            x, cache = nnx.merge(graphdef, layer_weights)(x, positions, q_columns, start, cache, index, cache_index, kv_len)
-            return (constrain(x, RESIDUAL), cache, index + 1), None
+            layer = nnx.merge(graphdef, layer_weights)
+            x, cache, own = layer(x, positions, q_columns, start, cache, index, cache_index, kv_len, layer_routes)
+            return (constrain(x, RESIDUAL), cache, index + 1), own
 
         if REMAT_POLICIES[remat] is not None:
             one_layer = jax.checkpoint(one_layer, policy=REMAT_POLICIES[remat])
-        (x, cache, _), _ = jax.lax.scan(one_layer, (x, cache, jnp.int32(self.first)), weights)
-        return x, cache
+        (x, cache, _), own = jax.lax.scan(one_layer, (x, cache, jnp.int32(self.first)), (weights, routes))
+        return x, cache, own
 
 
 class Qwen3(nnx.Module):
@@ -122,7 +129,13 @@ class Qwen3(nnx.Module):
             return self.embed[...].T
         return self.lm_head[...]
 
-    def hidden_states(
+    def hidden_states(self, input_ids: jax.Array, **kwargs) -> tuple[jax.Array, KVCache | None]:
+        """Final-normed hidden states [B, S, hidden] (and the updated cache); keyword arguments as
+        `hidden_states_and_routes`."""
+        hidden, cache, _ = self.hidden_states_and_routes(input_ids, **kwargs)
+        return hidden, cache
+
+    def hidden_states_and_routes(
         self,
         input_ids: jax.Array,
         *,
@@ -134,15 +147,21 @@ class Qwen3(nnx.Module):
         media_columns: int | None = None,
         kv_len: int | None = None,
         remat: str = "none",
-    ) -> tuple[jax.Array, KVCache | None]:
-        """Final-normed hidden states [B, S, hidden] (and the updated cache).
+        routes: jax.Array | None = None,
+    ) -> tuple[jax.Array, KVCache | None, jax.Array | None]:
+        """Final-normed hidden states [B, S, hidden], the updated cache, and the experts each MoE
+        layer's router chooses for each token: int32 [B, S, moe_layers, k], MoE layers in layer
+        order (None for a dense model).
 
         `media` (encoder inputs by modality, see `Media`) is encoded and merged into the
         placeholder columns among the first `media_columns` (the prompt's; default all);
         `modality` merges features that were encoded already. With a
         cache, attention reads only its first `kv_len` columns (default: all; every query's
         column must lie below it). `remat` (`none`, `full`, `save_dots`) rematerialises each
-        decoder layer in the backward pass instead of keeping its activations.
+        decoder layer in the backward pass instead of keeping its activations. `routes`
+        [B, S, moe_layers, k] replays recorded experts (rollout routing replay, `rlx.models.moe`):
+        each MoE layer uses them instead of its own choice, except for tokens whose ids are -1;
+        the returned routes stay the router's own choice.
         """
         batch, steps = input_ids.shape
         if start is None:
@@ -158,9 +177,17 @@ class Qwen3(nnx.Module):
         for encoded in self.encode_media(input_ids, media, media_columns) if media else ():
             x = merge_modality_embeddings(x, encoded)
         x = constrain(x, RESIDUAL)
+        chosen, moe_layer = [], 0
         for stack in self.layers:
-            x, cache = stack(x, positions, q_columns, start, cache, cache_index, kv_len, remat)
-        return constrain(self.final_norm(x), RESIDUAL), cache
+            replayed = None
+            if routes is not None and stack.is_moe:  # the stack's layers as a leading scan axis: [count, B, S, k]
+                replayed = jnp.moveaxis(routes[:, :, moe_layer:moe_layer + stack.count], 2, 0)
+            x, cache, own = stack(x, positions, q_columns, start, cache, cache_index, kv_len, remat, replayed)
+            if own is not None:
+                chosen.append(jnp.moveaxis(own, 0, 2))
+                moe_layer += stack.count
+        own_routes = jnp.concatenate(chosen, axis=2) if chosen else None
+        return constrain(self.final_norm(x), RESIDUAL), cache, own_routes
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., vocab] of final hidden states [..., hidden], computed in the hidden states' dtype."""

@@ -6,13 +6,14 @@ A backend has `update_weights(params, version)` and
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Protocol
 
 import jax
 from flax import nnx
 
 from rlx.data import PromptBatch
-from rlx.models import ModelConfig
+from rlx.models import ModelConfig, Qwen3
 from rlx.parallel.presets import Rules
 from rlx.rollout.config import RolloutConfig
 from rlx.rollout.driver import GroupRollout, RolloutDriver
@@ -41,10 +42,15 @@ ROLLOUT_BACKENDS: dict[str, Callable[[Engine, nnx.State, RolloutConfig], Rollout
 
 def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelConfig, config: RolloutConfig,
                  prompt_len: int, *, eos_id: int, pad_id: int, tokenizer: Any = None, mesh: jax.sharding.Mesh | None = None,
-                 rules: Rules | None = None) -> Engine:
+                 rules: Rules | None = None, record_routes: bool = False) -> Engine:
     """The engine a run's rollout config describes; `prompt_len` is the default prefill limit.
-    `params` (concrete or abstract) are published in the compute dtype onto `mesh` by `rules`;
-    responses stop at the tokenizer's `stop_ids` (EOS alone without a tokenizer)."""
+    `params` (concrete or abstract) are published in the compute dtype (`rollout.dtype`, else
+    `model.dtype`) onto `mesh` by `rules`; responses stop at the tokenizer's `stop_ids` (EOS alone
+    without a tokenizer); `record_routes`: see `Engine`."""
+    if config.dtype is not None and config.dtype != model_config.dtype:
+        # Qwen3 computes in its config's dtype, a static part of the graph: the generator gets its own graph.
+        model_config = dataclasses.replace(model_config, dtype=config.dtype)
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen3(model_config, rngs=nnx.Rngs(0))))
     return Engine(
         graphdef, params, model_config,
         max_concurrent_decodes=config.max_concurrent_decodes,
@@ -57,6 +63,7 @@ def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelC
         tokenizer=tokenizer,
         mesh=mesh,
         rules=rules,
+        record_routes=record_routes,
     )
 
 

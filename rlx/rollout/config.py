@@ -26,6 +26,9 @@ class RolloutConfig:
     truncated distribution (see `rlx/rollout/sampling.py` for how the learner compares).
     A response ends at a stop token (the tokenizer's `stop_ids`: EOS and end-of-turn) or at
     the token completing one of `stop_strings` (matched on decoded text; `backend: engine` only).
+    `dtype`: the generator's compute dtype (its published weights and KV cache are in it; validation
+    runs on the same engine); `null` takes `model.dtype`. `bfloat16` with `model.dtype: float32` is
+    the production mix of a bfloat16 generator and a float32 learner (their log-probs then differ).
     """
 
     backend: Literal["engine", "jetstream"] = "engine"
@@ -40,6 +43,7 @@ class RolloutConfig:
     steps_per_generate: int = 2
     token_budget: int | None = None
     stop_strings: tuple[str, ...] = ()
+    dtype: Literal["float32", "bfloat16"] | None = None
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:

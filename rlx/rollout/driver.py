@@ -13,6 +13,13 @@ in-flight sequences continue under the new weights, their later tokens carry the
 and their KV cache is kept (computed by the older weights) or, with `interrupt="recompute_cache"`,
 rebuilt under the new weights. The slots live in a `_Session`, which `rlx.rollout.partial` keeps
 across steps so unfinished samples continue there.
+
+With an engine that records routes (R3), every completion also carries the experts each of its
+tokens went to (prompt tokens from their prefill, each generated token from the decode step that
+fed it back), read with the step's tokens. A token keeps the routes of the weights that sampled
+it, across swaps too: with `recompute_cache` the rebuilt cache routes the prefix under the new
+weights, but the record keeps what the prefix's own sampling saw (the learner replays one route
+per token, and a token's record then matches its version stamp).
 """
 
 from __future__ import annotations
@@ -58,6 +65,8 @@ class GroupRollout:
     policy_version: np.ndarray  # [B * n, R] version of the weights that produced each token, -1 on padding
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     media: dict[str, np.ndarray] | None = None  # [B * n, ...] encoder inputs per row, for the learner to re-encode
+    # [B * n, P + R, moe_layers, k] int32 experts each token (prompt columns, then response) went to; -1 where none
+    routes: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +87,7 @@ class Completion:
     log_probs: np.ndarray  # [L] float32 behaviour log-probs
     versions: np.ndarray  # [L] int32 policy version per token
     truncated_prompt: bool
+    routes: np.ndarray | None = None  # [len(prompt) + L, moe_layers, k] int32 experts per token (routes recorded)
 
 
 @dataclasses.dataclass
@@ -90,6 +100,7 @@ class _Admitted:
     prefix: Prefix | None = None
     prefix_version: int = -1  # version of the weights that prefilled `prefix`
     row: int = 0
+    prompt_routes: Any = None  # [N, bucket, moe_layers, k] of the prefill (on its way to the host), rows of `row`
     next_sample: int = 0
 
 
@@ -158,7 +169,8 @@ class RolloutDriver:
     def open_session(self, key: jax.Array, sampling: SamplingParams, pull: Callable[[], Request | None]) -> _Session:
         slots = self.engine.max_concurrent_decodes
         max_new = max(self.engine.max_len - self.engine.max_prefill_length, 1)
-        return _Session(self.engine.decode_state(key), sampling, _SlotBuffers(slots, max_new), [None] * slots, pull)
+        buffers = _SlotBuffers(slots, max_new, self.engine.route_shape)
+        return _Session(self.engine.decode_state(key), sampling, buffers, [None] * slots, pull)
 
     def run(self, session: _Session, *, refill: bool = True, stop: Callable[[], bool] = lambda: False) -> Iterator[Completion]:
         """Generates until every request is done or, checked between generate calls, `stop()`;
@@ -191,7 +203,10 @@ class RolloutDriver:
         for slot in session.buffers.append(to_numpy(), at, version, self.engine.stop_tokens, self.stop_strings):
             admitted, sample = session.owner[slot]
             session.owner[slot] = None
-            yield Completion(admitted.request.tag, sample, admitted.prompt, *session.buffers.take(slot), admitted.truncated)
+            tokens, log_probs, versions, routes = session.buffers.take(slot)
+            if routes is not None:  # the prefill's copy finished long ago: no wait here
+                routes = np.concatenate([np.asarray(admitted.prompt_routes)[admitted.row, -len(admitted.prompt):], routes])
+            yield Completion(admitted.request.tag, sample, admitted.prompt, tokens, log_probs, versions, admitted.truncated, routes)
 
     def _swap_if_published(self, session: _Session) -> Iterator[Completion]:
         """Interruptible rollouts: new weights from `weight_source` are swapped in between generate calls."""
@@ -239,8 +254,11 @@ class RolloutDriver:
         if fresh:
             media = [admitted.request.media for admitted in fresh] if fresh[0].request.media else None
             prefix = self.engine.prefill_batch(self.params, [admitted.prompt for admitted in fresh], media)
+            if prefix.routes is not None:
+                prefix.routes.copy_to_host_async()
             for row, admitted in enumerate(fresh):
                 admitted.prefix, admitted.prefix_version, admitted.row = prefix, self.version, row
+                admitted.prompt_routes = prefix.routes
         for _, group in itertools.groupby(placements, key=lambda p: id(p[0].prefix)):
             group = list(group)
             prefix, slots = group[0][0].prefix, [slot for _, _, slot in group]
@@ -296,8 +314,9 @@ def check_prompt(prompt: np.ndarray, limit: int, long_prompt: LongPrompt, tag: A
 class _SlotBuffers:
     """Host-side per-slot response buffers, filled column by column from `ResultTokens`."""
 
-    def __init__(self, slots: int, width: int):
+    def __init__(self, slots: int, width: int, route_shape: tuple[int, int] | None = None):
         self.tokens = np.zeros((slots, width), np.int32)
+        self.routes = np.zeros((slots, width, *route_shape), np.int32) if route_shape is not None else None
         self.log_probs = np.zeros((slots, width), np.float32)
         self.versions = np.full((slots, width), -1, np.int32)
         self.count = np.zeros((slots,), np.int32)
@@ -333,6 +352,8 @@ class _SlotBuffers:
             self.tokens[live, column[live]] = tokens[live, j]
             self.log_probs[live, column[live]] = log_probs[live, j]
             self.versions[live, column[live]] = self.logits_version[live] if j == 0 else version
+            if self.routes is not None:
+                self.routes[live, column[live]] = result.routes[live, j]
             self.count += live
             self.appended += int(live.sum())
             stopped = live & np.isin(tokens[:, j], stop_tokens)
@@ -345,9 +366,11 @@ class _SlotBuffers:
         self.active &= ~finished
         return list(rows[finished])
 
-    def take(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def take(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Tokens, log-probs, versions and routes (None when not recorded) of `slot`'s sample."""
         length = self.count[slot]
-        return self.tokens[slot, :length].copy(), self.log_probs[slot, :length].copy(), self.versions[slot, :length].copy()
+        routes = self.routes[slot, :length].copy() if self.routes is not None else None
+        return self.tokens[slot, :length].copy(), self.log_probs[slot, :length].copy(), self.versions[slot, :length].copy(), routes
 
 
 def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int, width: int, *, pad_id: int, metrics: dict[str, float]) -> GroupRollout:
@@ -366,6 +389,11 @@ def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int,
         start[row] = prompt_width - len(completion.prompt)
     lengths = np.array([len(c.tokens) for c in completions], np.int32)
     mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.float32)
+    routes = None
+    if completions and completions[0].routes is not None:  # aligned with prompt_tokens ++ tokens; -1 on padding
+        routes = np.full((rows, prompt_width + width, *completions[0].routes.shape[1:]), -1, np.int32)
+        for row, completion in enumerate(completions):
+            routes[row, start[row]:start[row] + len(completion.routes)] = completion.routes
     return GroupRollout(
         records=[prompts.records[c.tag] for c in completions],
         prompt_tokens=prompt_tokens,
@@ -375,4 +403,5 @@ def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int,
         policy_version=versions,
         metrics=metrics,
         media=prompts.take([c.tag for c in completions]),
+        routes=routes,
     )

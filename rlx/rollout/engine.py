@@ -19,6 +19,13 @@ mesh's placement hooks (`rlx.models.activation_sharding`). The decode state (KV 
 is made once, inside jit, and handed from session to session (`decode_state` / `release`).
 `programs()` returns the jitted programs with abstract arguments for the dry-run plan.
 
+Rollout routing replay (R3): with `record_routes`, prefill and decode also return the experts
+each MoE layer's router chose for every token (int32 `[tokens, moe_layers, k]`): prompt tokens'
+in the `Prefix`, each generated token's (from the decode step that feeds it back) in the
+`ResultTokens` of its generate call, so they reach the host with the step's tokens, never one
+transfer per token. `recompute` records nothing: a token keeps the routes chosen when it was
+sampled (see `rlx.rollout.driver`).
+
 Weights are an argument of every jitted function (never baked in); `load_params` checks a
 replacement has the tree structure, shapes and dtypes the programs were compiled for.
 The engine imports nothing from JetStream: `rlx.rollout.jetstream_compat` adapts it.
@@ -129,7 +136,10 @@ class Engine:
         tokenizer: Any = None,
         mesh: jax.sharding.Mesh | None = None,
         rules: Rules | None = None,
+        record_routes: bool = False,
     ):
+        if record_routes and not model_config.moe_layers:
+            raise ValueError("record_routes records the experts of MoE layers, but this model has none (model.num_experts: 0)")
         if max_prefill_length + max_decode_length > model_config.max_seq_len:
             raise ValueError(
                 f"max_prefill_length ({max_prefill_length}) + max_decode_length ({max_decode_length}) exceeds "
@@ -147,9 +157,11 @@ class Engine:
         self.kv_buckets = prefill_buckets(self.max_len)
         self._recompute_columns = min(RECOMPUTE_COLUMNS, self.max_len)
         self.tokenizer = tokenizer
+        # (moe_layers, k) of the routes each token's record holds; None when not recording.
+        self.route_shape = (model_config.moe_layers, model_config.num_experts_per_tok) if record_routes else None
         rules = rules_for("serve_tp") if rules is None else rules
         role = Layout.single_device(rules) if mesh is None else Layout(mesh, rules)
-        self._layout = layout = EngineLayout.build(role, params, model_config, max_concurrent_decodes, self.max_len)
+        self._layout = layout = EngineLayout.build(role, params, model_config, max_concurrent_decodes, self.max_len, record_routes)
         self._abstract_params = abstract(jax.eval_shape(self._cast_impl, params), layout.params)
         self._cast = jax.jit(self._cast_impl)
         state, prefix = layout.state(), layout.prefix()
@@ -257,8 +269,12 @@ class Engine:
     def _prefill_impl(self, params, tokens, start, media):
         model = nnx.merge(self._graphdef, params)
         cache = KVCache.zeros(self.model_config, *tokens.shape)
-        hidden, cache = model.hidden_states(tokens, start=start, cache=cache, cache_index=0, media=media)
-        return Prefix(cache, start, model.logits(hidden[:, -1]))  # left-padded: the last column is every row's last token
+        hidden, cache, routes = model.hidden_states_and_routes(tokens, start=start, cache=cache, cache_index=0, media=media)
+        logits = model.logits(hidden[:, -1])  # left-padded: the last column is every row's last token
+        if self.route_shape is None:
+            return Prefix(cache, start, logits)
+        padding = jnp.arange(tokens.shape[1])[None, :] < start[:, None]
+        return Prefix(cache, start, logits, jnp.where(padding[:, :, None, None], -1, routes))
 
     # -- decode state and insert ------------------------------------------------------------------
     def decode_state(self, key: jax.Array | None = None) -> DecodeState:
@@ -355,16 +371,18 @@ class Engine:
             valid = ~state.done & (state.index < self.max_len)
             column = jnp.minimum(state.index, self.max_len - 1)
             # Free slots may sit past kv_len: their queries see a wrong window, and their tokens are invalid.
-            hidden, cache = model.hidden_states(token[:, None], start=state.start, cache=state.cache, cache_index=column, kv_len=kv_len)
+            hidden, cache, routes = model.hidden_states_and_routes(token[:, None], start=state.start, cache=state.cache,
+                                                                   cache_index=column, kv_len=kv_len)
             done = state.done | ~valid | jnp.isin(token, stops) | (state.index + 1 >= self.max_len)
             state = dataclasses.replace(state, cache=cache, index=state.index + 1, logits=model.logits(hidden[:, -1]),
                                         generated=state.generated + valid, done=done, step=state.step + 1)
-            return state, (token, valid, log_prob)
+            return state, (token, valid, log_prob, routes[:, 0] if self.route_shape is not None else None)
 
-        state, (tokens, valid, log_probs) = jax.lax.scan(one_token, state, length=self.steps_per_generate)
+        state, (tokens, valid, log_probs, routes) = jax.lax.scan(one_token, state, length=self.steps_per_generate)
         k = self.steps_per_generate
         data = jnp.concatenate([tokens.T, valid.T.astype(jnp.int32), state.generated[:, None]], axis=1)
-        return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1))
+        routes = None if routes is None else jnp.swapaxes(routes, 0, 1)  # [slots, k, moe_layers, top_k]
+        return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1), routes=routes)
 
     # -- recompute ----------------------------------------------------------------------------------
     @property

@@ -23,11 +23,13 @@ from rlx.parallel import Layout, expand_shardings, partition_spec
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class Prefix:
-    """Prefilled prompts: cache rows `[layers, N, bucket, ...]`, first real column, next-token logits."""
+    """Prefilled prompts: cache rows `[layers, N, bucket, ...]`, first real column, next-token logits,
+    and (when the engine records routes) the experts each prompt token went to."""
 
     cache: KVCache
     start: jax.Array  # [N]
     logits: jax.Array  # [N, V]
+    routes: jax.Array | None = None  # [N, bucket, moe_layers, k] int32, -1 on padding columns
 
 
 @jax.tree_util.register_dataclass
@@ -49,7 +51,8 @@ class ResultTokens:
     """One `generate` call's output, laid out as JetStream's ResultTokens (one array, column ranges).
 
     `data [slots, 2k + 1]` holds k tokens, k validity flags and the slot's length so far;
-    `log_probs [slots, k]` are the behaviour log-probs of those tokens.
+    `log_probs [slots, k]` are the behaviour log-probs of those tokens; `routes [slots, k, moe_layers,
+    top_k]` (when the engine records routes) the experts each token went to when it was fed back.
     """
 
     data: jax.Array | np.ndarray
@@ -58,14 +61,16 @@ class ResultTokens:
     valid_idx: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
     length_idx: tuple[int, int] = dataclasses.field(metadata=dict(static=True))
     samples_per_slot: int = dataclasses.field(default=1, metadata=dict(static=True))
+    routes: jax.Array | np.ndarray | None = None
 
     def copy_to_host_async(self) -> None:
-        for array in (self.data, self.log_probs):
+        for array in (self.data, self.log_probs, self.routes):
             if isinstance(array, jax.Array):
                 array.copy_to_host_async()
 
     def convert_to_numpy(self) -> "ResultTokens":
-        return dataclasses.replace(self, data=np.asarray(self.data), log_probs=np.asarray(self.log_probs))
+        routes = None if self.routes is None else np.asarray(self.routes)
+        return dataclasses.replace(self, data=np.asarray(self.data), log_probs=np.asarray(self.log_probs), routes=routes)
 
     @property
     def tokens(self) -> np.ndarray:
@@ -84,12 +89,13 @@ class EngineLayout:
     role: Layout
     params: Any  # a prefix of the weights tree
     cache: NamedSharding
+    record_routes: bool = False  # prefixes carry their prompt tokens' routes
 
     @classmethod
-    def build(cls, role: Layout, params: Any, config: ModelConfig, slots: int, max_len: int) -> "EngineLayout":
+    def build(cls, role: Layout, params: Any, config: ModelConfig, slots: int, max_len: int, record_routes: bool = False) -> "EngineLayout":
         role.check_rows(slots, "decode slots (rollout.max_concurrent_decodes)")
         cache = partition_spec(CACHE_AXES, KVCache.shape(config, slots, max_len), role.rules, role.mesh, "kv cache")
-        return cls(role, role.weights(params), NamedSharding(role.mesh, cache))
+        return cls(role, role.weights(params), NamedSharding(role.mesh, cache), record_routes)
 
     @property
     def rows(self) -> NamedSharding:
@@ -100,7 +106,7 @@ class EngineLayout:
         return self.role.replicated
 
     def prefix(self) -> Prefix:
-        return Prefix(KVCache(self.cache, self.cache), self.rows, self.rows)
+        return Prefix(KVCache(self.cache, self.cache), self.rows, self.rows, self.rows if self.record_routes else None)
 
     def state(self) -> DecodeState:
         rows, replicated = self.rows, self.replicated

@@ -121,7 +121,8 @@ def _learner_programs(config: Config, model_config: ModelConfig, graphdef: nnx.G
     layout = Layout(mesh, rules_for(config.parallel.learner_rules))
     rows, prompt, response = config.data.prompts_per_step * config.rollout.n_samples, config.data.max_prompt_len, config.rollout.max_new_tokens
     media = media_spec(model_config)
-    batch = abstract_batch(rows, prompt, response, {m: media.empty(m).shape for m in media.modalities} if media else None)
+    routes = (model_config.moe_layers, model_config.num_experts_per_tok) if config.algorithm.routing_replay != "off" else None
+    batch = abstract_batch(rows, prompt, response, {m: media.empty(m).shape for m in media.modalities} if media else None, routes)
     micro = config.learner.micro_batch_rows
     workload = (f"{rows} rows of {prompt + response} tokens ({prompt} prompt + {response} response) per step, "
                 f"{config.algorithm.epochs * config.algorithm.minibatches} optimizer steps; compute {model_config.dtype}, "
@@ -150,5 +151,6 @@ def _generator_programs(config: Config, model_config: ModelConfig, graphdef: nnx
     """The engine's own programs (`Engine.programs`), built from abstract weights: what the generator runs."""
     # Stop and pad ids are constants inside the programs; they change no shape or buffer.
     engine = build_engine(graphdef, params, model_config, config.rollout, config.data.max_prompt_len, eos_id=0, pad_id=0,
-                          mesh=mesh, rules=rules_for(config.parallel.generator_rules))
+                          mesh=mesh, rules=rules_for(config.parallel.generator_rules),
+                          record_routes=config.algorithm.routing_replay != "off")
     return {name: measure(fn, *args) for name, (fn, args) in engine.programs(sampling_params(config.rollout)).items()}

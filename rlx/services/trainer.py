@@ -80,7 +80,7 @@ class Trainer:
         # Each process's generator replica samples with the whole weights, gathered onto its own devices.
         engine = build_engine(self.learner.graphdef, local_copy(self.learner.params), model_config, config.rollout, config.data.max_prompt_len,
                               eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh,
-                              rules=rules_for(config.parallel.generator_rules))
+                              rules=rules_for(config.parallel.generator_rules), record_routes=config.algorithm.routing_replay != "off")
         # Cast to the compute dtype, then onto the generator's shardings.
         self._publish_weights = lambda params: engine.publish(local_copy(params))
         published = engine.load_params()
@@ -277,6 +277,7 @@ class Trainer:
             behaviour_log_probs=generation.log_probs,
             media=rollout.media,
             staleness=staleness,
+            routes=rollout.routes,
         )
 
     def _save_rollouts(self, step: int, rollout: GroupRollout, responses: list[str], rewards: np.ndarray) -> None:

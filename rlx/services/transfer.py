@@ -12,6 +12,8 @@ from rlx.rollout import Generation, GroupRollout
 
 # Encoder inputs travel as one field per modality, `media/<name>`, so the learner can re-encode them.
 MEDIA_PREFIX = "media/"
+# Recorded MoE routes (R3) travel as one more field when the engine records them.
+ROUTES = "routes"
 # The fields the learner needs before it takes a batch.
 TRAIN_FIELDS = ("prompt_tokens", "start", "tokens", "log_probs", "mask", "lengths", "versions", "rewards", "task_scores")
 
@@ -37,6 +39,7 @@ def to_groups(batch: ScoredBatch) -> list[tuple[dict[str, np.ndarray], dict[str,
             "log_probs": generation.log_probs[rows], "mask": generation.mask[rows], "lengths": generation.lengths[rows],
             "versions": rollout.policy_version[rows], "rewards": batch.rewards[rows], "task_scores": batch.task_scores[rows],
             **{MEDIA_PREFIX + name: values[rows] for name, values in (rollout.media or {}).items()},
+            **({ROUTES: rollout.routes[rows]} if rollout.routes is not None else {}),
         }
         meta = {"records": [rollout.records[r] for r in rows], "responses": [batch.responses[r] for r in rows]}
         groups.append((fields, meta))
@@ -56,5 +59,6 @@ def from_groups(groups: list[Group]) -> ScoredBatch:
         generation=Generation(field("tokens"), field("log_probs"), field("mask"), field("lengths")),
         policy_version=field("versions"),
         media=media or None,
+        routes=field(ROUTES) if ROUTES in groups[0].fields else None,
     )
     return ScoredBatch(rollout, [r for g in groups for r in g.meta["responses"]], field("task_scores"), field("rewards"))

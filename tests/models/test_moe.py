@@ -1,4 +1,5 @@
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -49,12 +50,23 @@ def test_block_matches_token_by_token_reference(block, impl):
 
 def test_route_weights():
     logits = jnp.array([[2.0, 1.0, 0.0, -1.0]])
-    weights, routes = route(logits, 2, normalize=False)
+    weights, used, own = route(logits, 2, normalize=False)
     probs = jax.nn.softmax(logits)
-    np.testing.assert_array_equal(routes, [[0, 1]])
+    np.testing.assert_array_equal(used, [[0, 1]])
+    np.testing.assert_array_equal(own, used)
     np.testing.assert_allclose(weights, probs[:, :2], rtol=1e-6)
-    normalized, _ = route(logits, 2, normalize=True)
+    normalized, _, _ = route(logits, 2, normalize=True)
     np.testing.assert_allclose(normalized.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_replayed_route_weights_and_unrecorded_tokens():
+    """Recorded ids are used with the router's probabilities; a token recorded as -1 takes its own top-k."""
+    logits = jnp.array([[2.0, 1.0, 0.0, -1.0], [2.0, 1.0, 0.0, -1.0]])
+    probs = jax.nn.softmax(logits)
+    weights, used, own = route(logits, 2, normalize=False, routes=jnp.array([[3, 2], [-1, -1]]))
+    np.testing.assert_array_equal(used, [[3, 2], [0, 1]])
+    np.testing.assert_array_equal(own, [[0, 1], [0, 1]])
+    np.testing.assert_allclose(weights, [[probs[0, 3], probs[0, 2]], [probs[1, 0], probs[1, 1]]], rtol=1e-6)
 
 
 def test_replayed_routes_are_used_and_reweighted(block):
@@ -62,9 +74,11 @@ def test_replayed_routes_are_used_and_reweighted(block):
     same, _ = block(X, routes=own)
     np.testing.assert_allclose(same, block(X)[0], atol=1e-6)
     forced = jnp.stack([jnp.full((2, 3), 4), jnp.full((2, 3), 3)], axis=-1).astype(jnp.int32)
-    y, used = block(X, routes=forced)
-    np.testing.assert_array_equal(used, forced)
+    y, chosen = block(X, routes=forced)
+    np.testing.assert_array_equal(chosen, own)  # what the router would choose, whatever was replayed
     assert not np.allclose(y, same)
+    unrecorded, _ = block(X, routes=jnp.full_like(forced, -1))
+    np.testing.assert_allclose(unrecorded, same, atol=1e-6)  # nothing recorded: nothing replayed
     graphdef, state = nnx.split(block)
     grads = jax.grad(lambda st: jnp.sum(nnx.merge(graphdef, st)(X, routes=forced)[0]))(state)
     assert np.abs(np.asarray(grads["router"][...])[:, 3:]).sum() > 0  # the router learns through the replayed experts' weights
@@ -95,3 +109,51 @@ def test_moe_layers_follow_the_hf_rule_and_name_their_axes():
 def test_bad_moe_config(fields, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**fields)
+
+
+def _model_routes(model, ids, routes=None):
+    """(hidden states, the routers' own routes) of a jitted forward (eager scans are slow)."""
+    graphdef, state = nnx.split(model)
+    return _forward(graphdef, state, ids, routes)
+
+
+@partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, ids, routes):
+    hidden, _, own = nnx.merge(graphdef, state).hidden_states_and_routes(ids, routes=routes)
+    return hidden, own
+
+
+def test_stacks_emit_routes_in_layer_order_and_replay_them():
+    """Layers 0 and 2 are MoE stacks around a dense one: routes [B, S, 2, k], the layer-2 stack's second."""
+    model = Qwen3(CONFIG, rngs=nnx.Rngs(0))
+    ids = jax.random.randint(jax.random.key(2), (2, 5), 0, 16)
+    hidden, routes = _model_routes(model, ids)
+    assert routes.shape == (2, 5, CONFIG.moe_layers, 2) == (2, 5, 2, 2) and routes.dtype == jnp.int32
+    replayed, chosen = _model_routes(model, ids, routes=routes)
+    np.testing.assert_array_equal(replayed, hidden)  # replaying the router's own choice changes nothing
+    np.testing.assert_array_equal(chosen, routes)
+    # A route forced in the last MoE layer only changes the output; the earlier layer's choice is untouched.
+    forced = routes.at[:, :, 1].set(jnp.array([3, 4]))
+    other, chosen = _model_routes(model, ids, routes=forced)
+    assert not np.allclose(other, hidden)
+    np.testing.assert_array_equal(chosen[:, :, 0], routes[:, :, 0])
+    unrecorded, _ = _model_routes(model, ids, routes=jnp.full_like(routes, -1))
+    np.testing.assert_array_equal(unrecorded, hidden)
+
+
+def test_dense_model_has_no_routes():
+    dense = dataclasses.replace(CONFIG, num_experts=0)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen3(dense, rngs=nnx.Rngs(0))))
+    _, _, routes = jax.eval_shape(lambda st, ids: nnx.merge(graphdef, st).hidden_states_and_routes(ids), state, jnp.zeros((1, 3), jnp.int32))
+    assert routes is None and dense.moe_layers == 0
+
+
+def test_router_gets_gradients_under_replay_in_every_moe_layer():
+    model = Qwen3(CONFIG, rngs=nnx.Rngs(0))
+    ids = jax.random.randint(jax.random.key(2), (2, 5), 0, 16)
+    _, routes = _model_routes(model, ids)
+    forced = (routes + 1) % CONFIG.num_experts
+    graphdef, state = nnx.split(model)
+    grads = jax.jit(jax.grad(lambda st: jnp.sum(jnp.sin(_forward(graphdef, st, ids, forced)[0]))))(state)
+    for stack in (0, 2):
+        assert np.abs(np.asarray(grads["layers"][stack]["layer"]["mlp"]["router"][...])).sum() > 0

@@ -9,7 +9,7 @@ from rlx.rollout import Generation, GroupRollout
 from rlx.services.transfer import TRAIN_FIELDS, ScoredBatch, from_groups, to_groups
 
 
-def make_batch(groups: int = 3, n: int = 2, width: int = 4, with_media: bool = False) -> ScoredBatch:
+def make_batch(groups: int = 3, n: int = 2, width: int = 4, with_media: bool = False, with_routes: bool = False) -> ScoredBatch:
     rows = groups * n
     rng = np.random.default_rng(0)
     rollout = GroupRollout(
@@ -21,13 +21,14 @@ def make_batch(groups: int = 3, n: int = 2, width: int = 4, with_media: bool = F
                               np.ones((rows, width), np.float32), np.full(rows, width, np.int32)),
         policy_version=rng.integers(0, 3, (rows, width)).astype(np.int32),
         media={"image": rng.normal(size=(rows, 2, 3)).astype(np.float32), "audio": rng.normal(size=(rows, 4)).astype(np.float32)} if with_media else None,
+        routes=rng.integers(-1, 8, (rows, 5 + width, 3, 2)).astype(np.int32) if with_routes else None,  # [rows, P + R, moe_layers, k]
     )
     return ScoredBatch(rollout, [f"r{r}" for r in range(rows)], rng.random(rows).astype(np.float32), rng.random(rows).astype(np.float32))
 
 
-@pytest.mark.parametrize("with_media", [False, True])
-def test_round_trip_through_the_bus(with_media):
-    batch = make_batch(with_media=with_media)
+@pytest.mark.parametrize("with_media, with_routes", [(False, False), (True, False), (False, True)])
+def test_round_trip_through_the_bus(with_media, with_routes):
+    batch = make_batch(with_media=with_media, with_routes=with_routes)
     bus = TransferQueue(capacity=3)
     for fields, meta in to_groups(batch):
         bus.put(7, fields, meta)
@@ -48,3 +49,8 @@ def test_round_trip_through_the_bus(with_media):
             np.testing.assert_array_equal(joined.media[name], original.media[name])
     else:
         assert joined.media is None
+    if with_routes:  # MoE routes (R3) ride along as one more per-row field
+        assert joined.routes.dtype == np.int32
+        np.testing.assert_array_equal(joined.routes, original.routes)
+    else:
+        assert joined.routes is None

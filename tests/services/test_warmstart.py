@@ -81,19 +81,20 @@ def test_a_warm_start_of_another_model_is_refused(tmp_path):
     assert_same_weights(params, loaded)
 
 
-def test_the_shipped_demo_warm_start_is_what_this_code_warms_up(tmp_path):
-    """configs/demo.yaml's 800 warm-up steps ship in rlx/warmstarts/. Its key is this code's key for the demo config
-    (same settings, initial weights, demonstrations, tokenizer), and the Trainer's own warm-up path reproduces its
-    stored losses (same data order, loss and optimizer): the first 25 steps, run afresh, match them.
-    If this fails after a deliberate change, rebuild: python -m rlx.warmstart --config configs/demo.yaml --ship"""
-    demo = load_config("configs/demo.yaml")
-    config = load_config("configs/demo.yaml", [f"run.output_dir={tmp_path}", "run.progress=false", "warmup.sft_steps=25",
-                                               "warmup.cache=none"])
+@pytest.mark.parametrize("demo_config", ["configs/demo.yaml", "configs/demo_moe.yaml"])
+def test_the_shipped_demo_warm_start_is_what_this_code_warms_up(tmp_path, demo_config):
+    """The demos' 800 warm-up steps ship in rlx/warmstarts/ (the dense demo's and the MoE demo's). Each one's key is this
+    code's key for its demo config (same settings, initial weights, demonstrations, tokenizer), and the Trainer's own
+    warm-up path reproduces its stored losses (same data order, loss and optimizer): the first 25 steps, run afresh, match them.
+    If this fails after a deliberate change, rebuild: python -m rlx.warmstart --config <the demo config> --ship"""
+    demo = load_config(demo_config)
+    config = load_config(demo_config, [f"run.output_dir={tmp_path}", "run.progress=false", "warmup.sft_steps=25",
+                                       "warmup.cache=none"])
     trainer = Trainer(config)
     try:
         key = warmstart.warmup_key(demo, trainer.learner.params, trainer.task.demonstrations, trainer.task.tokenizer)
         shipped = warmstart.SHIPPED_DIR / f"{key}.safetensors"
-        assert shipped.is_file(), f"no shipped warm start for configs/demo.yaml (key {key})"
+        assert shipped.is_file(), f"no shipped warm start for {demo_config} (key {key})"
         trainer.resume_or_warm_start()
     finally:
         trainer.close()
