@@ -21,6 +21,7 @@ from rlx.algorithms.config import AlgorithmConfig
 from rlx.bus.config import BusConfig
 from rlx.checks import require_positive
 from rlx.data.config import DataConfig
+from rlx.envs.config import EnvConfig
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig, WarmupConfig
 from rlx.models.config import ModelConfig
 from rlx.models.hf_config import UnsupportedCheckpointError, architecture_from_hf, read_hf_config
@@ -98,12 +99,14 @@ class Config:
     distill: DistillConfig = DistillConfig()
     parallel: ParallelConfig = ParallelConfig()
     bus: BusConfig = BusConfig()
+    env: EnvConfig = EnvConfig()
 
     def __post_init__(self) -> None:
         _check_algorithm_sections(self)
         _check_modalities(self)
         _check_hf_checkpoints(self)
         _check_bus(self)
+        _check_env(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(
@@ -144,6 +147,21 @@ def _check_bus(config: Config) -> None:
         raise ValueError(f"bus.interrupt={bus.interrupt!r} swaps weights inside rlx's driver; it needs rollout.backend=engine")
     if config.rollout.token_budget is not None and config.algorithm.dynamic_sampling:
         raise ValueError("rollout.token_budget carries samples across steps, algorithm.dynamic_sampling redraws within one; use one of them")
+
+
+def _check_env(config: Config) -> None:
+    """Multi-turn rollouts (`env.fn`) run in rlx's driver; what they do not combine with yet is refused here."""
+    if config.env.fn is None:
+        return
+    unsupported = {
+        "rollout.backend: jetstream (multi-turn rollouts run in rlx's driver; use backend: engine)": config.rollout.backend != "engine",
+        "rollout.token_budget (trajectories are not carried across steps yet; set it to null)": config.rollout.token_budget is not None,
+        "bus.interrupt: recompute_cache (use keep_cache or off)": config.bus.interrupt == "recompute_cache",
+        "modality encoders (not supported with multi-turn rollouts yet)": config.model.vision.enabled or config.model.audio.enabled,
+    }
+    refused = [what for what, applies in unsupported.items() if applies]
+    if refused:
+        raise ValueError(f"env.fn={config.env.fn!r} (multi-turn rollouts) does not work with {'; '.join(refused)}")
 
 
 def _check_algorithm_sections(config: Config) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from rlx.data.arithmetic import ALPHABET, arithmetic_splits, warmup_demonstrations
+from rlx.data.arithmetic import ALPHABET, CALCULATOR_ALPHABET, arithmetic_splits, warmup_demonstrations
 from rlx.data.config import DataConfig
 from rlx.data.jsonl import read_jsonl
 from rlx.data.media import MediaReadError, MediaSpec, READERS
@@ -25,7 +25,7 @@ class TaskData:
     tokenizer: Tokenizer
     train: list[PromptRecord]
     val: list[PromptRecord]
-    demonstrations: list[PromptRecord]  # what the supervised warm-up imitates
+    demonstrations: list[PromptRecord]  # what the supervised warm-up imitates (for multi-turn runs, see env.demonstrations)
     counts: dict[str, int]  # data/* counters: rows skipped and why
 
 
@@ -35,6 +35,9 @@ def load_task(config: DataConfig, media: MediaSpec | None = None) -> TaskData:
     if config.source == "arithmetic":
         train, val = arithmetic_splits(config.arithmetic, config.train_size, config.val_size, config.seed)
         tokenizer = CharTokenizer(ALPHABET)
+    elif config.source == "calculator":
+        train, val = arithmetic_splits(config.arithmetic, config.train_size, config.val_size, config.seed, symbol="*")
+        tokenizer = CharTokenizer(CALCULATOR_ALPHABET)
     elif config.source == "omni":
         if media is None:
             raise ValueError("data.source: omni needs modality encoders; set model.vision.enabled and model.audio.enabled")

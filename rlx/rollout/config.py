@@ -26,6 +26,8 @@ class RolloutConfig:
     truncated distribution (see `rlx/rollout/sampling.py` for how the learner compares).
     A response ends at a stop token (the tokenizer's `stop_ids`: EOS and end-of-turn) or at
     the token completing one of `stop_strings` (matched on decoded text; `backend: engine` only).
+    With an environment (`env.fn`), a sample is a trajectory of at most `max_turns` policy turns,
+    and `max_new_tokens` bounds its policy and observation tokens together (`rlx/rollout/turns.py`).
     """
 
     backend: Literal["engine", "jetstream"] = "engine"
@@ -40,12 +42,13 @@ class RolloutConfig:
     steps_per_generate: int = 2
     token_budget: int | None = None
     stop_strings: tuple[str, ...] = ()
+    max_turns: int = 4
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
         SamplingParams(self.temperature, self.top_p, self.top_k)  # validates them
-        require_positive(self, "max_new_tokens", "max_concurrent_decodes", "steps_per_generate")
+        require_positive(self, "max_new_tokens", "max_concurrent_decodes", "steps_per_generate", "max_turns")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"token_budget must be >= 1 generated tokens per step or null (off), got {self.token_budget}")
         if self.token_budget is not None and self.backend != "engine":

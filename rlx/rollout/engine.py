@@ -10,7 +10,9 @@ cache is written at one column per row.
 Lean programs: prefill computes logits only at each row's last column; decode attention reads
 only the first `kv_len` cache columns, one compiled variant per power-of-two length bucket,
 chosen on the host from the longest live slot (`generate(..., columns=)`); `recompute` runs
-in column chunks written in place, with logits only at each slot's last token. The KV cache
+in column chunks written in place, with logits only at each slot's last token; `extend` appends
+tokens (a multi-turn observation) to some slots at their own columns, onto the cache they hold,
+one compiled variant per power-of-two length bucket. The KV cache
 and the weights (`publish`) are in the model's compute dtype.
 
 Sharding (`rlx.rollout.state.EngineLayout`): every program has explicit in/out shardings on the
@@ -164,6 +166,8 @@ class Engine:
         }
         self._recompute = jit(self._recompute_impl, in_shardings=(layout.params, state, layout.rows, layout.rows),
                               out_shardings=state, donate_argnums=(1,))
+        self._extend = jit(self._extend_impl, in_shardings=(layout.params, state, layout.rows, layout.rows, layout.rows),
+                           out_shardings=state, donate_argnums=(1,))
         self._new_state = jit(self._new_state_impl, in_shardings=(layout.replicated,), out_shardings=state)
         self._reset = jit(self._reset_impl, in_shardings=(state, layout.replicated), out_shardings=state, donate_argnums=(0,))
         self._score = jit(self._score_impl, static_argnums=(3, 4))
@@ -408,6 +412,38 @@ class Engine:
         logits = jnp.where(chosen[:, None], model.logits(last_hidden), state.logits)
         return dataclasses.replace(state, cache=cache, logits=logits)
 
+    # -- extend ------------------------------------------------------------------------------------
+    def extend(self, params: nnx.State, decode_state: DecodeState, slots: Sequence[int], tokens: Sequence[np.ndarray],
+               columns: Sequence[int]) -> DecodeState:
+        """Appends `tokens[i]` to slot `slots[i]` at cache columns `columns[i]` onwards (a prefill onto the
+        slot's own cache: nothing before `columns[i]` is recomputed) and makes the logits after its last
+        token the slot's next-token logits; the slot decodes again from column `columns[i] + len(tokens[i])`.
+
+        For multi-turn rollouts: an observation inserted between policy turns. The tokens are padded
+        to a length bucket (one compiled variant each); other slots keep their state.
+        """
+        lengths = np.zeros((self._slots,), np.int32)
+        starts = np.full((self._slots,), self.max_len, np.int32)  # slots not extended write nowhere
+        longest = max(len(t) for t in tokens)
+        if longest == 0 or any(c + len(t) > self.max_len for c, t in zip(columns, tokens)):
+            raise ValueError(f"extend: every slot needs 1..{self.max_len} - column tokens, got lengths {[len(t) for t in tokens]} at columns {list(columns)}")
+        width = self.kv_bucket(longest)
+        padded = np.full((self._slots, width), self.pad_id, np.int32)
+        for slot, appended, column in zip(slots, tokens, columns):
+            padded[slot, : len(appended)], lengths[slot], starts[slot] = appended, len(appended), column
+        return self._extend(params, decode_state, padded, lengths, starts)
+
+    def _extend_impl(self, params, state: DecodeState, tokens, lengths, columns):
+        model = nnx.merge(self._graphdef, params)
+        chosen = lengths > 0
+        # Padding columns past a slot's tokens are written too; decode overwrites each before any query reads it.
+        hidden, cache = model.hidden_states(tokens, start=state.start, cache=state.cache, cache_index=columns)
+        last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+        return dataclasses.replace(
+            state, cache=cache, index=jnp.where(chosen, columns + lengths, state.index),
+            logits=jnp.where(chosen[:, None], model.logits(last), state.logits), done=state.done & ~chosen,
+        )
+
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, params: nnx.State, tokens: np.ndarray, start: np.ndarray, prompt_len: int, sampling: SamplingParams) -> np.ndarray:
         """Behaviour log-probs (`rlx.rollout.sampling.token_log_probs`) of `tokens[:, prompt_len:]` by one teacher-forced pass.
@@ -426,7 +462,8 @@ class Engine:
     def programs(self, sampling: SamplingParams = SamplingParams()) -> dict[str, tuple[Callable, tuple]]:
         """{name: (jitted program the engine runs, abstract arguments)} at the largest shapes it runs:
         prefill of `max_concurrent_decodes` prompts at the largest bucket, insert of as many rows,
-        one decode call reading all `max_len` columns (with `sampling`, static), recompute. Each
+        one decode call reading all `max_len` columns (with `sampling`, static), recompute, an extend of
+        every slot by the longest observation (`max_decode_length` tokens, bucketed). Each
         entry lowers with `fn.lower(*args)`; nothing is allocated."""
         layout, slots = self._layout, self._slots
         shape = lambda dims, dtype, sharding: jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)
@@ -435,11 +472,13 @@ class Engine:
         prefix = abstract(jax.eval_shape(self._prefill_impl, params, tokens, start, None), layout.prefix())
         index = shape((slots,), jnp.int32, layout.replicated)
         sequences = shape((slots, self._recompute_width), jnp.int32, layout.rows)
+        appended = shape((slots, self.kv_bucket(self.max_len - self._max_prefill)), jnp.int32, layout.rows)
         return {
             "generator prefill": (self._prefill, (params, tokens, start, None)),
             "generator insert": (self._insert, (prefix, state, index, index)),
             "generator decode step": (self._generate[self.max_len], (params, state, sampling)),
             "generator recompute": (self._recompute, (params, state, sequences, shape((slots,), bool, layout.rows))),
+            "generator extend": (self._extend, (params, state, appended, start, start)),
         }
 
     def _abstract_state(self) -> DecodeState:
@@ -448,5 +487,5 @@ class Engine:
 
     def compiled_variants(self) -> int:
         """Compiled variants of the engine's programs so far: bounded by buckets x sampling settings."""
-        jitted = [self._prefill, self._insert, self._recompute, self._new_state, self._reset, self._score, *self._generate.values()]
+        jitted = [self._prefill, self._insert, self._recompute, self._extend, self._new_state, self._reset, self._score, *self._generate.values()]
         return sum(fn._cache_size() for fn in jitted)

@@ -11,14 +11,26 @@ import numpy as np
 from rlx.data import CharTokenizer, PromptRecord, encode_prompts
 from rlx.data.media import MediaSpec
 from rlx.data.placeholders import prompt_ids, record_modality
-from rlx.rewards import RewardFn, score_responses
-from rlx.rollout import RolloutBackend, SamplingParams
+from rlx.rewards import RewardFn, Scores, score_responses
+from rlx.rollout import GroupRollout, RolloutBackend, SamplingParams
 
 log = logging.getLogger(__name__)
 
 # A sample counts as solved when its reward reaches this: verifiers score a correct answer 1.0
 # (with a weighted sum such as `math_verify + 0.1 * format`, give the verifier weight 1).
 SOLVED_AT = 1.0
+
+
+def rollout_scores(rollout: GroupRollout, responses: Sequence[str], reward_fn: RewardFn, on_error: float) -> Scores:
+    """The rewards of `rollout`: its environment's (multi-turn rollouts, errors counted there), else `reward_fn` of each response."""
+    if rollout.rewards is not None:
+        return Scores(rollout.rewards, int(rollout.metrics.get("agent/env_errors", 0)))
+    return score_responses(reward_fn, responses, rollout.records, on_error)
+
+
+def policy_tokens(rollout: GroupRollout) -> np.ndarray:
+    """[rows] tokens the policy wrote (multi-turn observations not counted)."""
+    return rollout.generation.mask.sum(axis=1)
 
 
 def evaluate(
@@ -40,10 +52,11 @@ def evaluate(
     prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
     rollout = backend.generate_groups(prompts, 1, jax.random.key(0), SamplingParams(temperature=0.0), max_new_tokens)
     responses = tokenizer.decode_batch(rollout.generation.tokens)
-    rewards = score_responses(reward_fn, responses, rollout.records, on_error=0.0).rewards
+    rewards = rollout_scores(rollout, responses, reward_fn, on_error=0.0).rewards
     metrics = {
         "val/accuracy": float(np.mean(rewards)),
-        "val/response_length/mean": float(np.mean(rollout.generation.lengths)),
+        "val/response_length/mean": float(np.mean(policy_tokens(rollout))),
+        **{f"val/{name}": value for name, value in rollout.metrics.items() if name.startswith("agent/")},
     }
     if media is not None:
         modalities = np.array([record_modality(record) for record in rollout.records])
@@ -85,12 +98,12 @@ def sampled_evaluation(
     prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
     rollout = backend.generate_groups(prompts, samples, key, sampling, max_new_tokens)
     responses = tokenizer.decode_batch(rollout.generation.tokens)
-    scores = score_responses(reward_fn, responses, rollout.records, on_error=0.0)
+    scores = rollout_scores(rollout, responses, reward_fn, on_error=0.0)
     rewards = scores.rewards.reshape(len(records), samples)  # rows are prompt-major
     correct = (rewards >= SOLVED_AT).sum(axis=1)
     metrics = {f"pass@{k}": float(np.mean([pass_at_k(samples, int(c), k) for c in correct])) for k in reported_ks(samples)}
     metrics[f"avg@{samples}"] = float(rewards.mean())
-    metrics["response_length/mean"] = float(np.mean(rollout.generation.lengths))
+    metrics["response_length/mean"] = float(np.mean(policy_tokens(rollout)))
     metrics["reward/errors"] = float(scores.errors)
     if media is not None:
         modalities = np.array([record_modality(record) for record in rollout.records[::samples]])
