@@ -12,7 +12,7 @@ only the first `kv_len` cache columns, one compiled variant per power-of-two len
 chosen on the host from the longest live slot (`generate(..., columns=)`); `recompute` runs
 in column chunks written in place, with logits only at each slot's last token; `extend` appends
 tokens (a multi-turn observation) to some slots at their own columns, onto the cache they hold,
-one compiled variant per power-of-two length bucket. The KV cache
+one compiled variant per power-of-two length bucket, in the same column chunks. The KV cache
 and the weights (`publish`) are in the model's compute dtype.
 
 Sharding (`rlx.rollout.state.EngineLayout`): every program has explicit in/out shardings on the
@@ -370,10 +370,11 @@ class Engine:
         data = jnp.concatenate([tokens.T, valid.T.astype(jnp.int32), state.generated[:, None]], axis=1)
         return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1))
 
-    # -- recompute ----------------------------------------------------------------------------------
-    @property
-    def _recompute_width(self) -> int:
-        return -(-self.max_len // self._recompute_columns) * self._recompute_columns
+    # -- recompute and extend: tokens run onto the slots' own cache ------------------------------------
+    def _chunked_width(self, width: int) -> int:
+        """`width` columns, rounded up to whole chunks of `RECOMPUTE_COLUMNS` when it is wider than one."""
+        chunk = self._recompute_columns
+        return width if width <= chunk else -(-width // chunk) * chunk
 
     def recompute(self, params: nnx.State, decode_state: DecodeState, tokens: np.ndarray, slots: np.ndarray) -> DecodeState:
         """Rebuilds the KV cache and next-token logits of `slots` under `params` (after a weight swap).
@@ -384,35 +385,16 @@ class Engine:
         """
         chosen = np.zeros((self._slots,), bool)
         chosen[np.asarray(slots, np.int64)] = True
-        padded = np.full((self._slots, self._recompute_width), self.pad_id, np.int32)
+        padded = np.full((self._slots, self._chunked_width(self.max_len)), self.pad_id, np.int32)
         padded[:, : self.max_len] = tokens
         return self._recompute(params, decode_state, padded, chosen)
 
     def _recompute_impl(self, params, state: DecodeState, tokens, chosen):
-        """Column chunks of RECOMPUTE_COLUMNS written into the state's own cache: no second cache,
-        no `[slots, columns, vocab]` logits (only each slot's last token's)."""
         model = nnx.merge(self._graphdef, params)
-        width = self._recompute_columns
-        last = jnp.clip(state.index - 1, 0, self.max_len - 1)
+        lengths = jnp.where(chosen, state.index, 0)
+        cache, logits = self._run_onto_cache(model, state, tokens, lengths, jnp.zeros_like(lengths))
+        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits))
 
-        def chunk(carry, first):
-            cache, last_hidden = carry
-            ids = jax.lax.dynamic_slice_in_dim(tokens, first, width, axis=1)
-            # Rows not chosen write at column max_len, which the cache drops: their cache stays as it was.
-            index = jnp.where(chosen, first, self.max_len)
-            hidden, cache = model.hidden_states(ids, start=state.start, cache=cache, cache_index=index)
-            offset = last - first
-            here = (offset >= 0) & (offset < width)
-            picked = jnp.take_along_axis(hidden, jnp.clip(offset, 0, width - 1)[:, None, None], axis=1)[:, 0]
-            return (cache, jnp.where(here[:, None], picked, last_hidden)), None
-
-        hidden0 = jnp.zeros((self._slots, self.model_config.hidden_size), jnp.dtype(self.model_config.dtype))
-        starts = jnp.arange(0, tokens.shape[1], width, dtype=jnp.int32)
-        (cache, last_hidden), _ = jax.lax.scan(chunk, (state.cache, hidden0), starts)
-        logits = jnp.where(chosen[:, None], model.logits(last_hidden), state.logits)
-        return dataclasses.replace(state, cache=cache, logits=logits)
-
-    # -- extend ------------------------------------------------------------------------------------
     def extend(self, params: nnx.State, decode_state: DecodeState, slots: Sequence[int], tokens: Sequence[np.ndarray],
                columns: Sequence[int]) -> DecodeState:
         """Appends `tokens[i]` to slot `slots[i]` at cache columns `columns[i]` onwards (a prefill onto the
@@ -422,13 +404,12 @@ class Engine:
         For multi-turn rollouts: an observation inserted between policy turns. The tokens are padded
         to a length bucket (one compiled variant each); other slots keep their state.
         """
-        lengths = np.zeros((self._slots,), np.int32)
-        starts = np.full((self._slots,), self.max_len, np.int32)  # slots not extended write nowhere
         longest = max(len(t) for t in tokens)
         if longest == 0 or any(c + len(t) > self.max_len for c, t in zip(columns, tokens)):
             raise ValueError(f"extend: every slot needs 1..{self.max_len} - column tokens, got lengths {[len(t) for t in tokens]} at columns {list(columns)}")
-        width = self.kv_bucket(longest)
-        padded = np.full((self._slots, width), self.pad_id, np.int32)
+        padded = np.full((self._slots, self._chunked_width(self.kv_bucket(longest))), self.pad_id, np.int32)
+        lengths = np.zeros((self._slots,), np.int32)  # slots not extended run no tokens
+        starts = np.zeros((self._slots,), np.int32)
         for slot, appended, column in zip(slots, tokens, columns):
             padded[slot, : len(appended)], lengths[slot], starts[slot] = appended, len(appended), column
         return self._extend(params, decode_state, padded, lengths, starts)
@@ -436,13 +417,32 @@ class Engine:
     def _extend_impl(self, params, state: DecodeState, tokens, lengths, columns):
         model = nnx.merge(self._graphdef, params)
         chosen = lengths > 0
-        # Padding columns past a slot's tokens are written too; decode overwrites each before any query reads it.
-        hidden, cache = model.hidden_states(tokens, start=state.start, cache=state.cache, cache_index=columns)
-        last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
-        return dataclasses.replace(
-            state, cache=cache, index=jnp.where(chosen, columns + lengths, state.index),
-            logits=jnp.where(chosen[:, None], model.logits(last), state.logits), done=state.done & ~chosen,
-        )
+        cache, logits = self._run_onto_cache(model, state, tokens, lengths, columns)
+        return dataclasses.replace(state, cache=cache, index=jnp.where(chosen, columns + lengths, state.index),
+                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen)
+
+    def _run_onto_cache(self, model, state: DecodeState, tokens, lengths, columns) -> tuple[KVCache, jax.Array]:
+        """Runs row s's `tokens[s, :lengths[s]]` at cache columns `columns[s]` onwards, written into the state's
+        own cache in column chunks of RECOMPUTE_COLUMNS (no second cache, no `[slots, columns, vocab]`
+        logits); returns the cache and the logits after each row's last token. Rows of length 0 write
+        nowhere; padding past a row's tokens is written too, and decode overwrites it before any query reads it."""
+        width = min(tokens.shape[1], self._recompute_columns)
+        last = lengths - 1
+
+        def chunk(carry, first):
+            cache, last_hidden = carry
+            ids = jax.lax.dynamic_slice_in_dim(tokens, first, width, axis=1)
+            index = jnp.where(lengths > 0, columns + first, self.max_len)  # column max_len and beyond: the write is dropped
+            hidden, cache = model.hidden_states(ids, start=state.start, cache=cache, cache_index=index)
+            offset = last - first
+            here = (offset >= 0) & (offset < width)
+            picked = jnp.take_along_axis(hidden, jnp.clip(offset, 0, width - 1)[:, None, None], axis=1)[:, 0]
+            return (cache, jnp.where(here[:, None], picked, last_hidden)), None
+
+        hidden0 = jnp.zeros((self._slots, self.model_config.hidden_size), jnp.dtype(self.model_config.dtype))
+        starts = jnp.arange(0, tokens.shape[1], width, dtype=jnp.int32)
+        (cache, last_hidden), _ = jax.lax.scan(chunk, (state.cache, hidden0), starts)
+        return cache, model.logits(last_hidden)
 
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, params: nnx.State, tokens: np.ndarray, start: np.ndarray, prompt_len: int, sampling: SamplingParams) -> np.ndarray:
@@ -471,8 +471,8 @@ class Engine:
         tokens, start = shape((slots, self._max_prefill), jnp.int32, layout.rows), shape((slots,), jnp.int32, layout.rows)
         prefix = abstract(jax.eval_shape(self._prefill_impl, params, tokens, start, None), layout.prefix())
         index = shape((slots,), jnp.int32, layout.replicated)
-        sequences = shape((slots, self._recompute_width), jnp.int32, layout.rows)
-        appended = shape((slots, self.kv_bucket(self.max_len - self._max_prefill)), jnp.int32, layout.rows)
+        sequences = shape((slots, self._chunked_width(self.max_len)), jnp.int32, layout.rows)
+        appended = shape((slots, self._chunked_width(self.kv_bucket(self.max_len - self._max_prefill))), jnp.int32, layout.rows)
         return {
             "generator prefill": (self._prefill, (params, tokens, start, None)),
             "generator insert": (self._insert, (prefix, state, index, index)),
