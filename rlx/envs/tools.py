@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
 import operator
 from typing import Any, Callable, get_type_hints
 
@@ -39,10 +40,7 @@ class Tool:
     def __call__(self, arguments: dict[str, Any] | str) -> str:
         """Runs the tool on checked `arguments` (a str goes to its one required parameter); returns its output text."""
         if isinstance(arguments, str):
-            required = self.parameters["required"]
-            if len(required) != 1:
-                raise ToolError(f"{self.name} takes named arguments {sorted(self.parameters['properties'])}")
-            arguments = {required[0]: arguments}
+            arguments = self._plain(arguments)
         self._check(arguments)
         try:
             return str(self.fn(**arguments))
@@ -50,6 +48,18 @@ class Tool:
             raise
         except Exception as err:  # the tool's failure is the call's result
             raise ToolError(f"{type(err).__name__}: {err}") from None
+
+    def _plain(self, text: str) -> dict[str, Any]:
+        """A plain call's text as the one required argument (read as JSON where that is not a string)."""
+        required = self.parameters["required"]
+        if len(required) != 1:
+            raise ToolError(f"{self.name} takes named arguments {sorted(self.parameters['properties'])}")
+        if self.parameters["properties"][required[0]]["type"] == "string":
+            return {required[0]: text}
+        try:
+            return {required[0]: json.loads(text)}
+        except json.JSONDecodeError:
+            raise ToolError(f"{self.name}: {text!r} is not a {self.parameters['properties'][required[0]]['type']}") from None
 
     def _check(self, arguments: dict[str, Any]) -> None:
         properties = self.parameters["properties"]
