@@ -1,0 +1,71 @@
+"""Multi-turn runs end to end: environment rewards and agent metrics, observation tokens out of the
+mismatch metrics, the asynchronous loop, and the combinations refused at config load."""
+
+import json
+
+import pytest
+
+from rlx.config import ConfigError, load_config
+from rlx.services import train
+from rlx.services.tracking import read_metrics
+from tests.conftest import tiny_overrides
+
+
+class Ping:
+    """A turn ends at `+` or `=`; the first two turns get `=1=` back, the third ends the trajectory with reward
+    1 if its text is short. Some trajectories (`record.id` ending in 3) raise: counted, not fatal."""
+
+    def __init__(self, context):
+        self.turns = 0
+
+    @staticmethod
+    def stop_strings(context):
+        return ("+", "=")
+
+    def reset(self, record):
+        self.record = record
+
+    def step(self, action):
+        self.turns += 1
+        if self.record.id.endswith("3"):
+            raise RuntimeError("environment broke")
+        if self.turns == 3:
+            return None, float(len(action) < 3), True, {"pings": 1}
+        return "=1=", 0.0, False, {"pings": 1}
+
+
+def agent_config(out, *extra):
+    return load_config(None, [*tiny_overrides(out), "env.fn=tests.services.test_agent_run:Ping", "rollout.max_new_tokens=12",
+                              "model.max_seq_len=24", "rollout.max_turns=3", *extra])
+
+
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_a_multi_turn_run_trains_on_environment_rewards(tmp_path, staleness):
+    out = tmp_path / "run"
+    train(agent_config(out, f"bus.max_staleness={staleness}", "run.steps=3", "reward.on_error_reward=-1"))
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    for row in rows[1:]:
+        assert 1 < row["agent/turns_mean"] <= 3 and 0 <= row["agent/truncated"] < 1 and row["agent/pings"] > 1
+        assert row["reward/errors"] == row["agent/env_errors"]
+        # Observation tokens carry no behaviour log-prob: were they in the mask, this would be near 1.
+        assert row["training/rollout_probs_diff_max"] < 1e-3
+        assert row["training/off_policy/staleness_max"] <= staleness
+    assert "val/agent/turns_mean" in rows[0] and rows[0]["val/accuracy"] >= 0
+    consumed = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert any("=1=" in row["response"] for row in consumed)  # whole trajectories, observations included
+    broken = [row for row in consumed if row["prompt_id"].endswith("3")]
+    assert all(row["reward"] == -1.0 for row in broken) and any(row["reward"] >= 0 for row in consumed)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("rollout.token_budget=64", "rollout.token_budget"),
+    ("rollout.backend=jetstream", "rollout.backend: jetstream"),
+    ("bus.interrupt=recompute_cache", "bus.interrupt: recompute_cache"),
+    ("rollout.max_turns=0", "max_turns must be >= 1"),
+])
+def test_unsupported_combinations_are_refused_at_config_load(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        agent_config(tmp_path, extra)
+    with pytest.raises(ConfigError, match="need an environment"):
+        load_config(None, [*tiny_overrides(tmp_path), "env.tools=[calculator]"])
