@@ -1,6 +1,7 @@
 """Multi-turn rollouts: observations appended onto the KV cache (`Engine.extend`), the trajectory's masks,
 log-probs and versions, limits, failing environments, and slots that keep decoding while one waits."""
 
+import dataclasses
 import threading
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 from flax import nnx
 
 from rlx.data import PromptRecord
+import rlx.rollout.engine as engine_module
 from rlx.learner.logprobs import response_log_probs
 from rlx.rollout import Engine, MultiTurn, Request, RolloutDriver, SamplingParams
 from tests.rollout.conftest import GREEDY, PAD, PROMPTS, TOKENIZER, prompt_batch
@@ -176,3 +178,25 @@ def test_extend_compiles_once_per_length_bucket_and_is_a_planned_program(engine)
     engine.release(state)
     function, arguments = engine.programs()["generator extend"]
     assert function.lower(*arguments).compile() is not None
+
+
+def test_an_extend_longer_than_a_chunk_runs_in_chunks_and_gives_the_full_forward_logits(model, engine, monkeypatch):
+    monkeypatch.setattr(engine_module, "RECOMPUTE_COLUMNS", 8)
+    graphdef, params = nnx.split(model)
+    chunked = Engine(graphdef, params, model.config, max_concurrent_decodes=3, max_prefill_length=8, max_decode_length=MAX_NEW,
+                     stop_tokens=STOPS, pad_id=PAD, steps_per_generate=2, tokenizer=TOKENIZER)
+    appended = [np.arange(6, 19, dtype=np.int32), np.array([7, 9, 11], np.int32)]  # 13 tokens (two chunks of 8) and 3
+    states = []
+    for built in (engine, chunked):
+        weights = built.load_params()
+        state = built.insert_rows(built.prefill_batch(weights, PROMPTS[:2]), built.decode_state(jax.random.key(0)), [0, 1], [0, 1])
+        state = built.extend(weights, state, [0, 1], appended, [8, 8])
+        states.append(jax.tree.map(np.asarray, dataclasses.replace(state, key=None)))
+        built.release(state)
+    whole, parts = states
+    np.testing.assert_array_equal(parts.index[:2], [21, 11])
+    np.testing.assert_allclose(parts.logits[:2], whole.logits[:2], atol=1e-5)
+    for slot, prompt in enumerate(PROMPTS[:2]):
+        sequence = np.concatenate([prompt, appended[slot]])[None]
+        reference = nnx.merge(graphdef, params)(jnp.asarray(sequence))[0][0, -1]
+        np.testing.assert_allclose(parts.logits[slot], reference, atol=1e-4)
