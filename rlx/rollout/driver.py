@@ -63,6 +63,7 @@ class GroupRollout:
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     media: dict[str, np.ndarray] | None = None  # [B * n, ...] encoder inputs per row, for the learner to re-encode
     rewards: np.ndarray | None = None  # [B * n] from the environment (multi-turn rollouts); None: scored afterwards
+    env_errors: np.ndarray | None = None  # [B * n] bool, with `rewards`: the environment failed (reward: on_error_reward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -424,7 +425,9 @@ def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int,
         prompt_tokens[row, prompt_width - len(completion.prompt):] = completion.prompt
         start[row] = prompt_width - len(completion.prompt)
     lengths = np.array([len(c.tokens) for c in completions], np.int32)
-    rewards = np.array([c.reward for c in completions], np.float32) if completions and completions[0].reward is not None else None
+    multi_turn = bool(completions) and completions[0].reward is not None
+    rewards = np.array([c.reward for c in completions], np.float32) if multi_turn else None
+    env_errors = np.array([c.stats["env_errors"] > 0 for c in completions]) if multi_turn else None
     return GroupRollout(
         records=[prompts.records[c.tag] for c in completions],
         prompt_tokens=prompt_tokens,
@@ -435,4 +438,5 @@ def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int,
         metrics=metrics,
         media=prompts.take([c.tag for c in completions]),
         rewards=rewards,
+        env_errors=env_errors,
     )

@@ -22,9 +22,10 @@ SOLVED_AT = 1.0
 
 
 def rollout_scores(rollout: GroupRollout, responses: Sequence[str], reward_fn: RewardFn, on_error: float) -> Scores:
-    """The rewards of `rollout`: its environment's (multi-turn rollouts, errors counted there), else `reward_fn` of each response."""
+    """The rewards of `rollout`: its environment's (multi-turn rollouts; a trajectory whose environment failed scores
+    `on_error`), else `reward_fn` of each response."""
     if rollout.rewards is not None:
-        return Scores(rollout.rewards, int(rollout.metrics.get("agent/env_errors", 0)))
+        return Scores(np.where(rollout.env_errors, np.float32(on_error), rollout.rewards), int(rollout.env_errors.sum()))
     return score_responses(reward_fn, responses, rollout.records, on_error)
 
 

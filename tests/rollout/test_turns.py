@@ -200,3 +200,24 @@ def test_an_extend_longer_than_a_chunk_runs_in_chunks_and_gives_the_full_forward
         sequence = np.concatenate([prompt, appended[slot]])[None]
         reference = nnx.merge(graphdef, params)(jnp.asarray(sequence))[0][0, -1]
         np.testing.assert_allclose(parts.logits[slot], reference, atol=1e-4)
+
+
+def test_trajectories_in_flight_across_a_weight_swap_keep_a_version_per_token(engine):
+    """`keep_cache` swaps between generate calls: a trajectory that spans it has policy tokens of both
+    versions (never decreasing), its observations stay at -1."""
+    other = jax.tree.map(lambda x: x * 1.5, engine.load_params())
+    calls = []
+    driver = agent(engine)
+    driver.weight_source = lambda: calls.append(None) or ((other, 1) if len(calls) == 4 else None)
+    rollout = driver.generate_groups(prompt_batch(PROMPTS), 2, jax.random.key(0), GREEDY, MAX_NEW)
+    assert driver.mid_batch_swaps == 1 and driver.version == 1
+    generation, versions = rollout.generation, rollout.policy_version
+    spanning = 0
+    for row in range(len(versions)):
+        length = generation.lengths[row]
+        policy = generation.mask[row, :length] > 0
+        assert (versions[row, :length][~policy] == -1).all() and (np.diff(versions[row, :length][policy]) >= 0).all()
+        assert set(versions[row, :length][policy]) <= {0, 1}
+        old, new = np.flatnonzero(policy & (versions[row, :length] == 0)), np.flatnonzero(versions[row, :length] == 1)
+        spanning += bool(len(old) and len(new) and (~policy[old[0]:new[-1]]).any())  # an observation between old and new tokens
+    assert spanning > 0
