@@ -6,7 +6,8 @@ import json
 import pytest
 
 from rlx.config import ConfigError, load_config
-from rlx.services import train
+from rlx.services import train, warmstart
+from rlx.services.trainer import Trainer
 from rlx.services.tracking import read_metrics
 from tests.conftest import tiny_overrides
 
@@ -73,3 +74,19 @@ def test_unsupported_combinations_are_refused_at_config_load(tmp_path, extra, me
         agent_config(tmp_path, extra)
     with pytest.raises(ConfigError, match="need an environment"):
         load_config(None, [*tiny_overrides(tmp_path), "env.tools=[calculator]"])
+
+
+def test_the_shipped_agent_demo_warm_start_is_this_codes_key_for_its_config(tmp_path):
+    """configs/demo_agent.yaml's warm-up (800 steps on calculator trajectories) ships in rlx/warmstarts/; its key covers
+    the demonstrations the environment plays, so a changed environment, task or flaw misses it.
+    If this fails after a deliberate change, rebuild: python -m rlx.warmstart --config configs/demo_agent.yaml --ship"""
+    config = load_config("configs/demo_agent.yaml", [f"run.output_dir={tmp_path}", "run.progress=false"])
+    trainer = Trainer(config)
+    try:
+        key = warmstart.warmup_key(config, trainer.learner.params, trainer.task.demonstrations, trainer.task.tokenizer)
+        assert any("<out>error: bad expression</out>" in record.answer for record in trainer.task.demonstrations)
+    finally:
+        trainer.close()
+    shipped = warmstart.SHIPPED_DIR / f"{key}.safetensors"
+    assert shipped.is_file(), f"no shipped warm start for configs/demo_agent.yaml (key {key})"
+    assert len(warmstart.stored_losses(shipped)) == config.warmup.sft_steps
