@@ -21,6 +21,7 @@ from rlx.algorithms.config import AlgorithmConfig
 from rlx.bus.config import BusConfig
 from rlx.checks import require_positive
 from rlx.data.config import DataConfig
+from rlx.envs.config import EnvConfig
 from rlx.errors import UserError
 from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, OptimizerConfig, WarmupConfig
 from rlx.models.config import ModelConfig
@@ -116,6 +117,7 @@ class Config:
     distill: DistillConfig = DistillConfig()
     parallel: ParallelConfig = ParallelConfig()
     bus: BusConfig = BusConfig()
+    env: EnvConfig = EnvConfig()
 
     def __post_init__(self) -> None:
         _check_algorithm_sections(self)
@@ -124,6 +126,7 @@ class Config:
         _check_bus(self)
         _check_processes(self)
         _check_minibatches(self)
+        _check_env(self)
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(
@@ -182,6 +185,23 @@ def _check_minibatches(config: Config) -> None:
             f"a step's data.prompts_per_step * rollout.n_samples = {rows} rollouts do not split into algorithm.minibatches="
             f"{minibatches}; choose a divisor of {rows}"
         )
+
+
+def _check_env(config: Config) -> None:
+    """Multi-turn rollouts (`env.fn`) run in rlx's driver; what they do not combine with yet is refused here."""
+    if config.env.fn is None:
+        return
+    unsupported = {
+        "rollout.backend: jetstream (multi-turn rollouts run in rlx's driver; use backend: engine)": config.rollout.backend != "engine",
+        "rollout.token_budget (trajectories are not carried across steps yet; set it to null)": config.rollout.token_budget is not None,
+        "bus.interrupt: recompute_cache (use keep_cache or off)": config.bus.interrupt == "recompute_cache",
+        "modality encoders (not supported with multi-turn rollouts yet)": config.model.vision.enabled or config.model.audio.enabled,
+        "algorithm.routing_replay (observations appended by Engine.extend record no routes yet; set it to off)":
+            config.algorithm.routing_replay != "off",
+    }
+    refused = [what for what, applies in unsupported.items() if applies]
+    if refused:
+        raise ValueError(f"env.fn={config.env.fn!r} (multi-turn rollouts) does not work with {'; '.join(refused)}")
 
 
 def _check_algorithm_sections(config: Config) -> None:

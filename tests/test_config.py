@@ -49,7 +49,7 @@ def test_unknown_key_names_the_nearest_valid_key(override, expected):
         ("run.steps=2.5", "run.steps: expected an integer, got 2.5"),
         ("run.steps=true", "run.steps: expected an integer, got True"),
         ("run.progress=1", "run.progress: expected true or false, got 1"),
-        ("data.source=parquet", "data.source: 'parquet' is not one of 'arithmetic', 'omni', 'jsonl'"),
+        ("data.source=parquet", "data.source: 'parquet' is not one of 'arithmetic', 'calculator', 'omni', 'jsonl'"),
         ("model.dtype=float16", "model.dtype: 'float16' is not one of"),
         ("run.hooks=x", "run.hooks: expected a list, got 'x'"),
     ],

@@ -10,6 +10,11 @@ reward within its group and then add the discounted reward-to-go of the token re
 unnormalized: veRL folds token rewards into the sequence score first, which would average a
 distillation signal over the whole response. reinforce_plus_plus and gae treat the sequence
 reward as one more token reward, on the last response token, as in their papers.
+
+The mask need not be contiguous: a multi-turn trajectory's observation tokens (mask 0) sit between
+policy tokens. Returns and GAE then run over the policy tokens only, as if the observations were
+not there: one discount step per policy token, and the value after a turn's last token is that
+of the next turn's first.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ EPS = 1e-6
 class AdvantageInputs:
     rewards: jax.Array  # [B] sequence (outcome) reward
     group_ids: jax.Array  # [B] int32 in [0, B): rows of one prompt share a value
-    mask: jax.Array  # [B, T] 1 on response tokens (EOS included), contiguous from column 0
+    mask: jax.Array  # [B, T] 1 on the policy's response tokens (EOS included); 0 on padding and observations
     values: jax.Array  # [B, T] critic values V(s_t); zeros without a critic
     token_rewards: jax.Array  # [B, T] per-token rewards; zeros when none
 
@@ -50,18 +55,19 @@ def group_mean_std(values: jax.Array, group_ids: jax.Array, num_groups: int) -> 
 
 
 def discounted_returns(token_rewards: jax.Array, mask: jax.Array, gamma: float) -> jax.Array:
-    """G_t = sum_{k >= t} gamma^(k - t) r_k over response tokens, [B, T]."""
-    def back(carry, reward):
-        carry = reward + gamma * carry
+    """G_t = sum_{k >= t} gamma^(k - t) r_k over the masked tokens (k, t counting those only), [B, T]."""
+    def back(carry, column):
+        reward, kept = column
+        carry = jnp.where(kept > 0, reward + gamma * carry, carry)
         return carry, carry
 
-    _, returns = jax.lax.scan(back, jnp.zeros(token_rewards.shape[0]), (token_rewards * mask).T, reverse=True)
+    _, returns = jax.lax.scan(back, jnp.zeros(token_rewards.shape[0]), (token_rewards.T, mask.T), reverse=True)
     return returns.T * mask
 
 
 def outcome_on_last_token(rewards: jax.Array, mask: jax.Array) -> jax.Array:
-    """[B, T] with each row's sequence reward on its last response token."""
-    last = jnp.maximum(jnp.sum(mask, axis=1).astype(jnp.int32) - 1, 0)
+    """[B, T] with each row's sequence reward on its last masked token."""
+    last = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)
     return jax.nn.one_hot(last, mask.shape[1], dtype=rewards.dtype) * rewards[:, None] * mask
 
 
@@ -137,19 +143,21 @@ def reinforce_plus_plus_advantages(inputs: AdvantageInputs, config: AlgorithmCon
 def gae_advantages(inputs: AdvantageInputs, config: AlgorithmConfig) -> tuple[jax.Array, jax.Array]:
     """GAE (Schulman et al. 2016) with a critic V:
 
-    delta_t = r_t + gamma V(s_{t+1}) - V(s_t) (V = 0 after the last token);
+    delta_t = r_t + gamma V(s_{t+1}) - V(s_t) (V = 0 after the last token; t + 1 is the next masked token);
     A_t = sum_k (gamma lam)^k delta_{t+k};  returns_t = A_t + V(s_t);  A = whiten_batch(A) as in PPO.
     """
     mask = inputs.mask
     rewards = (inputs.token_rewards + outcome_on_last_token(inputs.rewards, mask)) * mask
     values = inputs.values * mask
-    next_values = jnp.concatenate([values[:, 1:], jnp.zeros_like(values[:, :1])], axis=1)
-    deltas = rewards + config.gamma * next_values - values
 
-    def back(carry, delta):
-        carry = delta + config.gamma * config.lam * carry
-        return carry, carry
+    def back(carry, column):
+        next_value, next_advantage = carry
+        reward, value, kept = column
+        advantage = reward + config.gamma * next_value - value + config.gamma * config.lam * next_advantage
+        carry = (jnp.where(kept > 0, value, next_value), jnp.where(kept > 0, advantage, next_advantage))
+        return carry, carry[1]
 
-    _, advantages = jax.lax.scan(back, jnp.zeros(mask.shape[0]), (deltas * mask).T, reverse=True)
+    zeros = jnp.zeros(mask.shape[0])
+    _, advantages = jax.lax.scan(back, (zeros, zeros), (rewards.T, values.T, mask.T), reverse=True)
     advantages = advantages.T * mask
     return masked_whiten(advantages, mask), (advantages + values) * mask

@@ -1,8 +1,16 @@
-"""Synthetic multi-digit addition with a held-out validation split: `"37+485="` -> `"522"`."""
+"""Synthetic multi-digit arithmetic with a held-out validation split: `"37+485="` -> `"522"`.
+
+Addition is the single-turn demo's task. Multiplication of 4-5 digit numbers (`"12345*6789="` ->
+`"83810205"`, the `calculator` data source) is the agentic demo's: a tiny model cannot multiply
+such numbers itself, so it has to learn to call a calculator tool (`rlx.envs.calculator`).
+"""
 
 from __future__ import annotations
 
 from typing import Callable
+
+import operator
+import string
 
 import numpy as np
 
@@ -10,6 +18,8 @@ from rlx.data.config import ArithmeticConfig
 from rlx.data.records import PromptRecord
 
 ALPHABET = "0123456789+="
+CALCULATOR_ALPHABET = string.printable  # tool calls, tool results and error messages are text too
+OPERATORS = {"+": operator.add, "*": operator.mul}
 
 
 def add_without_carry(a: int, b: int) -> int:
@@ -58,8 +68,9 @@ def _operand(rng: np.random.Generator, config: ArithmeticConfig) -> int:
     return int(rng.integers(low, 10**digits))
 
 
-def arithmetic_splits(config: ArithmeticConfig, train_size: int, val_size: int, seed: int) -> tuple[list[PromptRecord], list[PromptRecord]]:
-    """Deterministic train and validation records; no operand pair appears in both."""
+def arithmetic_splits(config: ArithmeticConfig, train_size: int, val_size: int, seed: int,
+                      symbol: str = "+") -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """Deterministic train and validation records of `a<symbol>b=` (`+` or `*`); no operand pair appears in both."""
     rng = np.random.default_rng(seed)
     seen: set[tuple[int, int]] = set()
     splits: list[list[PromptRecord]] = []
@@ -77,7 +88,7 @@ def arithmetic_splits(config: ArithmeticConfig, train_size: int, val_size: int, 
             if (a, b) in seen:
                 continue
             seen.add((a, b))
-            records.append(PromptRecord(id=f"{name}-{len(records)}", prompt=f"{a}+{b}=", answer=str(a + b)))
+            records.append(PromptRecord(id=f"{name}-{len(records)}", prompt=f"{a}{symbol}{b}=", answer=str(OPERATORS[symbol](a, b))))
         splits.append(records)
     val, train = splits
     return train, val

@@ -11,7 +11,7 @@ from rlx.data.media import MAX_IMAGE_PIXELS
 
 @dataclasses.dataclass(frozen=True)
 class ArithmeticConfig:
-    """Synthetic `a+b=` prompts; operands have `min_digits..max_digits` digits.
+    """Synthetic `a+b=` prompts (`a*b=` for `source: calculator`); operands have `min_digits..max_digits` digits.
 
     `warmup_flaw` makes a fraction `warmup_flaw_rate` of the warm-up demonstrations
     systematically wrong: `no_carry` adds without carrying (157+291 -> 348), `reversed`
@@ -62,7 +62,9 @@ class OmniConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """`source: arithmetic` or `omni` generates a built-in task; `source: jsonl` reads `train_path`/`val_path`.
+    """`source: arithmetic`, `calculator` or `omni` generates a built-in task; `source: jsonl` reads `train_path`/`val_path`.
+    `calculator` is multiplication (`data.arithmetic`'s digits) for the agentic demo (`configs/demo_agent.yaml`),
+    with a character tokenizer over printable ASCII so tool calls and results are text too.
 
     JSONL rows may reference media files (`"media": {"image": ["imgs/0.png"]}`, paths relative
     to the JSONL file); a record whose media cannot be read is skipped and counted
@@ -75,7 +77,7 @@ class DataConfig:
     through that tokenizer's chat template.
     """
 
-    source: Literal["arithmetic", "omni", "jsonl"] = "arithmetic"
+    source: Literal["arithmetic", "calculator", "omni", "jsonl"] = "arithmetic"
     train_path: str | None = None
     val_path: str | None = None
     train_size: int = 20_000
@@ -99,6 +101,9 @@ class DataConfig:
             raise ValueError("source: jsonl needs data.train_path and data.val_path")
         if self.source != "jsonl" and self.tokenizer_path is not None:
             raise ValueError(f"the {self.source} task has its own character tokenizer; tokenizer_path needs source: jsonl")
+        if self.source == "calculator" and self.arithmetic.warmup_flaw != "none":
+            raise ValueError("data.arithmetic.warmup_flaw shapes the addition task's demonstrations; the calculator task's come from "
+                             "env.demonstrations (e.g. rlx.envs.calculator:demonstrations with env.warmup_flaw_rate)")
         if self.media_workers < 0:
             raise ValueError(f"data.media_workers must be >= 0 (0 = preprocess in the main process), got {self.media_workers}")
         if self.chat_template and self.tokenizer_path is None:

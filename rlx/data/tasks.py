@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import logging
 
-from rlx.data.arithmetic import ALPHABET, arithmetic_splits, warmup_demonstrations
+from rlx.data.arithmetic import ALPHABET, CALCULATOR_ALPHABET, arithmetic_splits, warmup_demonstrations
 from rlx.data.config import DataConfig
 from rlx.data.jsonl import read_jsonl
 from rlx.data.media import READERS, MediaReadError, MediaSpec, read_image, read_video
@@ -27,7 +27,7 @@ class TaskData:
     tokenizer: Tokenizer
     train: list[PromptRecord]
     val: list[PromptRecord]
-    demonstrations: list[PromptRecord]  # what the supervised warm-up imitates
+    demonstrations: list[PromptRecord]  # what the supervised warm-up imitates (for multi-turn runs, see env.demonstrations)
     counts: dict[str, int]  # data/* counters: rows skipped and why
 
 
@@ -37,6 +37,9 @@ def load_task(config: DataConfig, media: MediaSpec | None = None) -> TaskData:
     if config.source == "arithmetic":
         train, val = arithmetic_splits(config.arithmetic, config.train_size, config.val_size, config.seed)
         tokenizer = CharTokenizer(ALPHABET)
+    elif config.source == "calculator":
+        train, val = arithmetic_splits(config.arithmetic, config.train_size, config.val_size, config.seed, symbol="*")
+        tokenizer = CharTokenizer(CALCULATOR_ALPHABET)
     elif config.source == "omni":
         if media is None:
             raise UserError("data.source: omni needs modality encoders; set model.vision.enabled and model.audio.enabled")

@@ -6,9 +6,10 @@ from rlx.rollout.driver import Completion, Generation, GroupRollout, Request, Ro
 from rlx.rollout.engine import Engine, check_same_structure
 from rlx.rollout.sampling import SamplingParams, sample_tokens, scaled_log_probs, token_log_probs
 from rlx.rollout.state import DecodeState, Prefix, ResultTokens
+from rlx.rollout.turns import MultiTurn
 
 __all__ = [
-    "ROLLOUT_BACKENDS", "Completion", "DecodeState", "Engine", "Generation", "GroupRollout", "Prefix", "Request",
+    "ROLLOUT_BACKENDS", "Completion", "DecodeState", "Engine", "Generation", "GroupRollout", "MultiTurn", "Prefix", "Request",
     "ResultTokens", "RolloutBackend", "RolloutConfig", "RolloutDriver", "SamplingParams", "build_backend",
     "build_engine", "check_same_structure", "sample_tokens", "sampling_params", "scaled_log_probs", "token_log_probs",
 ]

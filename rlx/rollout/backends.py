@@ -1,7 +1,8 @@
 """Rollout backends by name: the same engine driven by rlx's driver or by JetStream's orchestrator.
 
 A backend has `update_weights(params, version)` and
-`generate_groups(prompts, n, key, sampling, max_new_tokens) -> GroupRollout`.
+`generate_groups(prompts, n, key, sampling, max_new_tokens) -> GroupRollout`. Multi-turn rollouts
+(`turns`) run in rlx's driver only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rlx.rollout.config import RolloutConfig
 from rlx.rollout.driver import GroupRollout, RolloutDriver
 from rlx.rollout.engine import Engine
 from rlx.rollout.sampling import SamplingParams
+from rlx.rollout.turns import MultiTurn
 
 
 class RolloutBackend(Protocol):
@@ -27,15 +29,18 @@ class RolloutBackend(Protocol):
     def generate_groups(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int) -> GroupRollout: ...
 
 
-def _jetstream_backend(engine: Engine, params: nnx.State, config: RolloutConfig) -> RolloutBackend:
+def _jetstream_backend(engine: Engine, params: nnx.State, config: RolloutConfig, turns: MultiTurn | None) -> RolloutBackend:
+    if turns is not None:
+        raise ValueError("multi-turn rollouts (env.fn) run in rlx's driver: set rollout.backend: engine")
     from rlx.rollout.jetstream_compat import JetStreamRollout  # the extra is imported only when chosen
 
     return JetStreamRollout(engine, params, long_prompt=config.long_prompt)
 
 
-ROLLOUT_BACKENDS: dict[str, Callable[[Engine, nnx.State, RolloutConfig], RolloutBackend]] = {
-    "engine": lambda engine, params, config: RolloutDriver(engine, params, long_prompt=config.long_prompt, token_budget=config.token_budget,
-                                                           stop_strings=config.stop_strings),
+ROLLOUT_BACKENDS: dict[str, Callable[[Engine, nnx.State, RolloutConfig, MultiTurn | None], RolloutBackend]] = {
+    "engine": lambda engine, params, config, turns: RolloutDriver(engine, params, long_prompt=config.long_prompt,
+                                                                  token_budget=config.token_budget, stop_strings=config.stop_strings,
+                                                                  turns=turns),
     "jetstream": _jetstream_backend,
 }
 
@@ -67,8 +72,8 @@ def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelC
     )
 
 
-def build_backend(engine: Engine, params: nnx.State, config: RolloutConfig) -> RolloutBackend:
-    return ROLLOUT_BACKENDS[config.backend](engine, params, config)
+def build_backend(engine: Engine, params: nnx.State, config: RolloutConfig, turns: MultiTurn | None = None) -> RolloutBackend:
+    return ROLLOUT_BACKENDS[config.backend](engine, params, config, turns)
 
 
 def sampling_params(config: RolloutConfig) -> SamplingParams:

@@ -29,6 +29,8 @@ class RolloutConfig:
     `dtype`: the generator's compute dtype (its published weights and KV cache are in it; validation
     runs on the same engine); `null` takes `model.dtype`. `bfloat16` with `model.dtype: float32` is
     the production mix of a bfloat16 generator and a float32 learner (their log-probs then differ).
+    With an environment (`env.fn`), a sample is a trajectory of at most `max_turns` policy turns,
+    and `max_new_tokens` bounds its policy and observation tokens together (`rlx/rollout/turns.py`).
     """
 
     backend: Literal["engine", "jetstream"] = "engine"
@@ -44,12 +46,13 @@ class RolloutConfig:
     token_budget: int | None = None
     stop_strings: tuple[str, ...] = ()
     dtype: Literal["float32", "bfloat16"] | None = None
+    max_turns: int = 4
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
         SamplingParams(self.temperature, self.top_p, self.top_k)  # validates them
-        require_positive(self, "max_new_tokens", "max_concurrent_decodes", "steps_per_generate")
+        require_positive(self, "max_new_tokens", "max_concurrent_decodes", "steps_per_generate", "max_turns")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"token_budget must be >= 1 generated tokens per step or null (off), got {self.token_budget}")
         if self.token_budget is not None and self.backend != "engine":

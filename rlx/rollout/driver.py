@@ -20,13 +20,17 @@ fed it back), read with the step's tokens. A token keeps the routes of the weigh
 it, across swaps too: with `recompute_cache` the rebuilt cache routes the prefix under the new
 weights, but the record keeps what the prefix's own sampling saw (the learner replays one route
 per token, and a token's record then matches its version stamp).
+
+With `turns` (`rlx.rollout.turns.MultiTurn`) a sample is a multi-turn trajectory: a slot whose
+policy turn ends waits for its environment (off this loop) while the other slots decode, then
+continues with the observation appended to its cache (`Engine.extend`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import jax
 import numpy as np
@@ -38,12 +42,16 @@ from rlx.rollout.sampling import SamplingParams
 from rlx.rollout.state import Prefix
 from rlx.rollout.stops import StopStrings
 
+if TYPE_CHECKING:
+    from rlx.rollout.turns import MultiTurn
+
 LongPrompt = Literal["error", "truncate"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-    """Responses right-padded to `max_new_tokens`; `mask` is 1 on real tokens, EOS included."""
+    """Responses right-padded to `max_new_tokens`; `mask` is 1 on the policy's tokens (EOS included) and 0 on
+    padding and on observation tokens a multi-turn environment inserted; `lengths` count both kinds."""
 
     tokens: np.ndarray  # [B, R] int32
     log_probs: np.ndarray  # [B, R] float32, behaviour log-probs
@@ -67,6 +75,8 @@ class GroupRollout:
     media: dict[str, np.ndarray] | None = None  # [B * n, ...] encoder inputs per row, for the learner to re-encode
     # [B * n, P + R, moe_layers, k] int32 experts each token (prompt columns, then response) went to; -1 where none
     routes: np.ndarray | None = None
+    rewards: np.ndarray | None = None  # [B * n] from the environment (multi-turn rollouts); None: scored afterwards
+    env_errors: np.ndarray | None = None  # [B * n] bool, with `rewards`: the environment failed (reward: on_error_reward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +86,7 @@ class Request:
     samples: int = 1
     tag: Any = None  # handed back on each Completion
     media: dict[str, np.ndarray] | None = None  # encoder inputs of this prompt, run in prefill
+    record: PromptRecord | None = None  # what a multi-turn environment is reset with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,9 +96,12 @@ class Completion:
     prompt: np.ndarray  # the prompt as prefilled (after truncation, if any)
     tokens: np.ndarray  # [L] int32, a stop token included
     log_probs: np.ndarray  # [L] float32 behaviour log-probs
-    versions: np.ndarray  # [L] int32 policy version per token
+    versions: np.ndarray  # [L] int32 policy version per token, -1 on observation tokens
     truncated_prompt: bool
     routes: np.ndarray | None = None  # [len(prompt) + L, moe_layers, k] int32 experts per token (routes recorded)
+    mask: np.ndarray | None = None  # [L] 1 on policy tokens, 0 on observation tokens; None: all policy tokens
+    reward: float | None = None  # a multi-turn trajectory's return from its environment
+    stats: dict[str, float] | None = None  # a multi-turn trajectory's counters (`rlx.rollout.turns`)
 
 
 @dataclasses.dataclass
@@ -119,9 +133,14 @@ class _Session:
     waiting: _Admitted | None = None
     step: int = 0
     in_flight: tuple | None = None  # (to_numpy, step, version) of the generate call not read yet
+    trajectories: Any = None  # multi-turn state (`rlx.rollout.turns`)
 
     def live_slots(self) -> list[int]:
+        """Slots holding a sample: decoding, or (multi-turn) waiting for its environment."""
         return [slot for slot, entry in enumerate(self.owner) if entry is not None]
+
+    def decoding_slots(self) -> list[int]:
+        return [slot for slot in self.live_slots() if self.buffers.active[slot]]
 
 
 class RolloutDriver:
@@ -130,12 +149,18 @@ class RolloutDriver:
     `interrupt`: how a weight swap treats in-flight sequences: `keep_cache` (their KV cache stays,
     computed by the older weights) or `recompute_cache` (prompt + tokens so far are run again
     under the new weights, one chunked pass). `token_budget`: see `rlx.rollout.partial`.
-    `stop_strings`: see `rlx.rollout.stops` (the engine's tokenizer decodes).
+    `stop_strings`: see `rlx.rollout.stops` (the engine's tokenizer decodes). `turns`: multi-turn
+    trajectories with an environment (`rlx.rollout.turns`); its turn-ending strings are stop strings too.
     """
 
     def __init__(self, engine: Engine, params: nnx.State, *, long_prompt: LongPrompt = "error", version: int = 0,
-                 interrupt: Interrupt = "keep_cache", token_budget: int | None = None, stop_strings: Sequence[str] = ()):
+                 interrupt: Interrupt = "keep_cache", token_budget: int | None = None, stop_strings: Sequence[str] = (),
+                 turns: "MultiTurn | None" = None):
+        if turns is not None and token_budget is not None:
+            raise ValueError("multi-turn rollouts (env.fn) do not carry trajectories across steps yet: set rollout.token_budget: null")
         self.engine = engine
+        self.turns = turns
+        stop_strings = (*stop_strings, *(turns.stop_strings if turns is not None else ()))
         self.stop_strings = StopStrings(engine.tokenizer, stop_strings) if stop_strings else None
         self.params = engine.load_params(params)
         self.version = version
@@ -170,7 +195,10 @@ class RolloutDriver:
         slots = self.engine.max_concurrent_decodes
         max_new = max(self.engine.max_len - self.engine.max_prefill_length, 1)
         buffers = _SlotBuffers(slots, max_new, self.engine.route_shape)
-        return _Session(self.engine.decode_state(key), sampling, buffers, [None] * slots, pull)
+        session = _Session(self.engine.decode_state(key), sampling, buffers, [None] * slots, pull)
+        if self.turns is not None:
+            self.turns.attach(session)
+        return session
 
     def run(self, session: _Session, *, refill: bool = True, stop: Callable[[], bool] = lambda: False) -> Iterator[Completion]:
         """Generates until every request is done or, checked between generate calls, `stop()`;
@@ -181,18 +209,23 @@ class RolloutDriver:
         # through step t + 1, whose tokens for it are ignored (`since` in `_SlotBuffers`).
         while True:
             stopping = stop()
+            if self.turns is not None:
+                yield from self.turns.resume(self, session)  # trajectories whose environment answered continue or end
             free = [slot for slot in range(slots) if session.owner[slot] is None]
             if free and not stopping and (refill or len(free) == slots):
                 self._admit(session, free)
             dispatched = None
-            if session.live_slots() and not stopping:
+            if session.decoding_slots() and not stopping:
                 yield from self._swap_if_published(session)
-                columns = session.buffers.advance(session.live_slots(), self.engine.steps_per_generate)
+                columns = session.buffers.advance(session.decoding_slots(), self.engine.steps_per_generate)
                 session.state, result = self.engine.generate(self.params, session.state, session.sampling, columns)
                 result.copy_to_host_async()
                 dispatched, session.step = (result.convert_to_numpy, session.step, self.version), session.step + 1
             elif session.in_flight is None:
-                return
+                if stopping or not session.live_slots():
+                    return
+                self.turns.wait(session)  # every held slot waits for its environment
+                continue
             yield from self._read_in_flight(session)
             session.in_flight = dispatched
 
@@ -201,12 +234,20 @@ class RolloutDriver:
             return
         (to_numpy, at, version), session.in_flight = session.in_flight, None
         for slot in session.buffers.append(to_numpy(), at, version, self.engine.stop_tokens, self.stop_strings):
-            admitted, sample = session.owner[slot]
-            session.owner[slot] = None
-            tokens, log_probs, versions, routes = session.buffers.take(slot)
-            if routes is not None:  # the prefill's copy finished long ago: no wait here
-                routes = np.concatenate([np.asarray(admitted.prompt_routes)[admitted.row, -len(admitted.prompt):], routes])
-            yield Completion(admitted.request.tag, sample, admitted.prompt, tokens, log_probs, versions, admitted.truncated, routes)
+            if self.turns is None:
+                yield self.complete(session, slot)
+            elif (ended := self.turns.turn_ended(self, session, slot)) is not None:
+                yield ended
+
+    def complete(self, session: _Session, slot: int, reward: float | None = None, stats: dict[str, float] | None = None) -> Completion:
+        """Frees `slot` and hands out its sample."""
+        admitted, sample = session.owner[slot]
+        session.owner[slot] = None
+        tokens, log_probs, versions, mask, routes = session.buffers.take(slot)
+        if routes is not None:  # the prefill's copy finished long ago: no wait here
+            routes = np.concatenate([np.asarray(admitted.prompt_routes)[admitted.row, -len(admitted.prompt):], routes])
+        return Completion(admitted.request.tag, sample, admitted.prompt, tokens, log_probs, versions, admitted.truncated,
+                          routes=routes, mask=mask, reward=reward, stats=stats)
 
     def _swap_if_published(self, session: _Session) -> Iterator[Completion]:
         """Interruptible rollouts: new weights from `weight_source` are swapped in between generate calls."""
@@ -265,7 +306,7 @@ class RolloutDriver:
             session.state = self.engine.insert_rows(prefix, session.state, [a.row for a, _, _ in group], slots)
             # A prefix kept for later samples may predate a weight swap: its logits keep their version.
             buffers.logits_version[slots] = group[0][0].prefix_version
-            buffers.columns[slots] = prefix.cache.k.shape[2]
+            buffers.columns[slots] = buffers.origin[slots] = prefix.cache.k.shape[2]
         for admitted in [*fresh, waiting]:
             if admitted is not None and admitted.next_sample == admitted.request.samples:
                 admitted.prefix = None  # every sample is placed: let the prefix's buffers go
@@ -287,13 +328,15 @@ class RolloutDriver:
             return self.partial.step(prompts, n, key, sampling, max_new_tokens, min_version)
         truncated_before = self.truncated_prompts
         requests = [
-            Request(tokens[start:], max_new_tokens, samples=n, tag=row, media=prompts.row_media(row))
+            Request(tokens[start:], max_new_tokens, samples=n, tag=row, media=prompts.row_media(row), record=prompts.records[row])
             for row, (tokens, start) in enumerate(zip(prompts.tokens, prompts.start))
         ]
         completions = sorted(self.stream(requests, key, sampling), key=lambda c: (c.tag, c.sample))
-        return assemble_groups(prompts, completions, n, max_new_tokens, pad_id=self.engine.pad_id,
-                               metrics={"rollout/truncated_prompts": float(self.truncated_prompts - truncated_before),
-                                        "rollout/compiles": float(self.engine.compiled_variants())})
+        metrics = {"rollout/truncated_prompts": float(self.truncated_prompts - truncated_before)}
+        if self.turns is not None:
+            metrics.update(self.turns.metrics(completions))
+        metrics["rollout/compiles"] = float(self.engine.compiled_variants())
+        return assemble_groups(prompts, completions, n, max_new_tokens, pad_id=self.engine.pad_id, metrics=metrics)
 
 
 def check_prompt(prompt: np.ndarray, limit: int, long_prompt: LongPrompt, tag: Any) -> tuple[np.ndarray, bool]:
@@ -319,7 +362,10 @@ class _SlotBuffers:
         self.routes = np.zeros((slots, width, *route_shape), np.int32) if route_shape is not None else None
         self.log_probs = np.zeros((slots, width), np.float32)
         self.versions = np.full((slots, width), -1, np.int32)
+        self.policy = np.zeros((slots, width), np.float32)  # 1 on sampled tokens, 0 on inserted observations
         self.count = np.zeros((slots,), np.int32)
+        self.turn_start = np.zeros((slots,), np.int32)  # first token of the current policy turn (stop strings look from there)
+        self.stopped = np.zeros((slots,), bool)  # the last turn ended at a stop token or string (not at a limit)
         self.limit = np.zeros((slots,), np.int32)
         self.active = np.zeros((slots,), bool)
         self.since = np.zeros((slots,), np.int64)  # first generate step whose tokens belong to the slot's sample
@@ -330,10 +376,23 @@ class _SlotBuffers:
         # Cache columns each slot holds once the generate calls dispatched so far are done (prompt
         # bucket + tokens): the longest live one picks the engine's attention length bucket.
         self.columns = np.zeros((slots,), np.int64)
+        self.origin = np.zeros((slots,), np.int64)  # cache column of the slot's first response token (its prompt bucket)
         self.appended = 0  # tokens appended since creation (a token budget counts them)
 
     def reset(self, slot: int, max_tokens: int, since: int) -> None:
         self.count[slot], self.limit[slot], self.active[slot], self.since[slot] = 0, min(max_tokens, self.tokens.shape[1]), True, since
+        self.turn_start[slot], self.stopped[slot] = 0, False
+
+    def observe(self, slot: int, tokens: np.ndarray, since: int, logits_version: int) -> int:
+        """Appends observation tokens (no log-prob, version -1, mask 0) to a waiting slot, which decodes
+        again from generate step `since`; returns the cache column they start at."""
+        first, end = self.count[slot], self.count[slot] + len(tokens)
+        self.tokens[slot, first:end], self.log_probs[slot, first:end], self.versions[slot, first:end] = tokens, 0.0, -1
+        self.policy[slot, first:end] = 0.0
+        self.count[slot] = self.turn_start[slot] = end
+        self.active[slot], self.stopped[slot], self.since[slot], self.logits_version[slot] = True, False, since, logits_version
+        self.columns[slot] = self.origin[slot] + end
+        return int(self.origin[slot] + first)
 
     def advance(self, live: list[int], steps: int) -> int:
         """Counts a generate call of `steps` tokens on the `live` slots; returns the most columns one then holds."""
@@ -354,23 +413,25 @@ class _SlotBuffers:
             self.versions[live, column[live]] = self.logits_version[live] if j == 0 else version
             if self.routes is not None:
                 self.routes[live, column[live]] = result.routes[live, j]
+            self.policy[live, column[live]] = 1.0
             self.count += live
             self.appended += int(live.sum())
             stopped = live & np.isin(tokens[:, j], stop_tokens)
             if stop_strings is not None:
                 for slot in np.flatnonzero(live & ~stopped):
-                    stopped[slot] = stop_strings.completed(self.tokens[slot, :self.count[slot]])
+                    stopped[slot] = stop_strings.completed(self.tokens[slot, self.turn_start[slot]:self.count[slot]])
+            self.stopped |= stopped
             # An invalid token on an active slot means the engine's row is full.
             finished |= mine & (stopped | (self.count >= self.limit) | ~valid[:, j])
         self.logits_version[mine] = version
         self.active &= ~finished
         return list(rows[finished])
 
-    def take(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """Tokens, log-probs, versions and routes (None when not recorded) of `slot`'s sample."""
+    def take(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(tokens, behaviour log-probs, versions, policy mask, routes or None when not recorded) of the slot's sample."""
         length = self.count[slot]
         routes = self.routes[slot, :length].copy() if self.routes is not None else None
-        return self.tokens[slot, :length].copy(), self.log_probs[slot, :length].copy(), self.versions[slot, :length].copy(), routes
+        return (*(array[slot, :length].copy() for array in (self.tokens, self.log_probs, self.versions, self.policy)), routes)
 
 
 def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int, width: int, *, pad_id: int, metrics: dict[str, float]) -> GroupRollout:
@@ -381,19 +442,23 @@ def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int,
     log_probs = np.zeros((rows, width), np.float32)
     versions = np.full((rows, width), -1, np.int32)
     prompt_tokens = np.full((rows, prompt_width), pad_id, np.int32)
+    mask = np.zeros((rows, width), np.float32)
     start = np.zeros((rows,), np.int32)
     for row, completion in enumerate(completions):
         length = len(completion.tokens)
         tokens[row, :length], log_probs[row, :length], versions[row, :length] = completion.tokens, completion.log_probs, completion.versions
+        mask[row, :length] = 1.0 if completion.mask is None else completion.mask
         prompt_tokens[row, prompt_width - len(completion.prompt):] = completion.prompt
         start[row] = prompt_width - len(completion.prompt)
     lengths = np.array([len(c.tokens) for c in completions], np.int32)
-    mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.float32)
     routes = None
     if completions and completions[0].routes is not None:  # aligned with prompt_tokens ++ tokens; -1 on padding
         routes = np.full((rows, prompt_width + width, *completions[0].routes.shape[1:]), -1, np.int32)
         for row, completion in enumerate(completions):
             routes[row, start[row]:start[row] + len(completion.routes)] = completion.routes
+    multi_turn = bool(completions) and completions[0].reward is not None
+    rewards = np.array([c.reward for c in completions], np.float32) if multi_turn else None
+    env_errors = np.array([c.stats["env_errors"] > 0 for c in completions]) if multi_turn else None
     return GroupRollout(
         records=[prompts.records[c.tag] for c in completions],
         prompt_tokens=prompt_tokens,
@@ -404,4 +469,6 @@ def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int,
         metrics=metrics,
         media=prompts.take([c.tag for c in completions]),
         routes=routes,
+        rewards=rewards,
+        env_errors=env_errors,
     )

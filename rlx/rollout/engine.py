@@ -10,7 +10,9 @@ cache is written at one column per row.
 Lean programs: prefill computes logits only at each row's last column; decode attention reads
 only the first `kv_len` cache columns, one compiled variant per power-of-two length bucket,
 chosen on the host from the longest live slot (`generate(..., columns=)`); `recompute` runs
-in column chunks written in place, with logits only at each slot's last token. The KV cache
+in column chunks written in place, with logits only at each slot's last token; `extend` appends
+tokens (a multi-turn observation) to some slots at their own columns, onto the cache they hold,
+one compiled variant per power-of-two length bucket, in the same column chunks. The KV cache
 and the weights (`publish`) are in the model's compute dtype.
 
 Sharding (`rlx.rollout.state.EngineLayout`): every program has explicit in/out shardings on the
@@ -176,6 +178,8 @@ class Engine:
         }
         self._recompute = jit(self._recompute_impl, in_shardings=(layout.params, state, layout.rows, layout.rows),
                               out_shardings=state, donate_argnums=(1,))
+        self._extend = jit(self._extend_impl, in_shardings=(layout.params, state, layout.rows, layout.rows, layout.rows),
+                           out_shardings=state, donate_argnums=(1,))
         self._new_state = jit(self._new_state_impl, in_shardings=(layout.replicated,), out_shardings=state)
         self._reset = jit(self._reset_impl, in_shardings=(state, layout.replicated), out_shardings=state, donate_argnums=(0,))
         self._score = jit(self._score_impl, static_argnums=(3, 4))
@@ -384,10 +388,11 @@ class Engine:
         routes = None if routes is None else jnp.swapaxes(routes, 0, 1)  # [slots, k, moe_layers, top_k]
         return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1), routes=routes)
 
-    # -- recompute ----------------------------------------------------------------------------------
-    @property
-    def _recompute_width(self) -> int:
-        return -(-self.max_len // self._recompute_columns) * self._recompute_columns
+    # -- recompute and extend: tokens run onto the slots' own cache ------------------------------------
+    def _chunked_width(self, width: int) -> int:
+        """`width` columns, rounded up to whole chunks of `RECOMPUTE_COLUMNS` when it is wider than one."""
+        chunk = self._recompute_columns
+        return width if width <= chunk else -(-width // chunk) * chunk
 
     def recompute(self, params: nnx.State, decode_state: DecodeState, tokens: np.ndarray, slots: np.ndarray) -> DecodeState:
         """Rebuilds the KV cache and next-token logits of `slots` under `params` (after a weight swap).
@@ -398,22 +403,54 @@ class Engine:
         """
         chosen = np.zeros((self._slots,), bool)
         chosen[np.asarray(slots, np.int64)] = True
-        padded = np.full((self._slots, self._recompute_width), self.pad_id, np.int32)
+        padded = np.full((self._slots, self._chunked_width(self.max_len)), self.pad_id, np.int32)
         padded[:, : self.max_len] = tokens
         return self._recompute(params, decode_state, padded, chosen)
 
     def _recompute_impl(self, params, state: DecodeState, tokens, chosen):
-        """Column chunks of RECOMPUTE_COLUMNS written into the state's own cache: no second cache,
-        no `[slots, columns, vocab]` logits (only each slot's last token's)."""
         model = nnx.merge(self._graphdef, params)
-        width = self._recompute_columns
-        last = jnp.clip(state.index - 1, 0, self.max_len - 1)
+        lengths = jnp.where(chosen, state.index, 0)
+        cache, logits = self._run_onto_cache(model, state, tokens, lengths, jnp.zeros_like(lengths))
+        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits))
+
+    def extend(self, params: nnx.State, decode_state: DecodeState, slots: Sequence[int], tokens: Sequence[np.ndarray],
+               columns: Sequence[int]) -> DecodeState:
+        """Appends `tokens[i]` to slot `slots[i]` at cache columns `columns[i]` onwards (a prefill onto the
+        slot's own cache: nothing before `columns[i]` is recomputed) and makes the logits after its last
+        token the slot's next-token logits; the slot decodes again from column `columns[i] + len(tokens[i])`.
+
+        For multi-turn rollouts: an observation inserted between policy turns. The tokens are padded
+        to a length bucket (one compiled variant each); other slots keep their state.
+        """
+        longest = max(len(t) for t in tokens)
+        if longest == 0 or any(c + len(t) > self.max_len for c, t in zip(columns, tokens)):
+            raise ValueError(f"extend: every slot needs 1..{self.max_len} - column tokens, got lengths {[len(t) for t in tokens]} at columns {list(columns)}")
+        padded = np.full((self._slots, self._chunked_width(self.kv_bucket(longest))), self.pad_id, np.int32)
+        lengths = np.zeros((self._slots,), np.int32)  # slots not extended run no tokens
+        starts = np.zeros((self._slots,), np.int32)
+        for slot, appended, column in zip(slots, tokens, columns):
+            padded[slot, : len(appended)], lengths[slot], starts[slot] = appended, len(appended), column
+        return self._extend(params, decode_state, padded, lengths, starts)
+
+    def _extend_impl(self, params, state: DecodeState, tokens, lengths, columns):
+        model = nnx.merge(self._graphdef, params)
+        chosen = lengths > 0
+        cache, logits = self._run_onto_cache(model, state, tokens, lengths, columns)
+        return dataclasses.replace(state, cache=cache, index=jnp.where(chosen, columns + lengths, state.index),
+                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen)
+
+    def _run_onto_cache(self, model, state: DecodeState, tokens, lengths, columns) -> tuple[KVCache, jax.Array]:
+        """Runs row s's `tokens[s, :lengths[s]]` at cache columns `columns[s]` onwards, written into the state's
+        own cache in column chunks of RECOMPUTE_COLUMNS (no second cache, no `[slots, columns, vocab]`
+        logits); returns the cache and the logits after each row's last token. Rows of length 0 write
+        nowhere; padding past a row's tokens is written too, and decode overwrites it before any query reads it."""
+        width = min(tokens.shape[1], self._recompute_columns)
+        last = lengths - 1
 
         def chunk(carry, first):
             cache, last_hidden = carry
             ids = jax.lax.dynamic_slice_in_dim(tokens, first, width, axis=1)
-            # Rows not chosen write at column max_len, which the cache drops: their cache stays as it was.
-            index = jnp.where(chosen, first, self.max_len)
+            index = jnp.where(lengths > 0, columns + first, self.max_len)  # column max_len and beyond: the write is dropped
             hidden, cache = model.hidden_states(ids, start=state.start, cache=cache, cache_index=index)
             offset = last - first
             here = (offset >= 0) & (offset < width)
@@ -423,8 +460,7 @@ class Engine:
         hidden0 = jnp.zeros((self._slots, self.model_config.hidden_size), jnp.dtype(self.model_config.dtype))
         starts = jnp.arange(0, tokens.shape[1], width, dtype=jnp.int32)
         (cache, last_hidden), _ = jax.lax.scan(chunk, (state.cache, hidden0), starts)
-        logits = jnp.where(chosen[:, None], model.logits(last_hidden), state.logits)
-        return dataclasses.replace(state, cache=cache, logits=logits)
+        return cache, model.logits(last_hidden)
 
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, params: nnx.State, tokens: np.ndarray, start: np.ndarray, prompt_len: int, sampling: SamplingParams) -> np.ndarray:
@@ -444,7 +480,8 @@ class Engine:
     def programs(self, sampling: SamplingParams = SamplingParams()) -> dict[str, tuple[Callable, tuple]]:
         """{name: (jitted program the engine runs, abstract arguments)} at the largest shapes it runs:
         prefill of `max_concurrent_decodes` prompts at the largest bucket, insert of as many rows,
-        one decode call reading all `max_len` columns (with `sampling`, static), recompute. Each
+        one decode call reading all `max_len` columns (with `sampling`, static), recompute, an extend of
+        every slot by the longest observation (`max_decode_length` tokens, bucketed). Each
         entry lowers with `fn.lower(*args)`; nothing is allocated."""
         layout, slots = self._layout, self._slots
         shape = lambda dims, dtype, sharding: jax.ShapeDtypeStruct(dims, dtype, sharding=sharding)
@@ -452,12 +489,14 @@ class Engine:
         tokens, start = shape((slots, self._max_prefill), jnp.int32, layout.rows), shape((slots,), jnp.int32, layout.rows)
         prefix = abstract(jax.eval_shape(self._prefill_impl, params, tokens, start, None), layout.prefix())
         index = shape((slots,), jnp.int32, layout.replicated)
-        sequences = shape((slots, self._recompute_width), jnp.int32, layout.rows)
+        sequences = shape((slots, self._chunked_width(self.max_len)), jnp.int32, layout.rows)
+        appended = shape((slots, self._chunked_width(self.kv_bucket(self.max_len - self._max_prefill))), jnp.int32, layout.rows)
         return {
             "generator prefill": (self._prefill, (params, tokens, start, None)),
             "generator insert": (self._insert, (prefix, state, index, index)),
             "generator decode step": (self._generate[self.max_len], (params, state, sampling)),
             "generator recompute": (self._recompute, (params, state, sequences, shape((slots,), bool, layout.rows))),
+            "generator extend": (self._extend, (params, state, appended, start, start)),
         }
 
     def _abstract_state(self) -> DecodeState:
@@ -466,5 +505,5 @@ class Engine:
 
     def compiled_variants(self) -> int:
         """Compiled variants of the engine's programs so far: bounded by buckets x sampling settings."""
-        jitted = [self._prefill, self._insert, self._recompute, self._new_state, self._reset, self._score, *self._generate.values()]
+        jitted = [self._prefill, self._insert, self._recompute, self._extend, self._new_state, self._reset, self._score, *self._generate.values()]
         return sum(fn._cache_size() for fn in jitted)

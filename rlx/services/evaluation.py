@@ -11,8 +11,8 @@ import numpy as np
 from rlx.data import CharTokenizer, PromptRecord, encode_prompts
 from rlx.data.media import MediaSpec
 from rlx.data.placeholders import prompt_ids, record_modality
-from rlx.rewards import RewardFn, score_responses
-from rlx.rollout import RolloutBackend, SamplingParams
+from rlx.rewards import RewardFn, Scores, score_responses
+from rlx.rollout import GroupRollout, RolloutBackend, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,19 @@ Gather = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 def this_process(rows: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     return rows
+
+
+def rollout_scores(rollout: GroupRollout, responses: Sequence[str], reward_fn: RewardFn, on_error: float) -> Scores:
+    """The rewards of `rollout`: its environment's (multi-turn rollouts; a trajectory whose environment failed scores
+    `on_error`), else `reward_fn` of each response."""
+    if rollout.rewards is not None:
+        return Scores(np.where(rollout.env_errors, np.float32(on_error), rollout.rewards), int(rollout.env_errors.sum()))
+    return score_responses(reward_fn, responses, rollout.records, on_error)
+
+
+def policy_tokens(rollout: GroupRollout) -> np.ndarray:
+    """[rows] tokens the policy wrote (multi-turn observations not counted)."""
+    return rollout.generation.mask.sum(axis=1)
 
 
 def evaluate(
@@ -49,13 +62,14 @@ def evaluate(
     prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
     rollout = backend.generate_groups(prompts, 1, jax.random.key(0), SamplingParams(temperature=0.0), max_new_tokens)
     responses = tokenizer.decode_batch(rollout.generation.tokens)
-    rewards = score_responses(reward_fn, responses, rollout.records, on_error=0.0).rewards
-    rows = gather({"rewards": rewards, "lengths": rollout.generation.lengths,
+    rewards = rollout_scores(rollout, responses, reward_fn, on_error=0.0).rewards
+    rows = gather({"rewards": rewards, "lengths": policy_tokens(rollout),
                    "modalities": np.array([record_modality(record) for record in rollout.records])})
     rewards = rows["rewards"]
     metrics = {
         "val/accuracy": float(np.mean(rewards)),
         "val/response_length/mean": float(np.mean(rows["lengths"])),
+        **{f"val/{name}": value for name, value in rollout.metrics.items() if name.startswith("agent/")},
     }
     if media is not None:
         modalities = rows["modalities"]
@@ -99,9 +113,9 @@ def sampled_evaluation(
     prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
     rollout = backend.generate_groups(prompts, samples, key, sampling, max_new_tokens)
     responses = tokenizer.decode_batch(rollout.generation.tokens)
-    scores = score_responses(reward_fn, responses, rollout.records, on_error=0.0)
+    scores = rollout_scores(rollout, responses, reward_fn, on_error=0.0)
     rows = gather({"rewards": scores.rewards.reshape(len(records), samples),  # rows are prompt-major
-                   "lengths": rollout.generation.lengths.reshape(len(records), samples),
+                   "lengths": policy_tokens(rollout).reshape(len(records), samples),
                    "modalities": np.array([record_modality(record) for record in rollout.records[::samples]]),
                    "errors": np.array([scores.errors])})  # one per process
     rewards = rows["rewards"]

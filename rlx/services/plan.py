@@ -7,7 +7,7 @@ same builder (`rlx.learner.build`): the update, the log-prob and advantage passe
 teacher's and critic's when configured), on one step's rollouts; with
 `learner.micro_batch_rows: auto` the plan picks the largest micro-batch whose programs fit
 `parallel.device_memory_gib`, as the run does. The generator's are the engine's own
-(`Engine.programs`): prefill, insert, a decode call reading every cache column, recompute,
+(`Engine.programs`): prefill, insert, a decode call reading every cache column, recompute, extend,
 at their largest shapes. Per-device memory comes from XLA's memory analysis of the
 compiled SPMD program; each line says whether it fits. Decoder layers are scanned, so the plan
 compiles the whole depth (compile time barely grows with it).

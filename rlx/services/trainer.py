@@ -26,14 +26,16 @@ from rlx.bus import version_lag
 from rlx.config import Config, to_dict
 from rlx.errors import UserError
 from rlx.data import PromptRecord, PromptStream, load_task
+from rlx.envs import load_environments
 from rlx.learner import Checkpointer, Learner, TrainBatch, supervised_warmup
 from rlx.models import create_params
 from rlx.parallel import role_meshes, rules_for, tree_shardings
 from rlx.parallel.processes import Processes, check_rows_by_process, local_copy
-from rlx.rewards import Scores, resolve_reward_fn, score_responses
-from rlx.rollout import GroupRollout, build_backend, build_engine, sampling_params
+from rlx.plugins import load_object
+from rlx.rewards import Scores, resolve_reward_fn
+from rlx.rollout import GroupRollout, MultiTurn, build_backend, build_engine, sampling_params
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
-from rlx.services.evaluation import evaluate, sampled_evaluation
+from rlx.services.evaluation import evaluate, policy_tokens, rollout_scores, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
 from rlx.services.preflight import check_task
 from rlx.services.resume import (check_fingerprint, check_latest_fingerprint, fingerprint, record_config_changes, restore_intact,
@@ -84,15 +86,16 @@ class Trainer:
         # Cast to the compute dtype, then onto the generator's shardings.
         self._publish_weights = lambda params: engine.publish(local_copy(params))
         published = engine.load_params()
+        self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
+        turns = self._multi_turn(tokenizer)
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
-        self.rollout = build_backend(engine, published, config.rollout)
+        self.rollout = build_backend(engine, published, config.rollout, turns)
         if getattr(self.rollout, "partial", None) is not None:
             self.rollout.partial.draw = lambda: next(self.prompts)  # partial rollouts keep slots busy with later prompts
         # Validation answers every prompt it is given: never a token budget that carries samples over.
-        self.validator = build_backend(engine, published, dataclasses.replace(config.rollout, token_budget=None))
+        self.validator = build_backend(engine, published, dataclasses.replace(config.rollout, token_budget=None), turns)
         self.mailbox = WeightMailbox()
         self.published_version = 0
-        self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
         self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed, "data.prompts_per_step")
         if len(self.task.val) < processes.count:
             raise UserError(f"{len(self.task.val)} validation records cannot give each of {processes.count} processes some; use more")
@@ -101,6 +104,18 @@ class Trainer:
         self._base_key = jax.random.key(config.run.seed)
         self._resume_metrics: dict[str, float] = {}
         self._last_step_end: float | None = None
+
+    def _multi_turn(self, tokenizer) -> MultiTurn | None:
+        """Multi-turn rollouts with `env.fn` (None without); an `env.demonstrations` builder replaces the task's warm-up data."""
+        config = self.config
+        environments = load_environments(config.env, tokenizer, self.reward_fn)
+        if environments is None:
+            return None
+        if config.env.demonstrations is not None:
+            build = load_object(config.env.demonstrations)
+            self.task = dataclasses.replace(self.task, demonstrations=build(self.task.train, environments.context, config.data.seed + 1))
+        return MultiTurn(environments.make, tokenizer, max_turns=config.rollout.max_turns, on_error_reward=config.reward.on_error_reward,
+                         stop_strings=environments.stop_strings, workers=config.env.workers)
 
     def _stream(self, records: list[PromptRecord], batch_size: int, seed: int, what: str) -> PromptStream:
         """`batch_size` prompts per batch in all; this process's stream yields its share of each batch."""
@@ -201,7 +216,7 @@ class Trainer:
         metrics.update(rollout.metrics)
         metrics.update({"reward/errors": float(scores.errors), "reward/scored": float(len(scores.rewards)),
                         "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
-                        "perf/gen_tokens_per_s": float(rollout.generation.mask.sum()) / (generated - began)})
+                        "perf/gen_tokens_per_s": float(policy_tokens(rollout).sum()) / (generated - began)})
         return ScoredBatch(rollout, responses, task_scores, rewards), {"metrics": metrics, "data_state": self.prompts.get_state()}
 
     def learn(self, step: int, batch: ScoredBatch) -> dict[str, float]:
@@ -227,7 +242,7 @@ class Trainer:
         metrics.update({
             "reward/mean": float(rewards.mean()),
             "critic/score/mean": float(batch.task_scores.mean()),
-            "response_length/mean": float(rollout.generation.lengths.mean()),
+            "response_length/mean": float(policy_tokens(rollout).mean()),
             "response_length/clip_ratio": float(np.mean(rollout.generation.clipped(self.task.tokenizer.stop_ids))),
             "timing_s/update": updated - began,
             "timing_s/weight_sync": published - updated,
@@ -245,9 +260,9 @@ class Trainer:
         self.published_version = version
 
     def _score(self, rollout: GroupRollout) -> tuple[list[str], Scores]:
-        """Decoded responses and their verifier scores."""
+        """Decoded responses (whole trajectories for multi-turn rollouts) and their scores."""
         responses = self.task.tokenizer.decode_batch(rollout.generation.tokens)
-        return responses, score_responses(self.reward_fn, responses, rollout.records, self.config.reward.on_error_reward)
+        return responses, rollout_scores(rollout, responses, self.reward_fn, self.config.reward.on_error_reward)
 
     def _generate(self, step: int, round_: int = 0) -> GroupRollout:
         rollout_config = self.config.rollout

@@ -80,3 +80,28 @@ def test_masked_tokens_get_no_advantage(name):
     assert adv.shape == returns.shape == (4, 3)
     np.testing.assert_array_equal(np.asarray(adv)[mask == 0], 0.0)
     np.testing.assert_array_equal(np.asarray(returns)[mask == 0], 0.0)
+
+
+@pytest.mark.parametrize("name", ["grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "gae"])
+def test_observation_holes_in_the_mask_are_skipped_as_if_the_policy_tokens_were_contiguous(name):
+    """Multi-turn rows interleave policy tokens (mask 1) and observations (mask 0): every estimator gives
+    the policy tokens what it gives the same tokens without the holes, and the holes nothing."""
+    rng = np.random.default_rng(0)
+    holed = np.array([[1, 1, 0, 0, 1, 1, 0, 1, 0, 0], [1, 0, 1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]], np.float32)
+    rows, width = holed.shape
+    compact = np.zeros_like(holed)
+    values, token_rewards = rng.normal(size=holed.shape), rng.normal(size=holed.shape) * holed
+    compact_values, compact_rewards = np.zeros_like(values), np.zeros_like(token_rewards)
+    for row in range(rows):
+        kept = np.flatnonzero(holed[row])
+        compact[row, :len(kept)] = 1
+        compact_values[row, :len(kept)], compact_rewards[row, :len(kept)] = values[row, kept], token_rewards[row, kept]
+    settings = dict(gamma=0.9, lam=0.8)
+    rewards, groups = [1.0, 0.0, 0.5], [0, 0, 1]
+    adv, ret = advantages(name, rewards, groups, holed, values=values, token_rewards=token_rewards, **settings)
+    adv_c, ret_c = advantages(name, rewards, groups, compact, values=compact_values, token_rewards=compact_rewards, **settings)
+    for row in range(rows):
+        kept = np.flatnonzero(holed[row])
+        np.testing.assert_allclose(np.asarray(adv)[row, kept], np.asarray(adv_c)[row, :len(kept)], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(ret)[row, kept], np.asarray(ret_c)[row, :len(kept)], rtol=1e-5, atol=1e-6)
+    assert (np.asarray(adv)[holed == 0] == 0).all() and (np.asarray(ret)[holed == 0] == 0).all()

@@ -65,7 +65,7 @@ def test_gqa_equals_explicit_repeated_kv_heads():
     mha = make_model(num_heads=4, num_kv_heads=4)
     _, gqa_state = nnx.split(gqa)
     graphdef, mha_state = nnx.split(mha)
-    gqa_params, mha_params = nnx.to_pure_dict(gqa_state), nnx.to_pure_dict(mha_state)
+    gqa_params = nnx.to_pure_dict(gqa_state)
     attn = gqa_params["layers"][0]["layer"]["attn"]  # both layers, stacked on axis 0
     attn["k_proj"] = jnp.repeat(attn["k_proj"], 2, axis=2)
     attn["v_proj"] = jnp.repeat(attn["v_proj"], 2, axis=2)

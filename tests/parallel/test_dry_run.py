@@ -40,7 +40,7 @@ def _parameter_count(model_config):
 def test_plan_compiles_every_program_and_reports_memory(tiny_plan):
     config = load_config(None, TINY_MOE)
     assert tiny_plan.parameters == _parameter_count(config.model)
-    assert set(tiny_plan.steps) == {"learner update", "learner log-probs", "learner advantages", "generator prefill", "generator insert", "generator decode step", "generator recompute"}
+    assert set(tiny_plan.steps) == {"learner update", "learner log-probs", "learner advantages", "generator prefill", "generator insert", "generator decode step", "generator recompute", "generator extend"}
     for step in tiny_plan.steps.values():
         assert step.arguments > 0 and step.peak >= step.arguments - step.aliased
     # Update arguments: float32 weights plus two Adam moments, split 4 ways (+ the batch and small replicated tensors).

@@ -55,14 +55,16 @@ def vocab_wide_intermediates(jaxpr, vocab: int) -> list[tuple[int, ...]]:
     return found
 
 
-def test_prefill_and_recompute_never_compute_logits_for_every_column(make_engine):
+def test_prefill_recompute_and_extend_never_compute_logits_for_every_column(make_engine):
     engine = make_engine()
     params, vocab, slots = engine.load_params(), engine.model_config.vocab_size, engine.max_concurrent_decodes
     tokens, start = jnp.zeros((4, 12), jnp.int32), jnp.zeros((4,), jnp.int32)
     assert not vocab_wide_intermediates(jax.make_jaxpr(engine._prefill_impl)(params, tokens, start, None).jaxpr, vocab)
     state = engine._abstract_state()
-    sequences, chosen = jnp.zeros((slots, engine._recompute_width), jnp.int32), jnp.ones((slots,), bool)
+    sequences, chosen = jnp.zeros((slots, engine._chunked_width(engine.max_len)), jnp.int32), jnp.ones((slots,), bool)
     assert not vocab_wide_intermediates(jax.make_jaxpr(engine._recompute_impl)(params, state, sequences, chosen).jaxpr, vocab)
+    per_slot = jnp.zeros((slots,), jnp.int32)
+    assert not vocab_wide_intermediates(jax.make_jaxpr(engine._extend_impl)(params, state, sequences, per_slot, per_slot).jaxpr, vocab)
     # The detector does see full-width logits where a program computes them (teacher-forced scoring does).
     score = jax.make_jaxpr(engine._score_impl, static_argnums=(3, 4))(params, tokens, start, 4, GREEDY)
     assert vocab_wide_intermediates(score.jaxpr, vocab)
@@ -99,7 +101,7 @@ def test_chunked_recompute_matches_one_pass_and_leaves_other_slots_alone(model, 
     graphdef, params = nnx.split(model)
     chunked = Engine(graphdef, params, model.config, max_concurrent_decodes=3, max_prefill_length=12, max_decode_length=8,
                      stop_tokens=(), pad_id=PAD, steps_per_generate=2)
-    assert chunked._recompute_width == 24 and whole._recompute_width == 20
+    assert chunked._chunked_width(chunked.max_len) == 24 and whole._chunked_width(whole.max_len) == 20
     other = jax.tree.map(lambda x: x * 1.5, whole.load_params())
     before, after, rows = recomputed(chunked, other)
     _, after_whole, _ = recomputed(whole, other)

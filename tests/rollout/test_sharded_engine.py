@@ -65,7 +65,7 @@ def test_programs_lower_from_abstract_weights_with_the_engine_shardings_and_allo
     live = {id(array) for array in jax.live_arrays()}
     engine = engine_on(mesh, abstract)
     programs = engine.programs()
-    assert list(programs) == ["generator prefill", "generator insert", "generator decode step", "generator recompute"]
+    assert list(programs) == ["generator prefill", "generator insert", "generator decode step", "generator recompute", "generator extend"]
     compiled = {name: fn.lower(*args).compile() for name, (fn, args) in programs.items()}
     assert not {id(array) for array in jax.live_arrays()} - live  # shapes only, nothing on a device
     for name, program in compiled.items():
@@ -81,6 +81,7 @@ def test_programs_lower_from_abstract_weights_with_the_engine_shardings_and_allo
     assert [s.spec for s in jax.tree.leaves(param_in)] == [s.spec for s in jax.tree.leaves(expected)]
     assert compiled["generator prefill"].output_shardings.cache.k.spec == CACHE_SPEC
     assert compiled["generator recompute"].output_shardings.cache.k.spec == CACHE_SPEC
+    assert compiled["generator extend"].output_shardings.cache.k.spec == CACHE_SPEC
     with pytest.raises(ValueError, match="abstract weights"):
         engine.load_params()
 
