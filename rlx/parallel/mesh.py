@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from rlx.errors import UserError
 from rlx.parallel.config import MESH_AXES, MeshConfig, ParallelConfig
 
 
@@ -48,17 +49,17 @@ def role_devices(config: ParallelConfig, devices: Sequence[Any], process: int) -
     per_process = config.devices_per_process(len(processes))
     share = config.learner.size // len(processes)
     if len(processes) > 1 and config.placement == "colocated" and config.generator.size != share:
-        raise ValueError(
+        raise UserError(
             f"placement: colocated with {len(processes)} processes runs one generator replica per process on its "
             f"{share} learner devices, but parallel.generator has {config.generator.size} devices; size it {share} "
             "(parallel.generator is per process)"
         )
     short = {p: len(local[p]) for p in processes if len(local[p]) < per_process}
     if short:
-        raise ValueError(
+        raise UserError(
             f"parallel config needs {per_process} devices per process ({config.placement}: learner {config.learner.shape} over "
             f"{len(processes)} process(es), generator {config.generator.shape} each) but process(es) {sorted(short)} see "
-            f"{sorted(set(short.values()))}"
+            f"{sorted(set(short.values()))}; shrink parallel.learner / parallel.generator to the devices you have"
         )
     learner = [d for p in processes for d in local[p][:share]]
     first = 0 if config.placement == "colocated" else share
