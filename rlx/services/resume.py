@@ -42,7 +42,8 @@ def _data_identity(config: Config) -> dict[str, Any]:
     data = config.data
     if data.source == "jsonl":
         return {"data.train_path (contents)": _file_digest(Path(data.train_path)), "data.val_path (contents)": _file_digest(Path(data.val_path))}
-    generator = {f"data.{data.source}.{key}": value for key, value in to_dict(getattr(data, data.source)).items()}
+    section = "arithmetic" if data.source == "calculator" else data.source  # the calculator task reads data.arithmetic's digits
+    generator = {f"data.{section}.{key}": value for key, value in to_dict(getattr(data, section)).items()}
     return {"data.source": data.source, "data.seed": data.seed, "data.train_size": data.train_size, "data.val_size": data.val_size, **generator}
 
 
