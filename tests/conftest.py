@@ -2,13 +2,30 @@
 
 import logging
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Many tests build a fresh Trainer or engine and compile the same tiny programs again: a session-wide persistent
+# compilation cache (fresh per session, so nothing carries between runs) serves the repeats. Tests that assert
+# "nothing compiles" switch it off (`no_persistent_cache`), so a cache hit cannot hide a retrace.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="rlx-tests-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
 from rlx.config import Config, load_config  # noqa: E402
+
+
+@pytest.fixture
+def no_persistent_cache():
+    """For tests that count compilations: every compile reaches XLA (a persistent-cache hit would not be counted)."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
 
 
 @pytest.fixture(autouse=True)

@@ -18,25 +18,6 @@ from tests.bad_input.helpers import (assert_clean_failure, assert_outputs_valid,
 from tests.conftest import tiny_overrides
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The cases that train build a fresh Trainer each, compiling the same tiny programs again: JAX's persistent
-    compilation cache (module-local, reset so JAX sees the change mid-session) makes each run after the first ~4x faster."""
-    import jax
-    from jax._src import compilation_cache as cache
-
-    settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-                "jax_persistent_cache_min_compile_time_secs": 0.0, "jax_persistent_cache_min_entry_size_bytes": 0}
-    saved = {name: getattr(jax.config, name) for name in settings}
-    for name, value in settings.items():
-        jax.config.update(name, value)
-    cache.reset_cache()
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    cache.reset_cache()
-
-
 # -- runs that go bad stop with exit code 3, and write nothing non-finite ----------------------------------------------------
 RUN = ["warmup.sft_steps=0", "run.steps=2", "data.val_size=4"]
 

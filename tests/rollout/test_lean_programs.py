@@ -118,7 +118,7 @@ def test_chunked_recompute_matches_one_pass_and_leaves_other_slots_alone(model, 
 
 
 @pytest.mark.parametrize("sampling", [SamplingParams(1.0), SamplingParams(0.8, top_p=0.9, top_k=5)])
-def test_a_steady_state_rollout_step_compiles_nothing(make_engine, sampling):
+def test_a_steady_state_rollout_step_compiles_nothing(make_engine, sampling, no_persistent_cache):
     engine = make_engine()
     driver = RolloutDriver(engine, engine.load_params())
     batch, keys = prompt_batch(PROMPTS), [jax.random.key(i) for i in range(3)]

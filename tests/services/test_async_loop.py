@@ -114,7 +114,7 @@ def test_a_failing_generator_stops_the_learner_with_its_error(ahead_trainer, mon
             feed.take(3)
 
 
-def test_disaggregated_publish_reaches_the_generator_slice_without_recompiling(tmp_path):
+def test_disaggregated_publish_reaches_the_generator_slice_without_recompiling(tmp_path, no_persistent_cache):
     config = tiny(tmp_path / "run", "parallel.placement=disaggregated", "parallel.learner.fsdp=4", "parallel.generator.data=4")
     trainer = Trainer(config)
     learner_devices, generator_devices = set(jax.devices()[:4]), set(jax.devices()[4:8])
