@@ -42,6 +42,22 @@ def policy_tokens(rollout: GroupRollout) -> np.ndarray:
     return rollout.generation.mask.sum(axis=1)
 
 
+def _scored_rows(backend: RolloutBackend, records: Sequence[PromptRecord], tokenizer: CharTokenizer, reward_fn: RewardFn,
+                 prompt_width: int, max_new_tokens: int, sampling: SamplingParams, samples: int, key: jax.Array,
+                 media: MediaSpec | None, gather: Gather) -> tuple[Mapping[str, np.ndarray], GroupRollout]:
+    """`samples` scored responses per record, gathered from every process: `rewards` and `lengths` [records, samples]
+    (policy tokens), `modalities` [records], `errors` [processes]; and this process's rollout."""
+    prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
+    rollout = backend.generate_groups(prompts, samples, key, sampling, max_new_tokens)
+    responses = tokenizer.decode_batch(rollout.generation.tokens)
+    scores = rollout_scores(rollout, responses, reward_fn, on_error=0.0)
+    rows = gather({"rewards": scores.rewards.reshape(len(records), samples),  # rows are prompt-major
+                   "lengths": policy_tokens(rollout).reshape(len(records), samples),
+                   "modalities": np.array([record_modality(record) for record in rollout.records[::samples]]),
+                   "errors": np.array([scores.errors])})  # one per process
+    return rows, rollout
+
+
 def evaluate(
     backend: RolloutBackend,
     records: Sequence[PromptRecord],
@@ -59,13 +75,9 @@ def evaluate(
     All records go to the rollout backend at once: its slots are refilled as responses finish,
     so no batch shape has to be fixed here. With `gather`, the metrics cover every process's records.
     """
-    prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
-    rollout = backend.generate_groups(prompts, 1, jax.random.key(0), SamplingParams(temperature=0.0), max_new_tokens)
-    responses = tokenizer.decode_batch(rollout.generation.tokens)
-    rewards = rollout_scores(rollout, responses, reward_fn, on_error=0.0).rewards
-    rows = gather({"rewards": rewards, "lengths": policy_tokens(rollout),
-                   "modalities": np.array([record_modality(record) for record in rollout.records])})
-    rewards = rows["rewards"]
+    rows, rollout = _scored_rows(backend, records, tokenizer, reward_fn, prompt_width, max_new_tokens, SamplingParams(temperature=0.0),
+                                 1, jax.random.key(0), media, gather)
+    rewards = rows["rewards"][:, 0]
     metrics = {
         "val/accuracy": float(np.mean(rewards)),
         "val/response_length/mean": float(np.mean(rows["lengths"])),
@@ -110,14 +122,7 @@ def sampled_evaluation(
     `reported_ks(samples)`, `avg@<samples>` (mean reward over every sample), `response_length/mean`,
     and with media `pass@1/<modality>`. A sample is correct when its reward reaches `SOLVED_AT`.
     With `gather`, the metrics cover every process's records."""
-    prompts = encode_prompts(list(records), tokenizer, prompt_width, media)
-    rollout = backend.generate_groups(prompts, samples, key, sampling, max_new_tokens)
-    responses = tokenizer.decode_batch(rollout.generation.tokens)
-    scores = rollout_scores(rollout, responses, reward_fn, on_error=0.0)
-    rows = gather({"rewards": scores.rewards.reshape(len(records), samples),  # rows are prompt-major
-                   "lengths": policy_tokens(rollout).reshape(len(records), samples),
-                   "modalities": np.array([record_modality(record) for record in rollout.records[::samples]]),
-                   "errors": np.array([scores.errors])})  # one per process
+    rows, _ = _scored_rows(backend, records, tokenizer, reward_fn, prompt_width, max_new_tokens, sampling, samples, key, media, gather)
     rewards = rows["rewards"]
     correct = (rewards >= SOLVED_AT).sum(axis=1)
     metrics = {f"pass@{k}": float(np.mean([pass_at_k(samples, int(c), k) for c in correct])) for k in reported_ks(samples)}
