@@ -14,7 +14,8 @@ import jax
 from flax import nnx
 
 from rlx.data import PromptBatch
-from rlx.models import ModelConfig, Qwen3
+from rlx.models import ModelConfig
+from rlx.models.weights import abstract_model
 from rlx.parallel.presets import Rules
 from rlx.rollout.config import RolloutConfig
 from rlx.rollout.driver import GroupRollout, RolloutDriver
@@ -55,7 +56,7 @@ def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelC
     if config.dtype is not None and config.dtype != model_config.dtype:
         # Qwen3 computes in its config's dtype, a static part of the graph: the generator gets its own graph.
         model_config = dataclasses.replace(model_config, dtype=config.dtype)
-        graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen3(model_config, rngs=nnx.Rngs(0))))
+        graphdef = abstract_model(model_config)[0]
     return Engine(
         graphdef, params, model_config,
         max_concurrent_decodes=config.max_concurrent_decodes,

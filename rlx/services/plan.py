@@ -28,7 +28,8 @@ from rlx.data import load_task
 from rlx.learner.build import LearnerSpec, build_programs, every_program, fitting_micro_batch_rows
 from rlx.learner.memory import GIB, ProgramMemory, measure
 from rlx.learner.programs import abstract_batch
-from rlx.models import ModelConfig, Qwen3
+from rlx.models import ModelConfig
+from rlx.models.weights import abstract_model
 from rlx.parallel import role_meshes, rules_for, tree_shardings
 from rlx.parallel.layout import Layout
 from rlx.rollout import build_engine, sampling_params
@@ -89,7 +90,7 @@ def dry_run(config: Config) -> Plan:
     model_config = config.model.with_vocab(_vocab_size(config))
     par = config.parallel
     learner_mesh, generator_mesh = role_meshes(par)
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: Qwen3(model_config, rngs=nnx.Rngs(0))))
+    graphdef, params = abstract_model(model_config)
     steps, workload = _learner_programs(config, model_config, graphdef, params, learner_mesh)
     steps.update(_generator_programs(config, model_config, graphdef, params, generator_mesh))
     sharding = {
@@ -117,7 +118,7 @@ def _learner_programs(config: Config, model_config: ModelConfig, graphdef: nnx.G
     teacher = None
     if config.distill.coef > 0:
         teacher_config = config.distill.teacher.with_vocab(model_config.vocab_size)
-        teacher = nnx.split(nnx.eval_shape(lambda: Qwen3(teacher_config, rngs=nnx.Rngs(0))))
+        teacher = abstract_model(teacher_config)
     layout = Layout(mesh, rules_for(config.parallel.learner_rules))
     rows, prompt, response = config.data.prompts_per_step * config.rollout.n_samples, config.data.max_prompt_len, config.rollout.max_new_tokens
     media = media_spec(model_config)

@@ -13,13 +13,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from rlx.config import Config
 from rlx.data import TaskData
 from rlx.errors import UserError
 from rlx.learner.memory import GIB
-from rlx.models import ModelConfig, Qwen3
+from rlx.models import ModelConfig
+from rlx.models.weights import abstract_model
 from rlx.plugins import PluginError, load_object
 from rlx.rewards.verifiers import check_reward_plugins
 
@@ -61,7 +61,7 @@ def check_task(config: Config, task: TaskData, model: ModelConfig) -> None:
 
 def check_fits(model: ModelConfig, config: Config) -> None:
     """Refuses a model whose weights, gradients and optimizer moments alone exceed `parallel.device_memory_gib`."""
-    shapes = jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: Qwen3(model, rngs=nnx.Rngs(0)))))
+    shapes = jax.tree.leaves(abstract_model(model)[1])
     parameters = sum(int(np.prod(leaf.shape)) for leaf in shapes)
     devices = config.parallel.learner.size
     need = parameters * jnp.dtype(model.param_dtype).itemsize * _COPIES / devices
