@@ -55,6 +55,10 @@ class Processes:
             )
         return total // self.count
 
+    def own_key(self, key: jax.Array) -> jax.Array:
+        """`key` made this process's own, so replicas draw their own noise (one process: `key` itself)."""
+        return key if self.count == 1 else jax.random.fold_in(key, self.index)
+
     def part(self, items: Sequence[T]) -> Sequence[T]:
         """This process's contiguous block of `items` (block sizes differ by at most one)."""
         return items[len(items) * self.index // self.count: len(items) * (self.index + 1) // self.count]

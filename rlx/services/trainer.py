@@ -270,8 +270,7 @@ class Trainer:
         key = jax.random.fold_in(self._base_key, step)
         if round_:
             key = jax.random.fold_in(key, round_)
-        if self.processes.count > 1:
-            key = jax.random.fold_in(key, self.processes.index)  # each replica samples its own prompts with its own noise
+        key = self.processes.own_key(key)  # each replica samples its own prompts with its own noise
         # Partial rollouts carry samples across steps: none may hold a token staler than the bus allows at `step`.
         oldest = {"min_version": step - 1 - self.config.bus.max_staleness} if rollout_config.token_budget is not None else {}
         return self.rollout.generate_groups(
@@ -323,9 +322,7 @@ class Trainer:
         """pass@k, avg@`samples` and response length of `records`, `samples` responses each at the rollout's sampling
         settings, with the latest published weights. The same key every call, so evaluations compare like with like.
         In a multi-process run `records` is this process's part, and the metrics cover every process's."""
-        rollout, key = self.config.rollout, jax.random.split(self._base_key)[1]
-        if self.processes.count > 1:
-            key = jax.random.fold_in(key, self.processes.index)
+        rollout, key = self.config.rollout, self.processes.own_key(jax.random.split(self._base_key)[1])
         return sampled_evaluation(self.validator, records, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len,
                                   rollout.max_new_tokens, sampling_params(rollout), samples, key, self.media, self.processes.gather_rows)
 
