@@ -8,6 +8,7 @@ from it, and the model's weights, gradients and AdamW moments alone fit the lear
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import jax
@@ -37,9 +38,9 @@ def check_run(config: Config) -> None:
 def check_output_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".rlx_write_check"
-        probe.write_text("")
-        probe.unlink()
+        # A file of this process's own: the processes of one run check the same directory at the same time.
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".rlx_write_check"):
+            pass
     except OSError as err:
         raise UserError(f"run.output_dir={directory} cannot be written ({err.strerror or err}); "
                         "choose a directory you can write to") from None

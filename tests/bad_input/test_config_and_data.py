@@ -126,6 +126,17 @@ def test_an_output_dir_below_a_file(tmp_path, capsys):
     assert_clean_failure(code, output, EXIT_USER_ERROR, "cannot be written")
 
 
+def test_processes_of_one_run_check_its_output_dir_at_the_same_time(tmp_path):
+    """Every process of a multi-process run probes `run.output_dir` at start-up; one probe must not remove another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlx.services.preflight import check_output_dir
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: check_output_dir(tmp_path), range(400)))
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- datasets: bad rows are skipped with file and line, or refused by name --------------------------------------------------
 BAD_ROWS = [
     ("invalid_utf8", b'{"prompt": "1+1=", "answer": "2\xff"}', "not UTF-8 text"),

@@ -69,8 +69,9 @@ def launch_two_processes(args: list[str], timeout: float = 300) -> list[str]:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    for rank, (proc, log) in enumerate(zip(procs, logs)):
-        assert proc.returncode == 0, f"process {rank}:\n{log[-4000:]}"
+    failed = [f"process {rank} exited {proc.returncode}:\n{log[-3000:]}" for rank, (proc, log) in enumerate(zip(procs, logs))
+              if proc.returncode != 0]
+    assert not failed, "\n".join(failed)  # both logs: the first failure is often the other process's
     return logs
 
 
