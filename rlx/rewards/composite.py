@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from typing import Any, Callable
 
 from rlx.data.records import PromptRecord
+from rlx.rewards.isolation import Pending, WorkerPool
 
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _TERM = re.compile(rf"\s*(?P<sign>[-+])?\s*(?:(?P<weight>{_NUMBER})\s*\*\s*)?(?P<name>[A-Za-z_][\w.]*(?::[A-Za-z_]\w*)?)\s*")
@@ -34,11 +35,54 @@ def parse_terms(expression: str) -> tuple[Term, ...]:
     return tuple(terms)
 
 
-class WeightedSum:
-    """sum_i weight_i * fn_i(response, record); a term that raises makes the whole reward raise (counted as an error)."""
+class PooledTerm:
+    """A reward computed by the worker pool (`rlx.rewards.isolation`), which serves it under its name."""
 
-    def __init__(self, terms: list[tuple[float, Callable[[str, PromptRecord], float]]]):
-        self.terms = terms
+    def __init__(self, pool: WorkerPool, name: str):
+        self.pool, self.name = pool, name
+
+    def submit(self, response: str, record: PromptRecord) -> Pending:
+        return self.pool.submit(self.name, response, record)
+
+
+def run_now(fn: Callable[[str, PromptRecord], Any], response: str, record: PromptRecord) -> Pending:
+    """`fn(response, record)` called here, as a finished Pending (its value, or what it raised)."""
+    done = Pending()
+    try:
+        done.set_result(fn(response, record))
+    except Exception as err:  # handed to whoever reads the result, who counts it
+        done.set_exception(err)
+    return done
+
+
+class _Sum:
+    def __init__(self, parts: list[tuple[float, Pending]]):
+        self.parts = parts
+
+    def result(self) -> float:
+        return sum(weight * float(part.result()) for weight, part in self.parts)
+
+
+class WeightedSum:
+    """sum_i weight_i * fn_i(response, record); a term that raises makes the whole reward raise (counted as an error).
+
+    Terms in the worker pool (`PooledTerm`) are submitted there; the others run in the calling thread.
+    `submit` returns at once with something whose `result()` is the reward, so a batch is scored across
+    the pool concurrently. The sum owns the pool: `close` stops its workers.
+    """
+
+    def __init__(self, terms: list[tuple[float, Callable[[str, PromptRecord], float] | PooledTerm]], pool: WorkerPool | None = None):
+        self.terms, self.pool = terms, pool
+
+    def submit(self, response: str, record: PromptRecord) -> _Sum:
+        return _Sum([(weight, fn.submit(response, record) if isinstance(fn, PooledTerm) else run_now(fn, response, record))
+                     for weight, fn in self.terms])
 
     def __call__(self, response: str, record: PromptRecord) -> float:
-        return sum(weight * float(fn(response, record)) for weight, fn in self.terms)
+        return self.submit(response, record).result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+

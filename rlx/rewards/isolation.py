@@ -1,22 +1,43 @@
-"""Calls a function in a child process with a deadline per call, from any thread.
+"""A pool of worker processes that call functions with a deadline per call, from any thread.
 
-Signal-based timeouts (`signal.alarm`, which math-verify uses) work only in a process's main
-thread, and rewards are scored in the generator role's thread. Here the child runs the call and
-the caller waits on a pipe; a call past its deadline kills the child (SymPy can be stuck in a
-C-level loop no exception reaches) and the next call starts a fresh one.
+Reward functions are untrusted: SymPy (math-verify) can be stuck in a C-level loop no exception
+reaches, a plug-in can sleep forever, segfault or `os._exit`. Each call here runs in a worker
+process; the caller gets a `Pending` at once and its result later, so a batch is scored across the
+pool concurrently and the calling thread (the generator role) never blocks on one call. A call past
+`timeout_s` kills its worker (`CallTimeout`); a worker that dies mid-call fails it (`WorkerError`);
+either way a fresh worker replaces it. Workers are forked from Python's fork server (a clean process
+that never ran JAX's threads, with rlx's record types imported once), so a replacement starts in
+milliseconds instead of the seconds a spawned interpreter needs.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import multiprocessing
+import queue
+import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-# A child needs this long to start (spawn: a fresh interpreter importing rlx and the function's
-# module); it is waited for separately, so a call's deadline counts only the call.
+log = logging.getLogger(__name__)
+
+# A worker needs this long at most to start (import the functions' modules, then `setup`); waited for
+# separately, so a call's deadline counts only the call.
 START_TIMEOUT_S = 120.0
+# Imported once by the fork server, so workers forked from it start without importing them.
+PRELOAD = ["rlx.rewards.isolation", "rlx.data.records"]
+
+
+def _main_module() -> list[str]:
+    """The program's main module (`python -m rlx.launch`): each worker runs it again as `__mp_main__`
+    (multiprocessing's rule), which is cheap once the fork server has imported what it imports."""
+    name = getattr(sys.modules["__main__"].__spec__, "name", None)
+    return [name] if name is not None and not name.endswith("__main__") else []
+
+Setup = Callable[[], dict[str, Callable[..., Any]]]  # run once in each worker: the functions it serves, by name
 
 
 class CallTimeout(RuntimeError):
@@ -27,92 +48,168 @@ class WorkerError(RuntimeError):
     """The function raised in the worker, or the worker died; the message carries the cause."""
 
 
-def _serve(conn: Connection, fn: Callable[..., Any]) -> None:
+def _serve(conn: Connection, setup: Setup) -> None:
+    try:
+        functions = setup()
+    except Exception as err:  # reported to the pool, which fails the calls waiting for this worker
+        conn.send(("failed", f"{type(err).__name__}: {err}"))
+        return
     conn.send(("ready", None))
     while True:
         try:
-            args = conn.recv()
+            name, args = conn.recv()
         except EOFError:
-            return  # the parent closed the pipe
+            return  # the pool closed the pipe
         try:
-            conn.send(("ok", fn(*args)))
+            conn.send(("ok", functions[name](*args)))
         except Exception as err:  # reported to the caller, who counts it
             conn.send(("error", f"{type(err).__name__}: {err}"))
 
 
-class TimedWorker:
-    """One child process calling `fn` (a module-level, importable function); calls are serialized.
+Pending = concurrent.futures.Future  # `.result()`: the value, or raises CallTimeout / WorkerError
 
-    The child is started by `start()` (non-blocking, so it boots while the caller works) or by the
-    first call. Spawned, never forked: the parent runs JAX's threads, which a fork would copy mid-flight.
+
+class WorkerPool:
+    """`workers` processes serving the functions `setup` builds; `submit` queues a call for the first free one.
+
+    `preload`: more modules for the fork server to import once (e.g. a plug-in's), when this pool starts it.
     """
 
-    def __init__(self, fn: Callable[..., Any]):
-        self._fn = fn
-        self._lock = threading.Lock()
-        self._process: multiprocessing.process.BaseProcess | None = None
-        self._conn: Connection | None = None
-        self._ready = False
+    def __init__(self, setup: Setup, workers: int, timeout_s: float, name: str = "rlx-reward", preload: Sequence[str] = ()):
+        if workers < 1:
+            raise ValueError(f"a worker pool needs >= 1 worker, got {workers}")
+        self.timeout_s, self.name = timeout_s, name
+        self._calls: queue.Queue[tuple[str, tuple, Pending] | None] = queue.Queue()
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([*PRELOAD, *_main_module(), *preload])  # no effect once the fork server runs (one per parent process)
+        self._workers = [_Worker(context, setup, f"{name}-{index}") for index in range(workers)]
+        self._threads = [threading.Thread(target=self._serve_calls, args=(worker,), name=worker.name, daemon=True) for worker in self._workers]
+        self._closed = False
+        for worker in self._workers:
+            worker.start()  # boot in parallel while the run compiles; each thread waits for its own
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, function: str, *args: Any) -> Pending:
+        if self._closed:
+            raise RuntimeError(f"{self.name} pool is closed")
+        pending = Pending()
+        self._calls.put((function, args, pending))
+        return pending
+
+    def call(self, function: str, *args: Any) -> Any:
+        return self.submit(function, *args).result()
+
+    def worker_pids(self) -> list[int | None]:
+        return [worker.pid for worker in self._workers]
+
+    def restarts(self) -> int:
+        """Workers replaced so far (after a timeout or a crash)."""
+        return sum(worker.restarts for worker in self._workers)
+
+    def close(self) -> None:
+        """Fails calls still queued, stops every worker and joins the threads."""
+        self._closed = True
+        for _ in self._threads:
+            self._calls.put(None)
+        for worker in self._workers:
+            worker.closed = True
+            if worker.process is not None:
+                worker.process.kill()  # a thread waiting on a call sees its worker die
+        for thread in self._threads:
+            thread.join(10.0)
+        for worker in self._workers:
+            worker.kill()
+        while not self._calls.empty():
+            item = self._calls.get_nowait()
+            if item is not None:
+                item[2].set_exception(WorkerError(f"{self.name} pool closed before the call ran"))
+
+    def _serve_calls(self, worker: "_Worker") -> None:
+        while (item := self._calls.get()) is not None:
+            function, args, pending = item
+            if not pending.set_running_or_notify_cancel():
+                continue
+            try:
+                pending.set_result(worker.call(function, args, self.timeout_s))
+            except (CallTimeout, WorkerError) as err:
+                pending.set_exception(err)
+            if self._closed:
+                return
+
+
+class _Worker:
+    """One worker process and its pipe; used by one pool thread only."""
+
+    def __init__(self, context: Any, setup: Setup, name: str):
+        self.context, self.setup, self.name = context, setup, name
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.ready = False
+        self.restarts = 0
+        self.closed = False  # the pool is closing: start no more processes
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
-        with self._lock:
-            self._spawn_if_needed()
+        parent, child = self.context.Pipe()
+        self.process = self.context.Process(target=_serve, args=(child, self.setup), daemon=True, name=self.name)
+        self.process.start()
+        child.close()
+        self.conn, self.ready = parent, False
 
-    def call(self, timeout_s: float, *args: Any) -> Any:
-        with self._lock:
-            self._spawn_if_needed()
-            self._wait_ready()
-            try:
-                self._conn.send(args)
-                finished = self._conn.poll(timeout_s)
-            except (BrokenPipeError, EOFError, OSError) as err:
-                self._kill()
-                raise WorkerError(f"worker process died ({err!r}); a new one starts on the next call") from None
-            if not finished:
-                self._kill()
-                raise CallTimeout(f"{self._fn.__name__} ran past its {timeout_s:g} s deadline; its worker was killed")
-            try:
-                status, value = self._conn.recv()
-            except EOFError:
-                self._kill()
-                raise WorkerError("worker process died during the call; a new one starts on the next call") from None
+    def call(self, function: str, args: tuple, timeout_s: float) -> Any:
+        if self.process is None:
+            if self.closed:
+                raise WorkerError(f"{function}: the pool is closed")
+            self.start()
+            self.restarts += 1
+        self._wait_ready()
+        try:
+            self.conn.send((function, args))
+            finished = self.conn.poll(timeout_s)
+            outcome = self.conn.recv() if finished else None
+        except (EOFError, OSError) as err:  # it died mid-call: a crash, os._exit, a signal
+            self._replace()
+            raise WorkerError(f"{function}: its worker process died during the call ({self._exit_reason(err)}); a fresh one replaces it") from None
+        if outcome is None:
+            self._replace()
+            raise CallTimeout(f"{function} ran past its {timeout_s:g} s deadline (reward.timeout_s); its worker was killed and replaced")
+        status, value = outcome
         if status == "error":
             raise WorkerError(value)
         return value
 
-    def close(self) -> None:
-        with self._lock:
-            self._kill()
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.join()
+        if self.conn is not None:
+            self.conn.close()
+        self.process, self.conn, self.ready = None, None, False
 
-    def _spawn_if_needed(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            return
-        if self._process is not None:
-            self._kill()
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, self._fn), daemon=True, name=f"rlx-{self._fn.__name__}")
-        self._process.start()
-        child.close()
-        self._conn, self._ready = parent, False
+    def _replace(self) -> None:
+        self.kill()
+        if not self.closed:
+            self.start()
+            self.restarts += 1
+
+    def _exit_reason(self, err: BaseException) -> str:
+        self.process.join(1.0)
+        code = self.process.exitcode
+        return f"exit code {code}" if code is not None else repr(err)
 
     def _wait_ready(self) -> None:
-        if self._ready:
+        if self.ready:
             return
         began = time.perf_counter()
         try:
-            ready = self._conn.poll(START_TIMEOUT_S) and self._conn.recv() == ("ready", None)
-        except EOFError:  # it died importing (its traceback is on stderr)
-            ready = False
-        if not ready:
-            self._kill()
-            raise WorkerError(f"worker process for {self._fn.__name__} did not start ({time.perf_counter() - began:.0f} s); see its error above")
-        self._ready = True
-
-    def _kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.join()
-        if self._conn is not None:
-            self._conn.close()
-        self._process, self._conn, self._ready = None, None, False
+            status, message = self.conn.recv() if self.conn.poll(START_TIMEOUT_S) else ("failed", "no answer")
+        except (EOFError, OSError):  # it died importing (its traceback is on stderr)
+            status, message = "failed", "it exited while starting"
+        if status != "ready":
+            self.kill()  # the next call starts another
+            raise WorkerError(f"worker process {self.name} did not start ({message}, {time.perf_counter() - began:.1f} s)")
+        self.ready = True

@@ -6,10 +6,10 @@ and compared as numbers, fractions, roots, sets, intervals, equations or express
 (`\\frac{1}{2}` = `0.5` = `1/2`; `\\{1,2\\}` = `\\{2,1\\}`; `(x+1)^2` = `x^2+2x+1`). The reference
 answer is read as the content of a `\\boxed{}` (`"18"`, `"\\frac{\\sqrt{3}}{2}"`), as veRL does.
 
-Each call runs in a worker process with a deadline of `reward.timeout_s` (`rlx.rewards.isolation`):
+Each call runs in the reward worker pool with a deadline of `reward.timeout_s` (`rlx.rewards.isolation`):
 SymPy can hang on inputs such as `9^{9^{9^{9}}}`, and math-verify's own signal-based timeouts work
-only in a main thread, while rewards are scored in the generator role's thread. A call past its
-deadline raises, so it scores `reward.on_error_reward` and is counted in `reward/errors`.
+only in a main thread, while rewards are scored from the generator role's thread. A call past its
+deadline kills its worker, scores `reward.on_error_reward` and is counted in `reward/errors` and `reward/timeouts`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import logging
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from rlx.data.records import PromptRecord
-from rlx.rewards.isolation import TimedWorker
 
 
 def verify_answer(response: str, reference: str) -> float:
-    """Runs in the worker process; without math-verify's signal timeouts (the caller holds the deadline)."""
+    """Runs in a worker process; without math-verify's signal timeouts (the pool holds the deadline)."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that its own timeouts are off: the caller has one
     gold = parse(f"\\boxed{{{reference}}}", [LatexExtractionConfig()], fallback_mode="no_fallback", parsing_timeout=None)
     if not gold:
@@ -32,17 +31,6 @@ def verify_answer(response: str, reference: str) -> float:
     return float(verify(gold, predicted, timeout_seconds=None))
 
 
-# One per process, shared by every thread and run. The child imports this module (so math-verify and
-# SymPy) before it reports ready, so a call's deadline never pays for those imports.
-_WORKER = TimedWorker(verify_answer)
-
-
-class MathVerify:
-    """The `math_verify` reward: `verify_answer` in the shared worker process, `timeout_s` per call."""
-
-    def __init__(self, timeout_s: float):
-        self.timeout_s = timeout_s
-        _WORKER.start()  # boots while the run compiles
-
-    def __call__(self, response: str, record: PromptRecord) -> float:
-        return _WORKER.call(self.timeout_s, response, record.answer)
+def verify_record(response: str, record: PromptRecord) -> float:
+    """The `math_verify` reward (served by the reward worker pool)."""
+    return verify_answer(response, record.answer)

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Callable
 
 from rlx.data.records import PromptRecord
 from rlx.plugins import PluginError, load_object
-from rlx.rewards.composite import WeightedSum, parse_terms
+from rlx.rewards.composite import PooledTerm, WeightedSum, parse_terms
 from rlx.rewards.config import RewardConfig
-from rlx.rewards.deadline import WithDeadline
+from rlx.rewards.isolation import WorkerPool
 
 RewardFn = Callable[[str, PromptRecord], float]
 RewardFactory = Callable[[RewardConfig], RewardFn]  # for verifiers that read settings of the reward section
 
 _VERIFIERS: dict[str, RewardFactory] = {}
+# Verifiers that can hang or crash (SymPy): they run in the reward worker pool, as plug-ins do.
+# Their factories are called in the workers, so they must be module-level functions.
+_ISOLATED: dict[str, RewardFactory] = {}
 
 
-def register_verifier_factory(name: str) -> Callable[[RewardFactory], RewardFactory]:
+def register_verifier_factory(name: str, *, isolated: bool = False) -> Callable[[RewardFactory], RewardFactory]:
+    """`isolated`: calls run in worker processes under `reward.timeout_s` (for verifiers that can hang)."""
     def add(factory: RewardFactory) -> RewardFactory:
         if name in _VERIFIERS:
             raise ValueError(f"verifier {name!r} is already registered")
         _VERIFIERS[name] = factory
+        if isolated:
+            _ISOLATED[name] = factory
         return factory
     return add
 
@@ -48,12 +55,12 @@ def integer_match(response: str, record: PromptRecord) -> float:
         return 0.0
 
 
-@register_verifier_factory("math_verify")
+@register_verifier_factory("math_verify", isolated=True)
 def math_verify(config: RewardConfig) -> RewardFn:
     """1.0 iff the final answer equals the reference mathematically (`rlx.rewards.math_answers`)."""
-    from rlx.rewards.math_answers import MathVerify
+    from rlx.rewards.math_answers import verify_record
 
-    return MathVerify(config.timeout_s)
+    return verify_record
 
 
 @register_verifier_factory("format")
@@ -67,11 +74,29 @@ def answer_format(config: RewardConfig) -> RewardFn:
 
 
 def resolve_reward_fn(expression: str, config: RewardConfig = RewardConfig()) -> RewardFn:
-    """The reward `expression` names (`reward.fn`): one registered verifier or plug-in, or a weighted sum of them."""
+    """The reward `expression` names (`reward.fn`): one registered verifier or plug-in, or a weighted sum of them.
+
+    Plug-ins and isolated verifiers (`math_verify`) run in a pool of `reward.workers` processes
+    (`rlx.rewards.isolation`), started here: the returned `WeightedSum` owns it, `close` it when done.
+    Other registered verifiers run in the calling thread; one of them alone is returned as it is.
+    """
     terms = parse_terms(expression)
-    if len(terms) == 1 and terms[0].weight == 1.0:
-        return _resolve_one(terms[0].name, config)
-    return WeightedSum([(term.weight, _resolve_one(term.name, config)) for term in terms])
+    pooled = sorted({term.name for term in terms if _runs_in_pool(term.name)})
+    if not pooled and len(terms) == 1 and terms[0].weight == 1.0:
+        return _VERIFIERS[terms[0].name](config)
+    pool = None
+    if pooled:
+        for name in pooled:
+            _check_pooled(name)  # a bad name fails here, not in every worker
+        preload = [name.split(":")[0] for name in pooled if ":" in name] + (["rlx.rewards.math_answers"] if "math_verify" in pooled else [])
+        pool = WorkerPool(functools.partial(pooled_functions, pooled, config), config.workers, config.timeout_s, preload=preload)
+    return WeightedSum([(term.weight, PooledTerm(pool, term.name) if term.name in pooled else _VERIFIERS[term.name](config))
+                        for term in terms], pool)
+
+
+def pooled_functions(names: list[str], config: RewardConfig) -> dict[str, RewardFn]:
+    """Runs in each reward worker: the functions it serves, by term name."""
+    return {name: _ISOLATED[name](config) if name in _ISOLATED else _load_plugin(name) for name in names}
 
 
 def check_reward_plugins(expression: str) -> None:
@@ -81,11 +106,13 @@ def check_reward_plugins(expression: str) -> None:
             _load_plugin(term.name)
 
 
-def _resolve_one(name: str, config: RewardConfig) -> RewardFn:
-    """A registered verifier by name, or a plug-in by dotted path `package.module:function` (with `timeout_s` per call)."""
-    if name in _VERIFIERS:
-        return _VERIFIERS[name](config)
-    return WithDeadline(_load_plugin(name), config.timeout_s, name)
+def _runs_in_pool(name: str) -> bool:
+    return name in _ISOLATED or name not in _VERIFIERS
+
+
+def _check_pooled(name: str) -> None:
+    if name not in _ISOLATED:
+        _load_plugin(name)
 
 
 def _load_plugin(name: str) -> RewardFn:

@@ -29,7 +29,7 @@ StepHook = Callable[[int, dict[str, float]], None]
 ACROSS_PROCESSES: tuple[tuple[str, Callable[[list[float]], float]], ...] = (
     ("timing_s/", max), ("bus/wait_s/", max),  # a step waits for the slowest process
     ("perf/", sum),  # throughputs add up
-    ("bus/", sum), ("reward/errors", sum), ("rollout/truncated_prompts", sum), ("rollout/carried_lost_on_resume", sum),
+    ("bus/", sum), ("reward/errors", sum), ("reward/timeouts", sum), ("rollout/truncated_prompts", sum), ("rollout/carried_lost_on_resume", sum),
     ("dapo/dropped_groups", sum), ("dapo/filled_groups", sum),  # counts
     ("rollout/compiles", max), ("dapo/sampling_rounds", max),
 )

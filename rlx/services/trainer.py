@@ -33,6 +33,7 @@ from rlx.parallel import role_meshes, rules_for, tree_shardings
 from rlx.parallel.processes import Processes, check_rows_by_process, local_copy
 from rlx.plugins import load_object
 from rlx.rewards import Scores, resolve_reward_fn
+from rlx.rewards.composite import WeightedSum
 from rlx.rollout import GroupRollout, MultiTurn, build_backend, build_engine, sampling_params
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate, policy_tokens, rollout_scores, sampled_evaluation
@@ -214,7 +215,7 @@ class Trainer:
             rollout, responses, task_scores, rewards, metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
         scored = time.perf_counter()
         metrics.update(rollout.metrics)
-        metrics.update({"reward/errors": float(scores.errors), "reward/scored": float(len(scores.rewards)),
+        metrics.update({"reward/errors": float(scores.errors), "reward/timeouts": float(scores.timeouts), "reward/scored": float(len(scores.rewards)),
                         "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
                         "perf/gen_tokens_per_s": float(policy_tokens(rollout).sum()) / (generated - began)})
         return ScoredBatch(rollout, responses, task_scores, rewards), {"metrics": metrics, "data_state": self.prompts.get_state()}
@@ -379,6 +380,8 @@ class Trainer:
                          f"positions (dynamic sampling draws per process); resume it with {len(states)} processes")
 
     def close(self) -> Path:
+        if isinstance(self.reward_fn, WeightedSum):
+            self.reward_fn.close()  # its worker pool
         self.prompts.close()
         self.checkpointer.wait()
         self.checkpointer.close()

@@ -7,7 +7,7 @@ import pytest
 
 from rlx.data import PromptRecord
 from rlx.rewards import RewardConfig, resolve_reward_fn, score_responses
-from rlx.rewards.isolation import CallTimeout, TimedWorker
+from rlx.rewards.isolation import CallTimeout, WorkerPool
 
 
 def record(answer: str) -> PromptRecord:
@@ -16,7 +16,9 @@ def record(answer: str) -> PromptRecord:
 
 @pytest.fixture(scope="module")
 def math_verify():
-    return resolve_reward_fn("math_verify", RewardConfig(timeout_s=20.0))
+    fn = resolve_reward_fn("math_verify", RewardConfig(timeout_s=20.0))
+    yield fn
+    fn.close()
 
 
 @pytest.mark.parametrize(
@@ -51,7 +53,7 @@ def test_an_unparseable_reference_is_an_error_not_a_zero(math_verify):
 
 def test_a_hanging_comparison_times_out_from_a_worker_thread_and_the_next_call_works():
     """SymPy evaluates 9^9^9^9 forever; the generator role scores in a thread, where signal timeouts cannot work."""
-    fn = resolve_reward_fn("math_verify", RewardConfig(timeout_s=3.0))
+    fn = resolve_reward_fn("math_verify", RewardConfig(timeout_s=3.0, workers=1))
     outcome = {}
 
     def score():
@@ -63,8 +65,9 @@ def test_a_hanging_comparison_times_out_from_a_worker_thread_and_the_next_call_w
     thread = threading.Thread(target=score)
     thread.start()
     thread.join(120)
+    fn.close()
     scores = outcome["scores"]
-    assert scores.errors == 1 and scores.rewards.tolist() == [0.0, 1.0]  # the next call got a fresh worker
+    assert (scores.errors, scores.timeouts) == (1, 1) and scores.rewards.tolist() == [0.0, 1.0]  # the next call got a fresh worker
     assert outcome["seconds"] < 60  # 3 s deadline + one worker restart; without the deadline it never returns
 
 
@@ -75,15 +78,19 @@ def sleepy(seconds: float) -> float:
     return seconds
 
 
-def test_timed_worker_kills_late_calls_and_reports_errors():
-    worker = TimedWorker(sleepy)
+def serve_sleepy() -> dict:
+    return {"sleepy": sleepy}
+
+
+def test_worker_pool_kills_late_calls_and_reports_errors():
+    pool = WorkerPool(serve_sleepy, workers=1, timeout_s=0.2)
     try:
-        assert worker.call(30.0, 0.0) == 0.0
+        assert pool.call("sleepy", 0.0) == 0.0
         with pytest.raises(CallTimeout, match="sleepy ran past its 0.2 s deadline"):
-            worker.call(0.2, 30.0)
-        assert worker.call(30.0, 0.01) == 0.01
+            pool.call("sleepy", 30.0)
+        assert pool.call("sleepy", 0.01) == 0.01
         with pytest.raises(RuntimeError, match="ArithmeticError: negative time -1"):
-            worker.call(30.0, -1)
-        assert worker.call(30.0, 0.0) == 0.0  # an error in the function keeps the worker
+            pool.call("sleepy", -1)
+        assert pool.call("sleepy", 0.0) == 0.0 and pool.restarts() == 1  # an error in the function keeps the worker
     finally:
-        worker.close()
+        pool.close()

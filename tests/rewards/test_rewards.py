@@ -31,23 +31,40 @@ def test_crashing_and_non_finite_rewards_are_isolated_and_counted(caplog):
     assert scores.errors == 2 and "kaboom" in caplog.text
 
 
-def test_plugin_by_dotted_path_runs_under_its_deadline():
-    fn = resolve_reward_fn("tests.rewards.test_rewards:crashing")
-    assert fn("ok", RECORD) == 1.0
-    with pytest.raises(RuntimeError, match="kaboom"):
-        fn("boom", RECORD)
+@pytest.fixture(scope="module")
+def misbehaving():
+    """The plug-in of `tests.rewards.plugins` in a pool of 2 workers, 0.5 s per call."""
+    fn = resolve_reward_fn("tests.rewards.plugins:misbehaving", RewardConfig(timeout_s=0.5, workers=2))
+    fn("1", RECORD)  # both workers up (the second is forked while the first answers)
+    yield fn
+    fn.close()
 
 
-def sleeping(response, record):
-    time.sleep(float(response))
-    return 1.0
+def test_plugin_by_dotted_path_runs_in_a_worker_process(misbehaving):
+    assert misbehaving("2.5", RECORD) == 2.5
+    assert misbehaving("pid", RECORD) in misbehaving.pool.worker_pids()
+    with pytest.raises(RuntimeError, match="ValueError: could not convert string to float: 'boom'"):
+        misbehaving("boom", RECORD)
 
 
-def test_a_plugin_past_its_deadline_fails_and_later_calls_fail_at_once():
-    fn = resolve_reward_fn("tests.rewards.test_rewards:sleeping", RewardConfig(timeout_s=0.2))
+def test_hangs_and_crashes_score_on_error_are_counted_and_their_workers_replaced(misbehaving):
+    restarts_before = misbehaving.pool.restarts()
+    responses = ["1", "hang", "2", "kill", "exit", "3", "nan", "4"]
     began = time.perf_counter()
-    scores = score_responses(fn, ["5", "0", "0"], [RECORD] * 3, on_error=0.0)
-    assert scores.errors == 3 and time.perf_counter() - began < 1.5  # one deadline, then fail-fast while it sleeps on
+    scores = score_responses(misbehaving, responses, [RECORD] * len(responses), on_error=-1.0)
+    seconds = time.perf_counter() - began
+    np.testing.assert_array_equal(scores.rewards, [1, -1, 2, -1, -1, 3, -1, 4])
+    assert (scores.errors, scores.timeouts) == (4, 1)  # hang, SIGKILL, os._exit, nan; only the hang is a timeout
+    assert misbehaving.pool.restarts() - restarts_before == 3  # a fresh worker after each of the hang and the two deaths
+    assert seconds < 5  # one 0.5 s deadline; the other worker scored on meanwhile; each replacement is forked, not spawned
+    assert misbehaving("5", RECORD) == 5.0
+
+
+def test_a_batch_is_scored_across_the_pool_concurrently(misbehaving):
+    began = time.perf_counter()
+    scores = score_responses(misbehaving, ["sleep"] * 4, [RECORD] * 4, on_error=0.0)
+    assert scores.errors == 0 and scores.rewards.tolist() == pytest.approx([0.3] * 4)
+    assert time.perf_counter() - began < 1.0  # 4 calls of 0.3 s on 2 workers: ~0.6 s; one at a time would take 1.2 s
 
 
 def test_rewards_beyond_float32_are_errors():
@@ -66,6 +83,16 @@ def test_rewards_beyond_float32_are_errors():
 def test_bad_reward_names(name, message):
     with pytest.raises(ValueError, match=message):
         resolve_reward_fn(name)
+
+
+def test_a_pool_stops_its_workers_on_close():
+    fn = resolve_reward_fn("tests.rewards.plugins:misbehaving", RewardConfig(workers=1))
+    fn("1", RECORD)
+    (process,) = [worker.process for worker in fn.pool._workers]
+    fn.close()
+    assert not process.is_alive()
+    with pytest.raises(RuntimeError, match="pool is closed"):
+        fn("1", RECORD)
 
 
 def test_evaluation_and_training_share_the_verifier(tmp_path):
@@ -105,7 +132,7 @@ def test_a_crashing_term_makes_the_sum_an_error():
     "overrides, message",
     [(["reward.fn=exact_match + 2 x"], "cannot read '\\+ 2 x'"), (["reward.fn=a ++ b"], "cannot read '\\+\\+ b'"),
      (["reward.fn=a b"], "cannot read 'b'"), (["reward.fn="], "cannot read ''"),
-     (["reward.timeout_s=0"], "timeout_s must be > 0"), (["reward.format_pattern=(a"], "is not a regular expression")],
+     (["reward.timeout_s=0"], "timeout_s must be > 0"), (["reward.workers=0"], "workers must be >= 1"), (["reward.format_pattern=(a"], "is not a regular expression")],
 )
 def test_reward_config_errors(overrides, message):
     from rlx.config import ConfigError, load_config
