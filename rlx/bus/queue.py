@@ -99,6 +99,13 @@ class TransferQueue:
         with self._changed:
             return list(self._groups.values())
 
+    def snapshot(self) -> tuple[list[tuple[int, list[Group], dict[str, Any]]], int]:
+        """For a checkpoint, taken at one instant: every sealed batch still held, as (batch, groups in put order, meta)
+        in batch order, and how many held groups belong to batches not sealed yet."""
+        with self._changed:
+            sealed = [(batch, [g for g in self._groups.values() if g.batch == batch], dict(meta)) for batch, meta in sorted(self._sealed.items())]
+            return sealed, sum(g.batch not in self._sealed for g in self._groups.values())
+
     def count(self, name: str, amount: int = 1) -> None:
         """Counts an outcome decided outside the bus (e.g. `groups_dropped_stale`)."""
         with self._changed:

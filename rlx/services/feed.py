@@ -3,6 +3,8 @@
 `max_staleness: 0` makes the generator wait for each update (the synchronous loop, same
 numbers); `k` lets it draw up to `k` steps ahead. A group holding a token staler than the
 bound is dropped and counted (`bus/groups_dropped_stale`), never trained on silently.
+A resumed run puts the batches its checkpoint drew ahead (`Trainer.drawn_ahead`) back on the
+bus, sealed, and the generator continues after them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from typing import Any
 
 from rlx.bus import BusClosed, StalenessGate, TransferQueue, stale_rows, staleness_metrics, token_staleness
+from rlx.services.bus_checkpoint import DrawnBatch
 from rlx.services.generator import GeneratorRole
 from rlx.services.trainer import Trainer
 from rlx.services.transfer import TRAIN_FIELDS, ScoredBatch, from_groups
@@ -22,7 +25,12 @@ class RolloutFeed:
         self.max_staleness = config.bus.max_staleness
         self.bus = TransferQueue(config.bus.groups_held(config.data.prompts_per_step))
         self.gate = StalenessGate(self.max_staleness, published=trainer.published_version)
-        self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last, trainer.timeline)
+        restored = [batch for batch in trainer.drawn_ahead if batch.step <= last]
+        for batch in restored:
+            for fields, group_meta in batch.groups:
+                self.bus.put(batch.step, fields, group_meta, producer="checkpoint")
+            self.bus.seal(batch.step, batch.meta)
+        self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first + len(restored), last, trainer.timeline)
         if config.bus.interrupt != "off":
             trainer.rollout.weight_source = trainer.mailbox.take
             trainer.rollout.interrupt = config.bus.interrupt
@@ -65,7 +73,10 @@ class RolloutFeed:
         self.gate.publish(version)
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """What `Trainer.save` needs: where the prompt stream resumes, how many drawn-ahead groups it will
-        redraw, and how many partial-rollout groups (drawn, not yet complete) a resumed run loses."""
+        """What `Trainer.save` needs: the batches sealed ahead of the learner (saved with the checkpoint), the prompt
+        stream's position after the step trained last, how many groups of a step still being drawn a resumed run
+        draws again, and how many partial-rollout groups (drawn, not yet complete) it loses."""
+        sealed, unsealed = self.bus.snapshot()
+        drawn = [DrawnBatch(step, [(dict(g.fields), dict(g.meta)) for g in groups], meta) for step, groups, meta in sealed]
         carried = self._partial.carried_groups if self._partial is not None else 0
-        return {"data_state": self._data_state, "bus_groups": len(self.bus.pending()), "carried_groups": carried}
+        return {"data_state": self._data_state, "bus_groups": unsealed, "carried_groups": carried, "drawn_ahead": drawn}

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -35,6 +36,7 @@ from rlx.plugins import load_object
 from rlx.rewards import Scores, resolve_reward_fn
 from rlx.rewards.composite import WeightedSum
 from rlx.rollout import GroupRollout, MultiTurn, build_backend, build_engine, sampling_params
+from rlx.services.bus_checkpoint import DrawnBatch, admissible, load_drawn_ahead, save_drawn_ahead
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate, policy_tokens, rollout_scores, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
@@ -49,6 +51,7 @@ from rlx.services.warmstart import warm_start
 from rlx.services.transfer import ScoredBatch
 
 log = logging.getLogger(__name__)
+BUS_CHECKPOINTS = "checkpoints_bus"  # beside `checkpoints/`: one file per checkpoint step (`rlx.services.bus_checkpoint`)
 
 
 class Trainer:
@@ -105,6 +108,7 @@ class Trainer:
         self._base_key = jax.random.key(config.run.seed)
         self._resume_metrics: dict[str, float] = {}
         self._last_step_end: float | None = None
+        self.drawn_ahead: list[DrawnBatch] = []  # sealed, untrained batches a checkpoint held (`rlx.services.bus_checkpoint`)
 
     def _multi_turn(self, tokenizer) -> MultiTurn | None:
         """Multi-turn rollouts with `env.fn` (None without); an `env.demonstrations` builder replaces the task's warm-up data."""
@@ -327,12 +331,19 @@ class Trainer:
         return sampled_evaluation(self.validator, records, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len,
                                   rollout.max_new_tokens, sampling_params(rollout), samples, key, self.media, self.processes.gather_rows)
 
-    def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0, carried_groups: int = 0) -> None:
-        """`data_state`: the prompt stream's position after step `step`'s draws (default: now). `bus_groups`
-        rollouts drawn ahead and not yet trained are not saved: a resumed run draws them again, counted.
+    def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0, carried_groups: int = 0,
+             drawn_ahead: Sequence[DrawnBatch] = ()) -> None:
+        """`data_state`: the prompt stream's position after step `step`'s draws (default: now). `drawn_ahead`:
+        batches sealed on the bus and not trained yet, saved beside the learner state (single-process runs; with
+        several processes they are drawn again, counted). `bus_groups` rollouts of a step still being drawn are
+        not saved: a resumed run draws them again, counted in `bus/regenerated_on_resume`.
         `carried_groups` (partial rollouts, drawn before that position, unfinished) are not saved either:
         a resumed run skips those prompts, counted in `rollout/carried_lost_on_resume`. Every process saves (orbax
         writes the shards collectively); the metadata holds each process's stream position and the counts of all."""
+        if self.processes.count > 1:
+            bus_groups, drawn_ahead = bus_groups + sum(len(batch.groups) for batch in drawn_ahead), ()
+        else:  # before the learner state: a checkpoint that exists has its bus file
+            save_drawn_ahead(self.output_dir / BUS_CHECKPOINTS, step, list(drawn_ahead), keep=set(self.checkpointer.all_steps()))
         local = {"data_state": data_state or self.prompts.get_state(), "bus_groups": bus_groups, "carried_groups": carried_groups}
         every = self.processes.allgather(local)
         meta = {"step": step, "seed": self.config.run.seed, "data_state": every[0]["data_state"],
@@ -366,7 +377,14 @@ class Trainer:
         self.learner.load_state_dict(trees)
         self.publish(version=step)
         self.prompts.set_state(self._data_state(meta))
-        self._resume_metrics = {"bus/regenerated_on_resume": float(meta.get("bus_groups", 0)),
+        saved = load_drawn_ahead(self.output_dir / BUS_CHECKPOINTS, step, {r.id: r for r in self.task.train}) if self.processes.count == 1 else None
+        bus = self.config.bus
+        self.drawn_ahead = admissible(saved or [], step, bus.max_staleness, bus.groups_held(self.config.data.prompts_per_step))
+        if self.drawn_ahead:
+            self.prompts.set_state(self.drawn_ahead[-1].meta["data_state"])  # after the last batch restored
+        restored = sum(len(batch.groups) for batch in self.drawn_ahead)
+        dropped = sum(len(batch.groups) for batch in saved or []) - restored
+        self._resume_metrics = {"bus/regenerated_on_resume": float(meta.get("bus_groups", 0) + dropped), "bus/restored_on_resume": float(restored),
                                 "rollout/carried_lost_on_resume": float(meta.get("carried_groups", 0))}
 
     def _data_state(self, meta: dict) -> dict:
