@@ -172,8 +172,9 @@ class _Worker:
             finished = self.conn.poll(timeout_s)
             outcome = self.conn.recv() if finished else None
         except (EOFError, OSError) as err:  # it died mid-call: a crash, os._exit, a signal
+            reason = self._exit_reason(err)
             self._replace()
-            raise WorkerError(f"{function}: its worker process died during the call ({self._exit_reason(err)}); a fresh one replaces it") from None
+            raise WorkerError(f"{function}: its worker process died during the call ({reason}); a fresh one replaces it") from None
         if outcome is None:
             self._replace()
             raise CallTimeout(f"{function} ran past its {timeout_s:g} s deadline (reward.timeout_s); its worker was killed and replaced")
@@ -199,7 +200,9 @@ class _Worker:
     def _exit_reason(self, err: BaseException) -> str:
         self.process.join(1.0)
         code = self.process.exitcode
-        return f"exit code {code}" if code is not None else repr(err)
+        if code is None:
+            return repr(err)
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
 
     def _wait_ready(self) -> None:
         if self.ready:

@@ -30,4 +30,5 @@ def by_digest(response, record):
 
 
 def cue(response: str) -> str:
-    return {0: "hang", 1: "kill", 2: "exit"}.get(zlib.crc32(response.encode()) % 6, str(len(response)))
+    """An empty response (common from an untrained model) scores 0: validation need not wait on hangs."""
+    return {0: "hang", 1: "kill", 2: "exit"}.get(zlib.crc32(response.encode()) % 6 if response else 3, str(len(response)))

@@ -47,7 +47,7 @@ def test_plugin_by_dotted_path_runs_in_a_worker_process(misbehaving):
         misbehaving("boom", RECORD)
 
 
-def test_hangs_and_crashes_score_on_error_are_counted_and_their_workers_replaced(misbehaving):
+def test_hangs_and_crashes_score_on_error_are_counted_and_their_workers_replaced(misbehaving, caplog):
     restarts_before = misbehaving.pool.restarts()
     responses = ["1", "hang", "2", "kill", "exit", "3", "nan", "4"]
     began = time.perf_counter()
@@ -55,6 +55,7 @@ def test_hangs_and_crashes_score_on_error_are_counted_and_their_workers_replaced
     seconds = time.perf_counter() - began
     np.testing.assert_array_equal(scores.rewards, [1, -1, 2, -1, -1, 3, -1, 4])
     assert (scores.errors, scores.timeouts) == (4, 1)  # hang, SIGKILL, os._exit, nan; only the hang is a timeout
+    assert "killed by signal 9" in caplog.text and "exit code 3" in caplog.text
     assert misbehaving.pool.restarts() - restarts_before == 3  # a fresh worker after each of the hang and the two deaths
     assert seconds < 5  # one 0.5 s deadline; the other worker scored on meanwhile; each replacement is forked, not spawned
     assert misbehaving("5", RECORD) == 5.0
