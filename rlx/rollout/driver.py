@@ -119,6 +119,7 @@ class _Admitted:
 
 
 Interrupt = Literal["keep_cache", "recompute_cache"]  # how a swap treats in-flight sequences
+OnSample = Callable[[PromptRecord, np.ndarray], None]  # (prompt record, response tokens) of a sample as it finishes
 
 
 @dataclasses.dataclass
@@ -320,18 +321,26 @@ class RolloutDriver:
         return _Admitted(request, prompt, truncated)
 
     def generate_groups(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int,
-                        *, min_version: int | None = None) -> GroupRollout:
+                        *, min_version: int | None = None, on_sample: OnSample | None = None) -> GroupRollout:
         """`n` samples of every prompt, rows ordered prompt-major, as the trainer consumes them.
         With a `token_budget`, as many complete groups, possibly of earlier prompts (`rlx.rollout.partial`);
-        `min_version` is then the oldest policy version a carried-over sample may hold."""
+        `min_version` is then the oldest policy version a carried-over sample may hold. `on_sample(record, tokens)`
+        is called as each sample finishes (not for multi-turn trajectories, scored by their environment)."""
+        if self.turns is not None:
+            on_sample = None
         if self.partial is not None:
-            return self.partial.step(prompts, n, key, sampling, max_new_tokens, min_version)
+            return self.partial.step(prompts, n, key, sampling, max_new_tokens, min_version, on_sample)
         truncated_before = self.truncated_prompts
         requests = [
             Request(tokens[start:], max_new_tokens, samples=n, tag=row, media=prompts.row_media(row), record=prompts.records[row])
             for row, (tokens, start) in enumerate(zip(prompts.tokens, prompts.start))
         ]
-        completions = sorted(self.stream(requests, key, sampling), key=lambda c: (c.tag, c.sample))
+        completions = []
+        for completion in self.stream(requests, key, sampling):
+            if on_sample is not None:
+                on_sample(prompts.records[completion.tag], completion.tokens)
+            completions.append(completion)
+        completions.sort(key=lambda c: (c.tag, c.sample))
         metrics = {"rollout/truncated_prompts": float(self.truncated_prompts - truncated_before)}
         if self.turns is not None:
             metrics.update(self.turns.metrics(completions))

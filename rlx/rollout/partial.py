@@ -30,7 +30,7 @@ from rlx.rollout.engine import stack_media
 from rlx.rollout.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from rlx.rollout.driver import RolloutDriver, _Session
+    from rlx.rollout.driver import OnSample, RolloutDriver, _Session
 
 
 @dataclasses.dataclass
@@ -65,8 +65,8 @@ class PartialRollouts:
         return len(self.held)
 
     def step(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int,
-             min_version: int | None) -> GroupRollout:
-        """One step's batch: `len(prompts)` complete groups, the oldest first."""
+             min_version: int | None, on_sample: "OnSample | None" = None) -> GroupRollout:
+        """One step's batch: `len(prompts)` complete groups, the oldest first; `on_sample` as `generate_groups`."""
         wanted = len(prompts.records)
         # One step's prompts drawn ahead at most: more would only grow stale before the learner gets to them.
         self._shape, self._backlog = (n, max_new_tokens), 2 * wanted
@@ -81,7 +81,10 @@ class PartialRollouts:
         spent = lambda: self.session.buffers.appended - began >= self.token_budget
         enough = lambda: sum(held.complete for held in self.held.values()) >= wanted
         for completion in self.driver.run(self.session, stop=lambda: spent() and enough()):
-            self.held[completion.tag].done.append(completion)
+            held = self.held[completion.tag]
+            held.done.append(completion)
+            if on_sample is not None:
+                on_sample(held.record, completion.tokens)
         ready = [tag for tag, held in self.held.items() if held.complete][:wanted]
         batch, completions = self._batch([self.held.pop(tag) for tag in ready])
         rollout = assemble_groups(batch, completions, n, max_new_tokens, pad_id=self.driver.engine.pad_id, metrics={})

@@ -11,7 +11,7 @@ import numpy as np
 from rlx.data import CharTokenizer, PromptRecord, encode_prompts
 from rlx.data.media import MediaSpec
 from rlx.data.placeholders import prompt_ids, record_modality
-from rlx.rewards import RewardFn, Scores, score_responses
+from rlx.rewards import EarlyScores, RewardFn, Scores, score_responses
 from rlx.rollout import GroupRollout, RolloutBackend, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,13 @@ def this_process(rows: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
     return rows
 
 
-def rollout_scores(rollout: GroupRollout, responses: Sequence[str], reward_fn: RewardFn, on_error: float) -> Scores:
+def rollout_scores(rollout: GroupRollout, responses: Sequence[str], reward_fn: RewardFn, on_error: float,
+                   early: EarlyScores | None = None) -> Scores:
     """The rewards of `rollout`: its environment's (multi-turn rollouts; a trajectory whose environment failed scores
-    `on_error`), else `reward_fn` of each response."""
+    `on_error`), else `reward_fn` of each response (those `early` started as their samples finished, read from it)."""
     if rollout.rewards is not None:
         return Scores(np.where(rollout.env_errors, np.float32(on_error), rollout.rewards), int(rollout.env_errors.sum()))
-    return score_responses(reward_fn, responses, rollout.records, on_error)
+    return score_responses(reward_fn, responses, rollout.records, on_error, early)
 
 
 def policy_tokens(rollout: GroupRollout) -> np.ndarray:

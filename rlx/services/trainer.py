@@ -33,7 +33,7 @@ from rlx.models import create_params
 from rlx.parallel import role_meshes, rules_for, tree_shardings
 from rlx.parallel.processes import Processes, check_rows_by_process, local_copy
 from rlx.plugins import load_object
-from rlx.rewards import Scores, resolve_reward_fn
+from rlx.rewards import EarlyScores, Scores, resolve_reward_fn
 from rlx.rewards.composite import WeightedSum
 from rlx.rollout import GroupRollout, MultiTurn, build_backend, build_engine, sampling_params
 from rlx.services.bus_checkpoint import DrawnBatch, admissible, load_drawn_ahead, save_drawn_ahead
@@ -91,6 +91,8 @@ class Trainer:
         self._publish_weights = lambda params: engine.publish(local_copy(params))
         published = engine.load_params()
         self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
+        # Rewards in the worker pool start as each sample finishes, overlapping the rest of the generation.
+        self._early = EarlyScores(self.reward_fn) if isinstance(self.reward_fn, WeightedSum) and self.reward_fn.pool is not None else None
         turns = self._multi_turn(tokenizer)
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
         self.rollout = build_backend(engine, published, config.rollout, turns)
@@ -219,7 +221,8 @@ class Trainer:
             rollout, responses, task_scores, rewards, metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
         scored = time.perf_counter()
         metrics.update(rollout.metrics)
-        metrics.update({"reward/errors": float(scores.errors), "reward/timeouts": float(scores.timeouts), "reward/scored": float(len(scores.rewards)),
+        metrics.update({"reward/errors": float(scores.errors), "reward/timeouts": float(scores.timeouts), "reward/scored_early": float(scores.early),
+                        "reward/scored": float(len(scores.rewards)),
                         "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
                         "perf/gen_tokens_per_s": float(policy_tokens(rollout).sum()) / (generated - began)})
         return ScoredBatch(rollout, responses, task_scores, rewards), {"metrics": metrics, "data_state": self.prompts.get_state()}
@@ -267,7 +270,7 @@ class Trainer:
     def _score(self, rollout: GroupRollout) -> tuple[list[str], Scores]:
         """Decoded responses (whole trajectories for multi-turn rollouts) and their scores."""
         responses = self.task.tokenizer.decode_batch(rollout.generation.tokens)
-        return responses, rollout_scores(rollout, responses, self.reward_fn, self.config.reward.on_error_reward)
+        return responses, rollout_scores(rollout, responses, self.reward_fn, self.config.reward.on_error_reward, self._early)
 
     def _generate(self, step: int, round_: int = 0) -> GroupRollout:
         rollout_config = self.config.rollout
@@ -278,9 +281,15 @@ class Trainer:
         key = self.processes.own_key(key)  # each replica samples its own prompts with its own noise
         # Partial rollouts carry samples across steps: none may hold a token staler than the bus allows at `step`.
         oldest = {"min_version": step - 1 - self.config.bus.max_staleness} if rollout_config.token_budget is not None else {}
+        # rlx's driver reports each sample as it finishes (JetStream's orchestrator does not): its reward starts then.
+        streamed = {"on_sample": self._start_reward} if self._early is not None and rollout_config.backend == "engine" else {}
         return self.rollout.generate_groups(
             next(self.prompts), rollout_config.n_samples, key, sampling_params(rollout_config), rollout_config.max_new_tokens, **oldest,
+            **streamed,
         )
+
+    def _start_reward(self, record: PromptRecord, tokens: np.ndarray) -> None:
+        self._early.start(self.task.tokenizer.decode(tokens), record)
 
     def _train_batch(self, step: int, rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
         """This process's rows; group ids offset by the rows of the processes before it, unique in the global batch."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rlx.data import PromptRecord
-from rlx.rewards import RewardConfig, resolve_reward_fn, score_responses
+from rlx.rewards import EarlyScores, RewardConfig, resolve_reward_fn, score_responses
 
 RECORD = PromptRecord("r", "2+2=", "4")
 
@@ -84,6 +84,21 @@ def test_rewards_beyond_float32_are_errors():
 def test_bad_reward_names(name, message):
     with pytest.raises(ValueError, match=message):
         resolve_reward_fn(name)
+
+
+def test_rewards_started_early_are_read_once_and_unread_ones_age_out(misbehaving):
+    early = EarlyScores(misbehaving)
+    other = PromptRecord("r2", "1+1=", "2")
+    for response, record in [("sleep", RECORD), ("2", RECORD), ("2", RECORD), ("7", other)]:
+        early.start(response, record)
+    scores = score_responses(misbehaving, ["2", "sleep", "2", "2", "3"], [RECORD, RECORD, other, RECORD, RECORD], on_error=0.0, early=early)
+    assert scores.rewards.tolist() == pytest.approx([2, 0.3, 2, 2, 3]) and scores.errors == 0
+    assert scores.early == 3  # ("2", other) and ("3", RECORD) were not started; each start is read once
+    assert early.take("7", other).result() == 7.0  # an unread start is kept for the next batch (a partial rollout's) ...
+    early.start("9", other)
+    score_responses(misbehaving, [], [], on_error=0.0, early=early)
+    score_responses(misbehaving, [], [], on_error=0.0, early=early)
+    assert early.take("9", other) is None  # ... dropped once two batches were scored without it
 
 
 def test_a_pool_stops_its_workers_on_close():

@@ -1,6 +1,6 @@
 """Faults a run survives, against one uninterrupted async run (`bus.max_staleness=1`) whose reward plug-in hangs,
 SIGKILLs and exits its worker on cue: the run completes its steps, each failure scores `reward.on_error_reward` and is
-counted, a hang costs one deadline; and a run stopped after step 2 and resumed trains the same prompts at the same
+counted, a hang costs one deadline, every reward starts as its sample finishes; and a run stopped after step 2 and resumed trains the same prompts at the same
 steps, each `n_samples` times, training the batch it had drawn ahead as it was (not drawn again)."""
 
 import json
@@ -51,6 +51,7 @@ def test_a_run_survives_hanging_and_crashing_rewards(uninterrupted):
         failed = [c in ("hang", "kill", "exit") for c in cues]
         assert [row["reward"] for row in step_rows] == [-1.0 if bad else float(c) for bad, c in zip(failed, cues)]
         assert rows[step]["reward/errors"] == sum(failed) and rows[step]["reward/timeouts"] == cues.count("hang")
+        assert rows[step]["reward/scored_early"] == rows[step]["reward/scored"] == len(step_rows)  # each started as its sample finished
         assert rows[step]["timing_s/reward"] < TIMEOUT_S * cues.count("hang") + 3.0  # never a stall: at most a deadline per hang
         hangs, crashes = hangs + cues.count("hang"), crashes + cues.count("kill") + cues.count("exit")
     assert hangs > 0 and crashes > 0  # the run met both kinds
