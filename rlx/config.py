@@ -60,6 +60,23 @@ def parse_yaml(text: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
+class ServicesConfig:
+    """Health of the run's roles (`rlx.services.health`). `heartbeat_s`: how often `<output_dir>/services.json`
+    is rewritten and an idle reward worker is checked. `max_restarts`: how often the generator role starts its
+    step again after an exception before the run stops naming it (its unfinished step is drawn again; 0: stop at once).
+    """
+
+    heartbeat_s: float = 5.0
+    max_restarts: int = 3
+
+    def __post_init__(self) -> None:
+        if not self.heartbeat_s > 0:
+            raise ValueError(f"heartbeat_s must be > 0 seconds, got {self.heartbeat_s}")
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0 (0: a failing role stops the run), got {self.max_restarts}")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Where a run writes, how long it runs, how it validates and what it logs.
 
@@ -118,6 +135,7 @@ class Config:
     parallel: ParallelConfig = ParallelConfig()
     bus: BusConfig = BusConfig()
     env: EnvConfig = EnvConfig()
+    services: ServicesConfig = ServicesConfig()
 
     def __post_init__(self) -> None:
         _check_algorithm_sections(self)

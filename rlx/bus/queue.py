@@ -76,6 +76,18 @@ class TransferQueue:
             self._sealed[batch] = dict(meta or {})
             self._changed.notify_all()
 
+    def discard(self, batch: int) -> int:
+        """Removes the groups put into `batch`, which is not sealed (its producer failed and draws it again); returns how many."""
+        with self._changed:
+            if batch in self._sealed:
+                raise ValueError(f"batch {batch} is sealed: a consumer may already count on it")
+            dropped = [group_id for group_id, group in self._groups.items() if group.batch == batch]
+            for group_id in dropped:
+                del self._groups[group_id]
+            self._counts["groups_discarded"] += len(dropped)
+            self._changed.notify_all()
+            return len(dropped)
+
     # -- consumers -------------------------------------------------------------------------------
     def take_batch(
         self, batch: int, needs: Sequence[str], consumer: str = "consumer", timeout: float | None = None,

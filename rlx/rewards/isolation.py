@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # A worker needs this long at most to start (import the functions' modules, then `setup`); waited for
 # separately, so a call's deadline counts only the call.
 START_TIMEOUT_S = 120.0
+# How often an idle worker is checked (a dead one is replaced before a call needs it).
+HEALTH_CHECK_S = 1.0
 # Imported once by the fork server, so workers forked from it start without importing them.
 PRELOAD = ["rlx.rewards.isolation", "rlx.data.records"]
 
@@ -75,7 +77,7 @@ class WorkerPool:
     `preload`: more modules for the fork server to import once (e.g. a plug-in's), when this pool starts it.
     """
 
-    def __init__(self, setup: Setup, workers: int, timeout_s: float, name: str = "rlx-reward", preload: Sequence[str] = ()):
+    def __init__(self, setup: Setup, workers: int, timeout_s: float, name: str = "reward", preload: Sequence[str] = ()):
         if workers < 1:
             raise ValueError(f"a worker pool needs >= 1 worker, got {workers}")
         self.timeout_s, self.name = timeout_s, name
@@ -107,6 +109,11 @@ class WorkerPool:
         """Workers replaced so far (after a timeout or a crash)."""
         return sum(worker.restarts for worker in self._workers)
 
+    def health(self) -> dict[str, dict]:
+        """Each worker's {"pid", "status", "restarts", "last_heartbeat"}, by name (`rlx.services.health`)."""
+        return {worker.name: {"pid": worker.pid, "status": worker.status, "restarts": worker.restarts,
+                              "last_heartbeat": worker.last_heartbeat} for worker in self._workers}
+
     def close(self) -> None:
         """Fails calls still queued, stops every worker and joins the threads."""
         self._closed = True
@@ -126,7 +133,14 @@ class WorkerPool:
                 item[2].set_exception(WorkerError(f"{self.name} pool closed before the call ran"))
 
     def _serve_calls(self, worker: "_Worker") -> None:
-        while (item := self._calls.get()) is not None:
+        while True:
+            try:
+                item = self._calls.get(timeout=HEALTH_CHECK_S)
+            except queue.Empty:
+                worker.check()  # idle: is it still there?
+                continue
+            if item is None:
+                return
             function, args, pending = item
             if not pending.set_running_or_notify_cancel():
                 continue
@@ -148,12 +162,14 @@ class _Worker:
         self.ready = False
         self.restarts = 0
         self.closed = False  # the pool is closing: start no more processes
+        self.status, self.last_heartbeat = "starting", time.time()
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
+        self._beat("starting")
         parent, child = self.context.Pipe()
         self.process = self.context.Process(target=_serve, args=(child, self.setup), daemon=True, name=self.name)
         self.process.start()
@@ -167,6 +183,7 @@ class _Worker:
             self.start()
             self.restarts += 1
         self._wait_ready()
+        self._beat("busy")
         try:
             self.conn.send((function, args))
             finished = self.conn.poll(timeout_s)
@@ -178,10 +195,30 @@ class _Worker:
         if outcome is None:
             self._replace()
             raise CallTimeout(f"{function} ran past its {timeout_s:g} s deadline (reward.timeout_s); its worker was killed and replaced")
+        self._beat("idle")
         status, value = outcome
         if status == "error":
             raise WorkerError(value)
         return value
+
+    def check(self) -> None:
+        """Between calls: a worker that died idle (killed from outside) is replaced; a live one beats."""
+        if self.process is None or self.closed:
+            return
+        if self.process.is_alive():
+            if not self.ready and self.conn.poll(0):
+                try:
+                    self._wait_ready()  # it answered: take its handshake now, so it reports "idle"
+                except WorkerError as err:
+                    log.warning("%s", err)
+                    return
+            self._beat(self.status)
+            return
+        log.warning("reward worker %s (pid %s) died while idle (%s); starting a fresh one", self.name, self.pid, self._exit_reason(None))
+        self._replace()
+
+    def _beat(self, status: str) -> None:
+        self.status, self.last_heartbeat = status, time.time()
 
     def kill(self) -> None:
         if self.process is not None:
@@ -190,6 +227,7 @@ class _Worker:
         if self.conn is not None:
             self.conn.close()
         self.process, self.conn, self.ready = None, None, False
+        self.status = "stopped"
 
     def _replace(self) -> None:
         self.kill()
@@ -197,7 +235,7 @@ class _Worker:
             self.start()
             self.restarts += 1
 
-    def _exit_reason(self, err: BaseException) -> str:
+    def _exit_reason(self, err: BaseException | None) -> str:
         self.process.join(1.0)
         code = self.process.exitcode
         if code is None:
@@ -216,3 +254,4 @@ class _Worker:
             self.kill()  # the next call starts another
             raise WorkerError(f"worker process {self.name} did not start ({message}, {time.perf_counter() - began:.1f} s)")
         self.ready = True
+        self._beat("idle")

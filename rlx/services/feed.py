@@ -30,7 +30,10 @@ class RolloutFeed:
             for fields, group_meta in batch.groups:
                 self.bus.put(batch.step, fields, group_meta, producer="checkpoint")
             self.bus.seal(batch.step, batch.meta)
-        self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first + len(restored), last, trainer.timeline)
+        # Partial rollouts keep samples in the driver across steps: a failed step cannot be drawn again from where it began.
+        restarts = config.services.max_restarts if config.rollout.token_budget is None else 0
+        self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first + len(restored), last, trainer.timeline,
+                                       max_restarts=restarts, heartbeat_s=config.services.heartbeat_s)
         if config.bus.interrupt != "off":
             trainer.rollout.weight_source = trainer.mailbox.take
             trainer.rollout.interrupt = config.bus.interrupt

@@ -1,4 +1,4 @@
-"""The generator role: a thread that draws each step's scored rollouts into the TransferQueue.
+"""The generator role: a thread that draws each step's scored rollouts into the TransferQueue, restarting a failed step.
 
 Step `s`'s rollouts start only once the staleness gate admits `s`; the weights the learner
 published last are picked up there (and, if the driver is interruptible, between generate calls).
@@ -8,6 +8,7 @@ With `max_staleness: 0` the generator waits for every update, which is the synch
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from typing import Any, Callable
 from flax import nnx
 
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
+from rlx.errors import RunStopped, UserError
 from rlx.services.timeline import NO_TIMELINE, Timeline
 from rlx.services.transfer import ScoredBatch, to_groups
 
@@ -41,37 +43,86 @@ Produce = Callable[[int], tuple[ScoredBatch, dict[str, Any]]]  # step -> (batch,
 
 
 class GeneratorRole:
-    def __init__(self, produce: Produce, bus: TransferQueue, gate: StalenessGate, first: int, last: int, timeline: Timeline = NO_TIMELINE):
+    """Draws steps `first..last` in a thread. An exception in a step (not bad input, `UserError`) restarts the role
+    in place up to `max_restarts` times: the groups it put for that step are dropped from the bus and the step is
+    drawn again (`produce` must leave its prompt stream where the step began when it raises); steps sealed before are
+    kept, so nothing is trained twice. Past `max_restarts` the run stops naming the role and its last error.
+    It beats (`health`) at each phase and every `heartbeat_s` while it waits for admission."""
+
+    def __init__(self, produce: Produce, bus: TransferQueue, gate: StalenessGate, first: int, last: int, timeline: Timeline = NO_TIMELINE,
+                 max_restarts: int = 0, heartbeat_s: float = 5.0):
         self.produce = produce
         self.timeline = timeline
         self.bus, self.gate = bus, gate
         self.steps = range(first, last + 1)
+        self.max_restarts, self.heartbeat_s = max_restarts, heartbeat_s
         self.error: BaseException | None = None
+        self.restarts = 0
+        self.status, self.last_heartbeat = "starting", time.time()
         self._thread = threading.Thread(target=self._run, name="rlx-generator", daemon=True)
 
     def start(self) -> "GeneratorRole":
         self._thread.start()
         return self
 
+    def health(self) -> dict[str, dict]:
+        return {"generator": {"pid": os.getpid(), "status": self.status, "restarts": self.restarts, "last_heartbeat": self.last_heartbeat}}
+
+    def _beat(self, status: str) -> None:
+        self.status, self.last_heartbeat = status, time.time()
+
     def _run(self) -> None:
         try:
-            for step in self.steps:
-                began = time.perf_counter()
-                with self.timeline.span("generator", "wait_admission", step):
-                    self.gate.wait_until_admitted(step)
-                admitted = time.perf_counter()
-                batch, meta = self.produce(step)
-                meta["metrics"]["timing_s/gen_wait_admission"] = admitted - began
-                with self.timeline.span("generator", "bus_put", step):
-                    for fields, group_meta in to_groups(batch):
-                        self.bus.put(step, fields, group_meta, producer="generator")
-                    self.bus.seal(step, meta)
+            step = self.steps.start
+            while step < self.steps.stop:
+                try:
+                    self._draw(step)
+                    step += 1
+                except (BusClosed, UserError):
+                    raise
+                except Exception as err:  # a fault in this step: draw it again, or stop the run
+                    self._restart(step, err)
+            self._beat("done")
         except BusClosed:
-            return  # shut down while waiting
+            self._beat("stopped")  # shut down while waiting
         except BaseException as err:  # handed to the learner's thread, which re-raises it
             log.exception("generator role failed")
             self.error = err
+            self._beat("failed")
             self.bus.close()
+
+    def _draw(self, step: int) -> None:
+        began = time.perf_counter()
+        with self.timeline.span("generator", "wait_admission", step):
+            self._beat("waiting")
+            while not self._admitted(step):
+                self._beat("waiting")
+        admitted = time.perf_counter()
+        self._beat("generating")
+        batch, meta = self.produce(step)
+        meta["metrics"]["timing_s/gen_wait_admission"] = admitted - began
+        with self.timeline.span("generator", "bus_put", step):
+            self._beat("putting")
+            for fields, group_meta in to_groups(batch):
+                self.bus.put(step, fields, group_meta, producer="generator")
+            self.bus.seal(step, meta)
+
+    def _admitted(self, step: int) -> bool:
+        try:
+            self.gate.wait_until_admitted(step, timeout=self.heartbeat_s)
+            return True
+        except TimeoutError:
+            return False
+
+    def _restart(self, step: int, err: Exception) -> None:
+        dropped = self.bus.discard(step)
+        if self.restarts >= self.max_restarts:
+            raise RunStopped(f"the generator role failed at step {step} after {self.restarts} restarts (services.max_restarts="
+                             f"{self.max_restarts}); its last error: {type(err).__name__}: {err}") from err
+        self.restarts += 1
+        log.warning("generator role failed at step %d (%s: %s); restart %d of %d draws the step again (%d groups it had put dropped)",
+                    step, type(err).__name__, err, self.restarts, self.max_restarts, dropped, exc_info=err)
+        self._beat("restarting")
 
     def stop(self, timeout: float = 60.0) -> None:
         """Wakes the thread wherever it waits and joins it; raises if it does not end in `timeout` s."""

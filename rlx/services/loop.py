@@ -1,6 +1,6 @@
 """The RL loop: a generator role fills the bus up to `bus.max_staleness` steps ahead; the learner
 takes each step's batch -> learns -> publishes weights -> (validates) -> checks it went well (`RunGuard`) ->
-(saves) -> logs; at the end, with
+(saves) -> logs, with the roles' health (`services.json`, `services/*` metrics); at the end, with
 `run.export_hf`, the final policy is written as a Hugging Face checkpoint."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from rlx.config import Config
 from rlx.services.feed import RolloutFeed
 from rlx.parallel.processes import local_copy
 from rlx.services.guards import RunGuard
+from rlx.services.health import Health
 from rlx.services.hf_export import export_policy
 from rlx.services.trainer import Trainer
 
@@ -23,13 +24,18 @@ def train(config: Config) -> Path:
     run, guard = config.run, RunGuard(config)
     try:
         step = trainer.resume_or_warm_start()
-        with RolloutFeed(trainer, first=step + 1, last=run.steps) as feed:
+        roles = health(trainer)
+        learner = roles.clock("learner", "training")
+        with roles, RolloutFeed(trainer, first=step + 1, last=run.steps) as feed:
+            roles.watch(feed.generator.health)
             while step < run.steps:
                 step += 1
                 with trainer.timeline.span("learner", "wait_batch", step):
                     batch, metrics = feed.take(step)
                 metrics.update(trainer.learn(step, batch))
+                learner.beat("training")
                 feed.advance(step)
+                metrics.update(roles.metrics())
                 if step % run.eval_every == 0 or step == run.steps:
                     with trainer.timeline.span("learner", "evaluate", step):
                         metrics.update(trainer.evaluate())
@@ -45,3 +51,12 @@ def train(config: Config) -> Path:
     finally:
         curve = trainer.close()
     return curve
+
+
+def health(trainer: Trainer) -> Health:
+    """The roles' health (`rlx.services.health`), the reward workers' among them; process 0 writes `<output_dir>/services.json`."""
+    roles = Health(trainer.output_dir / "services.json" if trainer.processes.primary else None, trainer.config.services.heartbeat_s)
+    pool = getattr(trainer.reward_fn, "pool", None)
+    if pool is not None:
+        roles.watch(pool.health)
+    return roles

@@ -208,7 +208,16 @@ class Trainer:
 
         Returns the batch and its metadata: `metrics` and `data_state` (the prompt stream's
         position after this step's draws, which a checkpoint taken after step `step` resumes from).
+        When it raises, the prompt stream is back where the step began, so a restarted step draws the same prompts.
         """
+        before = self.prompts.get_state()
+        try:
+            return self._produce(step)
+        except BaseException:
+            self.prompts.set_state(before)
+            raise
+
+    def _produce(self, step: int) -> tuple[ScoredBatch, dict]:
         began = time.perf_counter()
         published = self.mailbox.take()  # a safe point: no sequence in flight
         if published is not None:

@@ -88,3 +88,26 @@ def test_a_resumed_async_run_trains_what_an_uninterrupted_one_does(uninterrupted
     assert set(counts.values()) == {SAMPLES} and len(counts) == 4 * 4  # each trained n_samples times: none lost or repeated
     step3 = [row["response"] for row in got if row["step"] == 3]
     assert step3 == [response for group in drawn[0]["groups"] for response in group["responses"]]  # trained as drawn, not redrawn
+
+
+def test_a_generator_failing_mid_step_restarts_in_place(uninterrupted, tmp_path, monkeypatch):
+    """Step 2 fails once after its prompts were drawn, generated and scored: it is drawn again, same prompts."""
+    shape, failed = Trainer._algorithm_batch, []
+
+    def fail_once_at_step_2(self, step, *args):
+        if step == 2 and not failed:
+            failed.append(step)
+            raise RuntimeError("injected generator fault")
+        return shape(self, step, *args)
+
+    monkeypatch.setattr(Trainer, "_algorithm_batch", fail_once_at_step_2)
+    out = tmp_path / "restarted"
+    train(config(out))
+    rows = read_metrics(out / "metrics.jsonl")[1:]
+    assert failed == [2] and [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["services/restarts/generator"] == 1
+    assert [(r["step"], r["prompt_id"]) for r in rollouts(out)] == [(r["step"], r["prompt_id"]) for r in rollouts(uninterrupted)]
+    roles = json.loads((out / "services.json").read_text())
+    assert set(roles) == {"generator", "learner", "reward-0", "reward-1"}
+    assert (roles["generator"]["status"], roles["generator"]["restarts"], roles["learner"]["status"]) == ("done", 1, "done")
+    assert sum(roles[w]["restarts"] for w in ("reward-0", "reward-1")) > 0  # workers the plug-in killed were replaced
+    assert all(row[f"services/heartbeat_age_s/{role}"] >= 0 for row in rows for role in roles)
