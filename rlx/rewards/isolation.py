@@ -87,10 +87,8 @@ class WorkerPool:
         self._workers = [_Worker(context, setup, f"{name}-{index}") for index in range(workers)]
         self._threads = [threading.Thread(target=self._serve_calls, args=(worker,), name=worker.name, daemon=True) for worker in self._workers]
         self._closed = False
-        for worker in self._workers:
-            worker.start()  # boot in parallel while the run compiles; each thread waits for its own
         for thread in self._threads:
-            thread.start()
+            thread.start()  # each starts its worker: they boot (the fork server first) while the caller goes on
 
     def submit(self, function: str, *args: Any) -> Pending:
         if self._closed:
@@ -133,6 +131,10 @@ class WorkerPool:
                 item[2].set_exception(WorkerError(f"{self.name} pool closed before the call ran"))
 
     def _serve_calls(self, worker: "_Worker") -> None:
+        try:
+            worker.start()
+        except Exception:  # the fork server failed; the next call tries again and fails with the cause
+            log.exception("reward worker %s did not start", worker.name)
         while True:
             try:
                 item = self._calls.get(timeout=HEALTH_CHECK_S)
@@ -148,6 +150,8 @@ class WorkerPool:
                 pending.set_result(worker.call(function, args, self.timeout_s))
             except (CallTimeout, WorkerError) as err:
                 pending.set_exception(err)
+            except Exception as err:  # starting a worker failed: the caller counts it, the thread serves on
+                pending.set_exception(WorkerError(f"{function}: no worker process ({type(err).__name__}: {err})"))
             if self._closed:
                 return
 
@@ -169,6 +173,8 @@ class _Worker:
         return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
+        if self.closed:
+            return
         self._beat("starting")
         parent, child = self.context.Pipe()
         self.process = self.context.Process(target=_serve, args=(child, self.setup), daemon=True, name=self.name)
@@ -177,7 +183,7 @@ class _Worker:
         self.conn, self.ready = parent, False
 
     def call(self, function: str, args: tuple, timeout_s: float) -> Any:
-        if self.process is None:
+        if self.process is None:  # it did not start, or did not answer its handshake
             if self.closed:
                 raise WorkerError(f"{function}: the pool is closed")
             self.start()

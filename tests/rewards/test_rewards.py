@@ -1,4 +1,6 @@
 import math
+import os
+import signal
 import time
 
 import numpy as np
@@ -86,6 +88,19 @@ def test_bad_reward_names(name, message):
         resolve_reward_fn(name)
 
 
+def test_a_worker_killed_while_idle_is_replaced_before_a_call_needs_it(misbehaving):
+    before, victim = misbehaving.pool.restarts(), misbehaving.pool.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while misbehaving.pool.restarts() == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    health = misbehaving.pool.health()
+    assert misbehaving.pool.restarts() == before + 1 and health["reward-0"]["pid"] not in (victim, None)
+    assert health["reward-0"]["restarts"] >= 1 and set(health) == {"reward-0", "reward-1"}
+    scores = score_responses(misbehaving, ["1", "2", "3"], [RECORD] * 3, on_error=0.0)
+    assert scores.errors == 0 and misbehaving.pool.restarts() == before + 1  # no call met the dead worker
+
+
 def test_rewards_started_early_are_read_once_and_unread_ones_age_out(misbehaving):
     early = EarlyScores(misbehaving)
     other = PromptRecord("r2", "1+1=", "2")
@@ -148,7 +163,7 @@ def test_a_crashing_term_makes_the_sum_an_error():
     "overrides, message",
     [(["reward.fn=exact_match + 2 x"], "cannot read '\\+ 2 x'"), (["reward.fn=a ++ b"], "cannot read '\\+\\+ b'"),
      (["reward.fn=a b"], "cannot read 'b'"), (["reward.fn="], "cannot read ''"),
-     (["reward.timeout_s=0"], "timeout_s must be > 0"), (["reward.workers=0"], "workers must be >= 1"), (["reward.format_pattern=(a"], "is not a regular expression")],
+     (["reward.timeout_s=0"], "timeout_s must be > 0"), (["reward.format_pattern=(a"], "is not a regular expression")],
 )
 def test_reward_config_errors(overrides, message):
     from rlx.config import ConfigError, load_config
