@@ -84,19 +84,28 @@ def resolve_reward_fn(expression: str, config: RewardConfig = RewardConfig()) ->
     pooled = sorted({term.name for term in terms if _runs_in_pool(term.name)})
     if not pooled and len(terms) == 1 and terms[0].weight == 1.0:
         return _VERIFIERS[terms[0].name](config)
-    pool = None
-    if pooled:
-        for name in pooled:
-            _check_pooled(name)  # a bad name fails here, not in every worker
-        preload = [name.split(":")[0] for name in pooled if ":" in name] + (["rlx.rewards.math_answers"] if "math_verify" in pooled else [])
-        pool = WorkerPool(functools.partial(pooled_functions, pooled, config), config.workers, config.timeout_s, preload=preload)
+    pool = _start_pool(pooled, config) if pooled else None
     return WeightedSum([(term.weight, PooledTerm(pool, term.name) if term.name in pooled else _VERIFIERS[term.name](config))
                         for term in terms], pool)
 
 
-def pooled_functions(names: list[str], config: RewardConfig) -> dict[str, RewardFn]:
+def _start_pool(names: list[str], config: RewardConfig) -> WorkerPool:
+    """The worker pool serving `names`. Each worker builds, by name, an isolated verifier from its factory (pickled by
+    reference, so one a plug-in module registered is found there too) or loads a plug-in by its dotted path."""
+    served: dict[str, RewardFactory | str] = {}
+    for name in names:
+        if name not in _ISOLATED:
+            _load_plugin(name)  # a bad path fails here, not in every worker
+        served[name] = _ISOLATED.get(name, name)
+    preload = [name.split(":")[0] for name in names if ":" in name] + [factory.__module__ for factory in served.values() if callable(factory)]
+    if "math_verify" in names:
+        preload.append("rlx.rewards.math_answers")  # math-verify and SymPy, imported once by the fork server
+    return WorkerPool(functools.partial(pooled_functions, served, config), config.workers, config.timeout_s, preload=preload)
+
+
+def pooled_functions(served: dict[str, RewardFactory | str], config: RewardConfig) -> dict[str, RewardFn]:
     """Runs in each reward worker: the functions it serves, by term name."""
-    return {name: _ISOLATED[name](config) if name in _ISOLATED else _load_plugin(name) for name in names}
+    return {name: _load_plugin(how) if isinstance(how, str) else how(config) for name, how in served.items()}
 
 
 def check_reward_plugins(expression: str) -> None:
@@ -108,11 +117,6 @@ def check_reward_plugins(expression: str) -> None:
 
 def _runs_in_pool(name: str) -> bool:
     return name in _ISOLATED or name not in _VERIFIERS
-
-
-def _check_pooled(name: str) -> None:
-    if name not in _ISOLATED:
-        _load_plugin(name)
 
 
 def _load_plugin(name: str) -> RewardFn:
