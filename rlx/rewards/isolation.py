@@ -177,10 +177,10 @@ class _Worker:
             return
         self._beat("starting")
         parent, child = self.context.Pipe()
-        self.process = self.context.Process(target=_serve, args=(child, self.setup), daemon=True, name=self.name)
-        self.process.start()
+        process = self.context.Process(target=_serve, args=(child, self.setup), daemon=True, name=self.name)
+        process.start()
         child.close()
-        self.conn, self.ready = parent, False
+        self.process, self.conn, self.ready = process, parent, False  # only a started process is seen (`close` kills it)
 
     def call(self, function: str, args: tuple, timeout_s: float) -> Any:
         if self.process is None:  # it did not start, or did not answer its handshake
@@ -211,17 +211,18 @@ class _Worker:
         """Between calls: a worker that died idle (killed from outside) is replaced; a live one beats."""
         if self.process is None or self.closed:
             return
-        if self.process.is_alive():
-            if not self.ready and self.conn.poll(0):
-                try:
-                    self._wait_ready()  # it answered: take its handshake now, so it reports "idle"
-                except WorkerError as err:
-                    log.warning("%s", err)
-                    return
-            self._beat(self.status)
+        if not self.process.is_alive():
+            if not self.closed:  # (`close` kills it too)
+                log.warning("reward worker %s (pid %s) died while idle (%s); starting a fresh one", self.name, self.pid, self._exit_reason(None))
+                self._replace()
             return
-        log.warning("reward worker %s (pid %s) died while idle (%s); starting a fresh one", self.name, self.pid, self._exit_reason(None))
-        self._replace()
+        if not self.ready and self.conn.poll(0):
+            try:
+                self._wait_ready()  # it answered: take its handshake now, so it reports "idle"
+            except WorkerError as err:
+                log.warning("%s", err)
+                return
+        self._beat(self.status)
 
     def _beat(self, status: str) -> None:
         self.status, self.last_heartbeat = status, time.time()
