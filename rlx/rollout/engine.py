@@ -31,6 +31,9 @@ sampled (see `rlx.rollout.driver`).
 Weights are an argument of every jitted function (never baked in); `load_params` checks a
 replacement has the tree structure, shapes and dtypes the programs were compiled for.
 The engine imports nothing from JetStream: `rlx.rollout.jetstream_compat` adapts it.
+
+`speculative`: each decode forward also scores a draft of the MTP head and keeps it by exact rejection
+sampling (`rlx.rollout.speculative`): 1 to 2 tokens per forward, sampled exactly as without drafting.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from rlx.models.activation_sharding import ActivationSharding, activation_shardi
 from rlx.parallel import Layout, reshard, rules_for
 from rlx.parallel.presets import Rules
 from rlx.rollout.sampling import SamplingParams, sample_tokens, token_log_probs
-from rlx.rollout.state import DecodeState, EngineLayout, Prefix, ResultTokens, abstract
+from rlx.rollout.speculative import cache_config, drafts, forget_pending, prefill_context, speculative_generate
+from rlx.rollout.state import DecodeState, DraftContext, EngineLayout, Prefix, ResultTokens, abstract
 
 MIN_BUCKET = 8
 RECOMPUTE_COLUMNS = 256  # cache columns per chunk of `recompute`
@@ -139,7 +143,11 @@ class Engine:
         mesh: jax.sharding.Mesh | None = None,
         rules: Rules | None = None,
         record_routes: bool = False,
+        speculative: bool = False,
     ):
+        if speculative and (not model_config.mtp.enabled or record_routes):
+            raise ValueError("speculative decoding drafts with the model's MTP head: it needs model.mtp.enabled "
+                             "(and does not record MoE routes: algorithm.routing_replay off)")
         if record_routes and not model_config.moe_layers:
             raise ValueError("record_routes records the experts of MoE layers, but this model has none (model.num_experts: 0)")
         if max_prefill_length + max_decode_length > model_config.max_seq_len:
@@ -159,11 +167,14 @@ class Engine:
         self.kv_buckets = prefill_buckets(self.max_len)
         self._recompute_columns = min(RECOMPUTE_COLUMNS, self.max_len)
         self.tokenizer = tokenizer
+        self.speculative = speculative
+        self._cache_config = cache_config(model_config) if speculative else model_config
         # (moe_layers, k) of the routes each token's record holds; None when not recording.
         self.route_shape = (model_config.moe_layers, model_config.num_experts_per_tok) if record_routes else None
         rules = rules_for("serve_tp") if rules is None else rules
         role = Layout.single_device(rules) if mesh is None else Layout(mesh, rules)
-        self._layout = layout = EngineLayout.build(role, params, model_config, max_concurrent_decodes, self.max_len, record_routes)
+        self._layout = layout = EngineLayout.build(role, params, self._cache_config, max_concurrent_decodes, self.max_len, record_routes,
+                                                   speculative)
         self._abstract_params = abstract(jax.eval_shape(self._cast_impl, params), layout.params)
         self._cast = jax.jit(self._cast_impl)
         state, prefix = layout.state(), layout.prefix()
@@ -176,6 +187,11 @@ class Engine:
                         in_shardings=(layout.params, state), out_shardings=(state, layout.rows), donate_argnums=(1,))
             for kv_len in self.kv_buckets
         }
+        self._speculate = {
+            kv_len: jit(functools.partial(self._speculate_impl, kv_len=kv_len), static_argnums=(2,),
+                        in_shardings=(layout.params, state), out_shardings=(state, layout.rows), donate_argnums=(1,))
+            for kv_len in self.kv_buckets
+        } if speculative else {}
         self._recompute = jit(self._recompute_impl, in_shardings=(layout.params, state, layout.rows, layout.rows),
                               out_shardings=state, donate_argnums=(1,))
         self._extend = jit(self._extend_impl, in_shardings=(layout.params, state, layout.rows, layout.rows, layout.rows),
@@ -199,6 +215,11 @@ class Engine:
     @property
     def samples_per_slot(self) -> int:
         return 1
+
+    @property
+    def columns_per_generate(self) -> int:
+        """The most cache columns a slot advances by in one `generate` call (two per forward when drafting)."""
+        return self.steps_per_generate * (2 if self.speculative else 1)
 
     @property
     def mesh(self) -> jax.sharding.Mesh:
@@ -272,9 +293,12 @@ class Engine:
 
     def _prefill_impl(self, params, tokens, start, media):
         model = nnx.merge(self._graphdef, params)
-        cache = KVCache.zeros(self.model_config, *tokens.shape)
+        cache = KVCache.zeros(self._cache_config, *tokens.shape)
         hidden, cache, routes = model.hidden_states_and_routes(tokens, start=start, cache=cache, cache_index=0, media=media)
         logits = model.logits(hidden[:, -1])  # left-padded: the last column is every row's last token
+        if self.speculative:
+            context, cache = prefill_context(model, hidden, tokens, start, cache)
+            return Prefix(cache, start, logits, draft=context)
         if self.route_shape is None:
             return Prefix(cache, start, logits)
         padding = jnp.arange(tokens.shape[1])[None, :] < start[:, None]
@@ -303,8 +327,9 @@ class Engine:
 
     def _new_state_impl(self, key) -> DecodeState:
         slots, vocab = self._slots, self.model_config.vocab_size
+        draft = DraftContext.zeros(slots, self.model_config.hidden_size, jnp.dtype(self.model_config.dtype)) if self.speculative else None
         return DecodeState(
-            cache=KVCache.zeros(self.model_config, slots, self.max_len),
+            cache=KVCache.zeros(self._cache_config, slots, self.max_len),
             start=jnp.zeros((slots,), jnp.int32),
             index=jnp.full((slots,), self.max_len, jnp.int32),
             logits=jnp.zeros((slots, vocab), jnp.float32),
@@ -312,6 +337,7 @@ class Engine:
             done=jnp.ones((slots,), bool),
             key=key,
             step=jnp.int32(0),
+            draft=draft,
         )
 
     def _reset_impl(self, state: DecodeState, key) -> DecodeState:
@@ -346,6 +372,7 @@ class Engine:
             logits=put(state.logits, prefix.logits[rows]),
             generated=put(state.generated, jnp.zeros(rows.shape, jnp.int32)),
             done=put(state.done, jnp.zeros(rows.shape, bool)),
+            draft=None if state.draft is None else jax.tree.map(lambda old, new: put(old, new[rows]), state.draft, prefix.draft),
         )
 
     # -- generate ---------------------------------------------------------------------------------
@@ -363,7 +390,8 @@ class Engine:
         caller tracks it: prompt bucket + tokens since insert); attention then reads only the
         smallest length bucket holding them. Too small a value gives wrong tokens; None reads all.
         """
-        return self._generate[self.kv_bucket(columns)](params, decode_state, sampling)
+        programs = self._speculate if self.speculative and drafts(sampling) else self._generate
+        return programs[self.kv_bucket(columns)](params, decode_state, sampling)
 
     def _generate_impl(self, params, state: DecodeState, sampling: SamplingParams, *, kv_len: int):
         model = nnx.merge(self._graphdef, params)
@@ -388,6 +416,11 @@ class Engine:
         routes = None if routes is None else jnp.swapaxes(routes, 0, 1)  # [slots, k, moe_layers, top_k]
         return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1), routes=routes)
 
+    def _speculate_impl(self, params, state: DecodeState, sampling: SamplingParams, *, kv_len: int):
+        stops = jnp.asarray(self.stop_tokens or (-1,), jnp.int32)
+        return speculative_generate(nnx.merge(self._graphdef, params), state, sampling, steps=self.steps_per_generate, kv_len=kv_len,
+                                    max_len=self.max_len, stops=stops)
+
     # -- recompute and extend: tokens run onto the slots' own cache ------------------------------------
     def _chunked_width(self, width: int) -> int:
         """`width` columns, rounded up to whole chunks of `RECOMPUTE_COLUMNS` when it is wider than one."""
@@ -411,7 +444,8 @@ class Engine:
         model = nnx.merge(self._graphdef, params)
         lengths = jnp.where(chosen, state.index, 0)
         cache, logits = self._run_onto_cache(model, state, tokens, lengths, jnp.zeros_like(lengths))
-        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits))
+        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits),
+                                   draft=forget_pending(state.draft, chosen))
 
     def extend(self, params: nnx.State, decode_state: DecodeState, slots: Sequence[int], tokens: Sequence[np.ndarray],
                columns: Sequence[int]) -> DecodeState:
@@ -437,7 +471,8 @@ class Engine:
         chosen = lengths > 0
         cache, logits = self._run_onto_cache(model, state, tokens, lengths, columns)
         return dataclasses.replace(state, cache=cache, index=jnp.where(chosen, columns + lengths, state.index),
-                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen)
+                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen,
+                                   draft=forget_pending(state.draft, chosen))
 
     def _run_onto_cache(self, model, state: DecodeState, tokens, lengths, columns) -> tuple[KVCache, jax.Array]:
         """Runs row s's `tokens[s, :lengths[s]]` at cache columns `columns[s]` onwards, written into the state's
@@ -491,12 +526,14 @@ class Engine:
         index = shape((slots,), jnp.int32, layout.replicated)
         sequences = shape((slots, self._chunked_width(self.max_len)), jnp.int32, layout.rows)
         appended = shape((slots, self._chunked_width(self.kv_bucket(self.max_len - self._max_prefill))), jnp.int32, layout.rows)
+        drafted = {"generator speculative decode step": (self._speculate[self.max_len], (params, state, sampling))} if self._speculate else {}
         return {
             "generator prefill": (self._prefill, (params, tokens, start, None)),
             "generator insert": (self._insert, (prefix, state, index, index)),
             "generator decode step": (self._generate[self.max_len], (params, state, sampling)),
             "generator recompute": (self._recompute, (params, state, sequences, shape((slots,), bool, layout.rows))),
             "generator extend": (self._extend, (params, state, appended, start, start)),
+            **drafted,
         }
 
     def _abstract_state(self) -> DecodeState:
@@ -505,5 +542,6 @@ class Engine:
 
     def compiled_variants(self) -> int:
         """Compiled variants of the engine's programs so far: bounded by buckets x sampling settings."""
-        jitted = [self._prefill, self._insert, self._recompute, self._extend, self._new_state, self._reset, self._score, *self._generate.values()]
+        jitted = [self._prefill, self._insert, self._recompute, self._extend, self._new_state, self._reset, self._score, *self._generate.values(),
+                  *self._speculate.values()]
         return sum(fn._cache_size() for fn in jitted)
