@@ -54,7 +54,7 @@ from rlx.parallel import Layout, reshard, rules_for
 from rlx.parallel.presets import Rules
 from rlx.rollout.sampling import SamplingParams, sample_tokens, token_log_probs
 from rlx.rollout.speculative import cache_config, drafts, forget_pending, prefill_context, speculative_generate
-from rlx.rollout.state import DecodeState, DraftContext, EngineLayout, Prefix, ResultTokens, abstract
+from rlx.rollout.state import DecodeState, DraftContext, EngineLayout, Prefix, ResultTokens, abstract, check_same_structure
 
 MIN_BUCKET = 8
 RECOMPUTE_COLUMNS = 256  # cache columns per chunk of `recompute`
@@ -86,24 +86,6 @@ def stack_media(media: Sequence[dict[str, np.ndarray]] | None, rows: int) -> dic
         array[: len(media)] = [item[name] for item in media]
         stacked[name] = array
     return stacked
-
-
-def check_same_structure(reference: Any, candidate: Any) -> None:
-    """Raises ValueError naming the first leaf whose path, shape or dtype differs from `reference`."""
-    ref_leaves, ref_tree = jax.tree_util.tree_flatten_with_path(reference)
-    new_leaves, new_tree = jax.tree_util.tree_flatten_with_path(candidate)
-    if ref_tree != new_tree:
-        ref_paths = [jax.tree_util.keystr(path) for path, _ in ref_leaves]
-        new_paths = [jax.tree_util.keystr(path) for path, _ in new_leaves]
-        first = next((f"{a} vs {b}" for a, b in zip(ref_paths, new_paths) if a != b), f"{len(ref_paths)} vs {len(new_paths)} leaves")
-        raise ValueError(f"new weights have a different tree structure than the engine's (first difference: {first})")
-    for (path, ref), (_, new) in zip(ref_leaves, new_leaves):
-        if tuple(ref.shape) != tuple(new.shape) or jnp.dtype(ref.dtype) != jnp.dtype(new.dtype):
-            raise ValueError(
-                f"new weights leaf {jax.tree_util.keystr(path)} is {jnp.dtype(new.dtype).name}{list(new.shape)}, "
-                f"the engine was built for {jnp.dtype(ref.dtype).name}{list(ref.shape)}; "
-                "weights can only be replaced by weights of the same architecture and dtype (publish them through Engine.publish)"
-            )
 
 
 def _is_abstract(tree: Any) -> bool:
@@ -146,8 +128,7 @@ class Engine:
         speculative: bool = False,
     ):
         if speculative and (not model_config.mtp.enabled or record_routes):
-            raise ValueError("speculative decoding drafts with the model's MTP head: it needs model.mtp.enabled "
-                             "(and does not record MoE routes: algorithm.routing_replay off)")
+            raise ValueError("speculative decoding drafts with the model's MTP head and records no routes: it needs model.mtp.enabled")
         if record_routes and not model_config.moe_layers:
             raise ValueError("record_routes records the experts of MoE layers, but this model has none (model.num_experts: 0)")
         if max_prefill_length + max_decode_length > model_config.max_seq_len:
@@ -187,11 +168,6 @@ class Engine:
                         in_shardings=(layout.params, state), out_shardings=(state, layout.rows), donate_argnums=(1,))
             for kv_len in self.kv_buckets
         }
-        self._speculate = {
-            kv_len: jit(functools.partial(self._speculate_impl, kv_len=kv_len), static_argnums=(2,),
-                        in_shardings=(layout.params, state), out_shardings=(state, layout.rows), donate_argnums=(1,))
-            for kv_len in self.kv_buckets
-        } if speculative else {}
         self._recompute = jit(self._recompute_impl, in_shardings=(layout.params, state, layout.rows, layout.rows),
                               out_shardings=state, donate_argnums=(1,))
         self._extend = jit(self._extend_impl, in_shardings=(layout.params, state, layout.rows, layout.rows, layout.rows),
@@ -218,7 +194,7 @@ class Engine:
 
     @property
     def columns_per_generate(self) -> int:
-        """The most cache columns a slot advances by in one `generate` call (two per forward when drafting)."""
+        """The most cache columns a slot advances in one `generate` call (two per forward when drafting)."""
         return self.steps_per_generate * (2 if self.speculative else 1)
 
     @property
@@ -390,12 +366,13 @@ class Engine:
         caller tracks it: prompt bucket + tokens since insert); attention then reads only the
         smallest length bucket holding them. Too small a value gives wrong tokens; None reads all.
         """
-        programs = self._speculate if self.speculative and drafts(sampling) else self._generate
-        return programs[self.kv_bucket(columns)](params, decode_state, sampling)
+        return self._generate[self.kv_bucket(columns)](params, decode_state, sampling)
 
     def _generate_impl(self, params, state: DecodeState, sampling: SamplingParams, *, kv_len: int):
         model = nnx.merge(self._graphdef, params)
         stops = jnp.asarray(self.stop_tokens or (-1,), jnp.int32)
+        if self.speculative and drafts(sampling):  # `sampling` is static: one compiled variant each
+            return speculative_generate(model, state, sampling, steps=self.steps_per_generate, kv_len=kv_len, max_len=self.max_len, stops=stops)
 
         def one_token(state: DecodeState, _):
             key = jax.random.fold_in(state.key, state.step)
@@ -415,11 +392,6 @@ class Engine:
         data = jnp.concatenate([tokens.T, valid.T.astype(jnp.int32), state.generated[:, None]], axis=1)
         routes = None if routes is None else jnp.swapaxes(routes, 0, 1)  # [slots, k, moe_layers, top_k]
         return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1), routes=routes)
-
-    def _speculate_impl(self, params, state: DecodeState, sampling: SamplingParams, *, kv_len: int):
-        stops = jnp.asarray(self.stop_tokens or (-1,), jnp.int32)
-        return speculative_generate(nnx.merge(self._graphdef, params), state, sampling, steps=self.steps_per_generate, kv_len=kv_len,
-                                    max_len=self.max_len, stops=stops)
 
     # -- recompute and extend: tokens run onto the slots' own cache ------------------------------------
     def _chunked_width(self, width: int) -> int:
@@ -526,14 +498,12 @@ class Engine:
         index = shape((slots,), jnp.int32, layout.replicated)
         sequences = shape((slots, self._chunked_width(self.max_len)), jnp.int32, layout.rows)
         appended = shape((slots, self._chunked_width(self.kv_bucket(self.max_len - self._max_prefill))), jnp.int32, layout.rows)
-        drafted = {"generator speculative decode step": (self._speculate[self.max_len], (params, state, sampling))} if self._speculate else {}
         return {
             "generator prefill": (self._prefill, (params, tokens, start, None)),
             "generator insert": (self._insert, (prefix, state, index, index)),
             "generator decode step": (self._generate[self.max_len], (params, state, sampling)),
             "generator recompute": (self._recompute, (params, state, sequences, shape((slots,), bool, layout.rows))),
             "generator extend": (self._extend, (params, state, appended, start, start)),
-            **drafted,
         }
 
     def _abstract_state(self) -> DecodeState:
@@ -542,6 +512,5 @@ class Engine:
 
     def compiled_variants(self) -> int:
         """Compiled variants of the engine's programs so far: bounded by buckets x sampling settings."""
-        jitted = [self._prefill, self._insert, self._recompute, self._extend, self._new_state, self._reset, self._score, *self._generate.values(),
-                  *self._speculate.values()]
+        jitted = [self._prefill, self._insert, self._recompute, self._extend, self._new_state, self._reset, self._score, *self._generate.values()]
         return sum(fn._cache_size() for fn in jitted)

@@ -1,4 +1,4 @@
-"""What the engine's programs pass around (prefixes, decode state, result tokens) and where it lives.
+"""What the engine's programs pass around (prefixes, decode state, result tokens, weights) and where it lives.
 
 Decode slots are rows: every per-slot array (and the KV cache's slot dim) is split over the
 generator mesh's data-parallel axes (the rules' `batch`), so each data-parallel replica
@@ -147,3 +147,21 @@ class EngineLayout:
 def abstract(tree: Any, shardings: Any) -> Any:
     """`tree` (arrays or shapes) as `ShapeDtypeStruct`s placed on `shardings` (a prefix of `tree`)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, expand_shardings(shardings, tree))
+
+
+def check_same_structure(reference: Any, candidate: Any) -> None:
+    """Raises ValueError naming the first leaf whose path, shape or dtype differs from `reference`."""
+    ref_leaves, ref_tree = jax.tree_util.tree_flatten_with_path(reference)
+    new_leaves, new_tree = jax.tree_util.tree_flatten_with_path(candidate)
+    if ref_tree != new_tree:
+        ref_paths = [jax.tree_util.keystr(path) for path, _ in ref_leaves]
+        new_paths = [jax.tree_util.keystr(path) for path, _ in new_leaves]
+        first = next((f"{a} vs {b}" for a, b in zip(ref_paths, new_paths) if a != b), f"{len(ref_paths)} vs {len(new_paths)} leaves")
+        raise ValueError(f"new weights have a different tree structure than the engine's (first difference: {first})")
+    for (path, ref), (_, new) in zip(ref_leaves, new_leaves):
+        if tuple(ref.shape) != tuple(new.shape) or jnp.dtype(ref.dtype) != jnp.dtype(new.dtype):
+            raise ValueError(
+                f"new weights leaf {jax.tree_util.keystr(path)} is {jnp.dtype(new.dtype).name}{list(new.shape)}, "
+                f"the engine was built for {jnp.dtype(ref.dtype).name}{list(ref.shape)}; "
+                "weights can only be replaced by weights of the same architecture and dtype (publish them through Engine.publish)"
+            )

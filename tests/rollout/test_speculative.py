@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rlx.config import ConfigError, load_config
 from rlx.learner.logprobs import response_log_probs
 from rlx.models import ModelConfig, Qwen3
 from rlx.models.mtp_config import MTPConfig
 from rlx.rollout import Engine, RolloutDriver, SamplingParams
 from rlx.rollout.speculative import lossless_verify
+from tests.conftest import tiny_overrides
 from tests.rollout.conftest import PAD, prompt_batch
 
 CHI2_999 = {4: 18.47, 15: 37.70}  # 0.999 quantiles of chi-square by degrees of freedom
@@ -22,7 +24,7 @@ def chi_square(observed: np.ndarray, expected: np.ndarray) -> float:
 
 
 def test_verify_draws_the_target_distribution_whatever_the_draft():
-    rows = 20000
+    rows = 4000
     target = jnp.log(jnp.array([0.1, 0.4, 0.2, 0.25, 0.05]))
     draft = jnp.log(jnp.array([0.3, 0.1, 0.3, 0.1, 0.2]))
     draft_key, verify_key = jax.random.split(jax.random.key(0))
@@ -32,7 +34,7 @@ def test_verify_draws_the_target_distribution_whatever_the_draft():
     assert chi_square(observed, rows * np.exp(np.asarray(target))) < CHI2_999[4], observed
     np.testing.assert_allclose(log_probs, target[tokens], rtol=1e-6)
     expected_kept = float(jnp.sum(jnp.minimum(jnp.exp(target), jnp.exp(draft))))  # sum_v min(p, q)
-    assert abs(float(jnp.mean(kept)) - expected_kept) < 0.02
+    assert abs(float(jnp.mean(kept)) - expected_kept) < 0.04
     assert bool(jnp.all(jnp.where(kept, tokens == drafts, True)))
 
 
@@ -49,7 +51,7 @@ def spec_engine():
     model = Qwen3(config, rngs=nnx.Rngs(5))
     model.embed[...] = model.embed[...] * 10.0
     graphdef, params = nnx.split(model)
-    engine = Engine(graphdef, params, config, max_concurrent_decodes=1024, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
+    engine = Engine(graphdef, params, config, max_concurrent_decodes=512, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
                     pad_id=PAD, steps_per_generate=2, speculative=True)
     return engine, model
 
@@ -95,3 +97,21 @@ def test_driver_keeps_rejected_drafts_from_ending_samples_and_reports_acceptance
     np.testing.assert_allclose(np.asarray(recomputed), generation.log_probs, atol=1e-4)
     rate = rollout.metrics["spec/accept_rate"]
     assert 0.0 < rate < 1.0 and rollout.metrics["spec/tokens_per_forward"] == pytest.approx(1.0 + rate)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["rollout.speculative=lossless"], "model.mtp.enabled"),
+    (["rollout.speculative=lossless", "model.mtp.enabled=true", "rollout.top_k=5"], "top_k: 0"),
+    (["rollout.speculative=lossless", "model.mtp.enabled=true", "rollout.temperature=0"], "temperature > 0"),
+])
+def test_config_refuses_speculation_it_cannot_make_lossless(tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [*tiny_overrides(tmp_path), *overrides])
+
+
+def test_engine_refuses_to_speculate_without_heads():
+    config = ModelConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
+                         max_seq_len=16)
+    abstract = nnx.split(nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(0))))
+    with pytest.raises(ValueError, match="model.mtp.enabled"):
+        Engine(*abstract, config, max_concurrent_decodes=2, max_prefill_length=8, max_decode_length=8, stop_tokens=(), speculative=True)
