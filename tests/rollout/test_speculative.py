@@ -115,3 +115,8 @@ def test_engine_refuses_to_speculate_without_heads():
     abstract = nnx.split(nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(0))))
     with pytest.raises(ValueError, match="model.mtp.enabled"):
         Engine(*abstract, config, max_concurrent_decodes=2, max_prefill_length=8, max_decode_length=8, stop_tokens=(), speculative=True)
+
+
+def test_the_speculative_demo_config_loads():
+    config = load_config("configs/demo_spec.yaml")
+    assert config.model.mtp.enabled and config.rollout.speculative == "lossless"
