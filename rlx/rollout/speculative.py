@@ -27,9 +27,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from rlx.models import KVCache
+from rlx.models import KVCache, ModelConfig, Qwen3
 from rlx.rollout.sampling import SamplingParams, _draw, sample_tokens, scaled_log_probs
-from rlx.rollout.state import DraftContext, ResultTokens
+from rlx.rollout.state import DecodeState, DraftContext, ResultTokens
 
 
 def drafts(sampling: SamplingParams) -> bool:
@@ -37,12 +37,12 @@ def drafts(sampling: SamplingParams) -> bool:
     return sampling.temperature > 0 and not sampling.truncates
 
 
-def cache_config(config):
+def cache_config(config: ModelConfig) -> ModelConfig:
     """The model config whose KV cache also holds the MTP layer (one layer more)."""
     return dataclasses.replace(config, num_layers=config.num_layers + 1)
 
 
-def prefill_context(model, hidden: jax.Array, tokens: jax.Array, start: jax.Array, cache: KVCache) -> tuple[DraftContext, KVCache]:
+def prefill_context(model: Qwen3, hidden: jax.Array, tokens: jax.Array, start: jax.Array, cache: KVCache) -> tuple[DraftContext, KVCache]:
     """A prefilled prompt's draft context and its MTP-layer cache columns 0 .. P - 2 (column P - 1 needs the first
     sampled token and is written by the first decode step). `hidden [N, P, D]` are the trunk's over `tokens [N, P]`."""
     _, cache = model.mtp_hidden_states(hidden[:, :-1], tokens[:, 1:], start=start, cache=cache, cache_index=0)
@@ -57,7 +57,8 @@ def forget_pending(draft: DraftContext | None, rows: jax.Array) -> DraftContext 
     return None if draft is None else dataclasses.replace(draft, has_pending=draft.has_pending & ~rows)
 
 
-def lossless_verify(key: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array, draft: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def lossless_verify(key: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
+                    draft: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Exact rejection sampling of `draft [B]` drawn from q against the target p (both as normalised log-probs `[B, V]`).
 
     Returns (kept [B] bool, the token after x [B]: the draft if kept, else a draw of the residual, its log p [B]);
@@ -76,7 +77,8 @@ def lossless_verify(key: jax.Array, target_log_probs: jax.Array, draft_log_probs
     return kept, token, jnp.take_along_axis(target_log_probs, token[:, None], axis=-1)[:, 0]
 
 
-def speculative_generate(model, state, sampling: SamplingParams, *, steps: int, kv_len: int, max_len: int, stops: jax.Array):
+def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingParams, *, steps: int, kv_len: int, max_len: int,
+                         stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
     """`steps` speculative forwards (`speculative_step`) on every slot: the new state and the engine's `ResultTokens`
     with `2 * steps` token columns per slot, (x, kept draft) per forward."""
     step = lambda state, _: speculative_step(model, state, sampling, kv_len=kv_len, max_len=max_len, stops=stops)
@@ -87,7 +89,8 @@ def speculative_generate(model, state, sampling: SamplingParams, *, steps: int, 
     return state, ResultTokens(data, pairs(log_probs), (0, k), (k, 2 * k), (2 * k, 2 * k + 1), drafts=True)
 
 
-def speculative_step(model, state, sampling: SamplingParams, *, kv_len: int, max_len: int, stops: jax.Array):
+def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams, *, kv_len: int, max_len: int,
+                     stops: jax.Array) -> tuple[DecodeState, tuple[jax.Array, jax.Array, jax.Array]]:
     """One target forward on every slot of `state` (an engine `DecodeState` with a draft context): returns the new
     state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2]): `x`, then the kept draft."""
     context: DraftContext = state.draft
