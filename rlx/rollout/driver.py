@@ -342,10 +342,13 @@ class RolloutDriver:
         if self.turns is not None:
             metrics.update(self.turns.metrics(completions))
         metrics["rollout/compiles"] = float(self.engine.compiled_variants())
-        forwards, kept = (now - before for now, before in zip(self.drafting, drafting_before))
-        if forwards:
-            metrics.update({"spec/accept_rate": kept / forwards, "spec/tokens_per_forward": (forwards + kept) / forwards})
+        metrics.update(self.drafting_metrics(drafting_before))
         return assemble_groups(prompts, completions, n, max_new_tokens, pad_id=self.engine.pad_id, metrics=metrics)
+
+    def drafting_metrics(self, before: list[int]) -> dict[str, float]:
+        """`spec/*` since `before` (a copy of `drafting`): kept drafts per target forward, and tokens per forward (none without drafts)."""
+        forwards, kept = (now - then for now, then in zip(self.drafting, before))
+        return {"spec/accept_rate": kept / forwards, "spec/tokens_per_forward": (forwards + kept) / forwards} if forwards else {}
 
 
 def check_prompt(prompt: np.ndarray, limit: int, long_prompt: LongPrompt, tag: Any) -> tuple[np.ndarray, bool]:

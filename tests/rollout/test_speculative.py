@@ -120,3 +120,17 @@ def test_engine_refuses_to_speculate_without_heads():
 def test_the_speculative_demo_config_loads():
     config = load_config("configs/demo_spec.yaml")
     assert config.model.mtp.enabled and config.rollout.speculative == "lossless"
+
+
+def test_partial_rollouts_carry_drafted_samples_across_steps(spec_engine):
+    """With a token budget, unfinished samples keep their slots (and their draft context) into the next step."""
+    engine, model = spec_engine
+    driver = RolloutDriver(engine, engine.load_params(), token_budget=8)
+    prompts = prompt_batch([np.array(p, np.int32) for p in ([1, 2, 3], [3, 3])])
+    for step in range(2):
+        rollout = driver.generate_groups(prompts, 2, jax.random.key(step), SamplingParams(1.0), max_new_tokens=7)
+        generation = rollout.generation
+        full = np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1)
+        recomputed, _ = response_log_probs(model, jnp.asarray(full), jnp.asarray(rollout.start), rollout.prompt_tokens.shape[1], 1.0)
+        np.testing.assert_allclose(np.asarray(recomputed) * generation.mask, generation.log_probs * generation.mask, atol=1e-4)
+        assert (generation.lengths == 7).all() and "spec/tokens_per_forward" in rollout.metrics
