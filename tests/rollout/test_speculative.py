@@ -51,7 +51,7 @@ def spec_engine():
     model = Qwen3(config, rngs=nnx.Rngs(5))
     model.embed[...] = model.embed[...] * 10.0
     graphdef, params = nnx.split(model)
-    engine = Engine(graphdef, params, config, max_concurrent_decodes=512, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
+    engine = Engine(graphdef, params, config, max_concurrent_decodes=256, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
                     pad_id=PAD, steps_per_generate=2, speculative=True)
     return engine, model
 
