@@ -145,6 +145,9 @@ class Config:
         _check_processes(self)
         _check_minibatches(self)
         _check_env(self)
+        if self.rollout.speculative != "off" and (not self.model.mtp.enabled or self.algorithm.routing_replay != "off"):
+            raise ValueError(f"rollout.speculative: {self.rollout.speculative} drafts with the model's MTP head and records no MoE routes: "
+                             "set model.mtp.enabled: true and algorithm.routing_replay: off")
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(

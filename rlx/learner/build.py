@@ -13,7 +13,7 @@ from rlx.learner.config import CriticConfig, DistillConfig, LearnerConfig, Optim
 from rlx.learner.critic import CriticPrograms
 from rlx.learner.memory import GIB, ProgramMemory, Programs, largest_fitting, micro_batch_candidates
 from rlx.learner.objective import Objective, TrainBatch
-from rlx.learner.optimizer import freeze_encoders, make_optimizer
+from rlx.learner.optimizer import freeze_encoders, make_optimizer, separate_heads
 from rlx.learner.programs import LearnerPrograms, ProgramBuilder, Schedule, ScoreSettings, Weights
 from rlx.models import ModelConfig
 from rlx.parallel.layout import Layout
@@ -34,7 +34,7 @@ class LearnerSpec:
     distill: DistillConfig = DistillConfig()
 
     def tx(self) -> optax.GradientTransformation:
-        return freeze_encoders(make_optimizer(self.optimizer), self.model)
+        return freeze_encoders(separate_heads(lambda: make_optimizer(self.optimizer), self.model), self.model)
 
     def settings(self) -> ScoreSettings:
         return ScoreSettings(self.temperature if self.temperature > 0 else 1.0, self.learner.logprob_impl, self.learner.remat,

@@ -54,17 +54,36 @@ def response_scores(
     compared with the learner's own choice either way.
     """
     recorded = routes[:, :-1] if routes is not None else None
+    hidden, own = trunk_hidden(model, tokens, start, prompt_len, media, remat, recorded if replay else None)
+    return scores_of_hidden(model, hidden, tokens, prompt_len, temperature, impl, layout, own, recorded)
+
+
+def trunk_hidden(model: Qwen3, tokens: jax.Array, start: jax.Array, prompt_len: int, media: Media | None = None, remat: str = "none",
+                 replayed: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """Final-normed hidden states [B, P + R - 1, D] of `tokens[:, :-1]` (column t predicts token t + 1) and the
+    router's own routes; `replayed` routes of `tokens[:, :-1]` are replayed (arguments as `response_scores`)."""
     hidden, _, own = model.hidden_states_and_routes(tokens[:, :-1], start=start, media=media, media_columns=prompt_len, remat=remat,
-                                                    routes=recorded if replay else None)
+                                                    routes=replayed)
+    return hidden, own
+
+
+def scores_of_hidden(model: Qwen3, hidden: jax.Array, tokens: jax.Array, prompt_len: int, temperature: float, impl: str = "auto",
+                     layout: Layout | None = None, own: jax.Array | None = None, recorded: jax.Array | None = None) -> ResponseScores:
+    """`response_scores` from the trunk's `hidden` (`trunk_hidden`); `own` and `recorded` routes give the route agreement."""
     hidden = hidden[:, prompt_len - 1:]
     batch, length, width = hidden.shape
     targets = tokens[:, prompt_len:]
-    placement = {} if layout is None else {"mesh": layout.mesh, "row_axes": layout.row_axes, "vocab_axes": layout.axes("vocab")}
-    log_probs, entropy = sharded_token_logprobs_and_entropy(
-        hidden.reshape(batch * length, width), model.unembedding().astype(hidden.dtype), targets.reshape(-1), temperature,
-        impl=impl, **placement)
+    log_probs, entropy = vocab_log_probs(hidden.reshape(batch * length, width), model.unembedding(), targets.reshape(-1),
+                                         temperature, impl, layout)
     agreement = route_agreement(own, recorded) if recorded is not None else None
     return ResponseScores(log_probs.reshape(batch, length), entropy.reshape(batch, length), agreement)
+
+
+def vocab_log_probs(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array, temperature: float, impl: str = "auto",
+                    layout: Layout | None = None) -> tuple[jax.Array, jax.Array]:
+    """(log-probs of `targets` [N], entropies [N]) of the fused kernel on rows `hidden [N, D]` (unembedding cast to their dtype)."""
+    placement = {} if layout is None else {"mesh": layout.mesh, "row_axes": layout.row_axes, "vocab_axes": layout.axes("vocab")}
+    return sharded_token_logprobs_and_entropy(hidden, unembedding.astype(hidden.dtype), targets, temperature, impl=impl, **placement)
 
 
 def response_log_probs(

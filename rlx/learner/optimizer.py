@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import optax
@@ -19,6 +19,16 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     )
 
 
+def separate_heads(make: Callable[[], optax.GradientTransformation], model: ModelConfig) -> optax.GradientTransformation:
+    """`make()` for the policy; with MTP heads that must not train the trunk (`model.mtp.train_trunk: false`), one
+    `make()` for the trunk and another for the heads, so the heads' gradients change neither the trunk's clipping
+    norm nor its steps: the trunk trains exactly as without heads."""
+    if not model.mtp.enabled or model.mtp.train_trunk:
+        return make()
+    labels = lambda params: _top_level_labels(params, lambda name: "heads" if name == "mtp" else "trunk")
+    return optax.multi_transform({"trunk": make(), "heads": make()}, labels)
+
+
 def frozen_encoders(model: ModelConfig) -> tuple[str, ...]:
     """Names of the model's encoder submodules whose config says `trainable: false`."""
     encoders = (("vision", model.vision), ("audio", model.audio))
@@ -31,8 +41,11 @@ def freeze_encoders(tx: optax.GradientTransformation, model: ModelConfig) -> opt
     if not frozen:
         return tx
 
-    def labels(params: Any) -> Any:
-        top = lambda path: str(getattr(path[0], "key", getattr(path[0], "name", "")))
-        return jax.tree_util.tree_map_with_path(lambda path, _: "frozen" if top(path) in frozen else "train", params)
-
+    labels = lambda params: _top_level_labels(params, lambda name: "frozen" if name in frozen else "train")
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _top_level_labels(params: Any, label_of: Callable[[str], str]) -> Any:
+    """A label per leaf of `params`: `label_of` the name of the top-level submodule it lives in."""
+    top = lambda path: str(getattr(path[0], "key", getattr(path[0], "name", "")))
+    return jax.tree_util.tree_map_with_path(lambda path, _: label_of(top(path)), params)

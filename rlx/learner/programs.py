@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rlx.learner.logprobs import ResponseScores, response_scores
+from rlx.learner.logprobs import ResponseScores, scores_of_hidden, trunk_hidden
 from rlx.learner.memory import Programs
 from rlx.learner.microbatch import accumulate_gradients, map_slices, slice_count, strided
+from rlx.learner.mtp import mtp_coefficients, mtp_loss
 from rlx.learner.objective import Objective, StepTargets, TrainBatch
 from rlx.models.activation_sharding import activation_sharding
 from rlx.parallel.layout import Layout
@@ -145,21 +146,46 @@ class LearnerPrograms:
 
     def score(self, model: nnx.Module, batch: TrainBatch, remat: str = "none", routed: bool = True) -> ResponseScores:
         """`routed`: whether the batch's recorded routes (if any) belong to this model (replayed, compared)."""
+        return self.hidden_and_scores(model, batch, remat, routed)[1]
+
+    def hidden_and_scores(self, model: nnx.Module, batch: TrainBatch, remat: str = "none", routed: bool = True) -> tuple[jax.Array, ResponseScores]:
+        """The trunk's hidden states [B, P + R - 1, D] (`rlx.learner.logprobs.trunk_hidden`) and `score`'s scores."""
         settings = self.settings
-        return response_scores(model, batch.tokens, batch.start, batch.prompt_len, settings.temperature, settings.logprob_impl,
-                               batch.media, remat, self.builder.layout, batch.routes if routed else None,
-                               settings.routing_replay == "replay")
+        recorded = batch.routes[:, :-1] if routed and batch.routes is not None else None
+        replayed = recorded if settings.routing_replay == "replay" else None
+        hidden, own = trunk_hidden(model, batch.tokens, batch.start, batch.prompt_len, batch.media, remat, replayed)
+        return hidden, scores_of_hidden(model, hidden, batch.tokens, batch.prompt_len, settings.temperature, settings.logprob_impl,
+                                        self.builder.layout, own, recorded)
 
     def _log_probs(self, graphdef: nnx.GraphDef, params: Weights, batch: TrainBatch, routed: bool = True) -> ResponseScores:
         return self.builder.forward(lambda rows: self.score(nnx.merge(graphdef, params), rows, routed=routed), batch)
 
     def _update(self, params: Weights, opt_state: Any, batch: TrainBatch, targets: StepTargets):
+        if "mtp" in self.params_abstract:
+            return self._update_with_mtp(params, opt_state, batch, targets)
+
         def loss(params, micro, progress):
             (batch, targets), weights = micro
             log_probs, entropy, _ = self.score(nnx.merge(self.graphdef, params), batch, self.settings.remat)
             return self.objective.loss(log_probs, entropy, batch, targets, weights, progress)
 
         return self.builder.optimizer_steps(self.tx, loss, self.objective.loss_weights, params, opt_state, (batch, targets), "actor")
+
+    def _update_with_mtp(self, params: Weights, opt_state: Any, batch: TrainBatch, targets: StepTargets):
+        """`_update` plus the MTP heads' losses (`rlx.learner.mtp`) on the same forward pass's hidden states."""
+        settings = self.settings
+
+        def loss(params, micro, progress):
+            (batch, targets), (weights, mtp_weights) = micro
+            model = nnx.merge(self.graphdef, params)
+            hidden, (log_probs, entropy, _) = self.hidden_and_scores(model, batch, settings.remat)
+            policy_loss, metrics = self.objective.loss(log_probs, entropy, batch, targets, weights, progress)
+            heads_loss, head_metrics = mtp_loss(model, hidden, batch.tokens, batch.start, batch.prompt_len, mtp_weights,
+                                                settings.temperature, settings.logprob_impl, self.builder.layout)
+            return policy_loss + heads_loss, {**metrics, **head_metrics}
+
+        weigh = lambda rows: (self.objective.loss_weights(rows), mtp_coefficients(rows[0].mask))
+        return self.builder.optimizer_steps(self.tx, loss, weigh, params, opt_state, (batch, targets), "actor")
 
     def programs(self, batch: TrainBatch) -> Programs:
         """Every program of one RL update on a batch shaped like `batch` (abstract), with abstract arguments."""

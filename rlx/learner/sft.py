@@ -13,7 +13,8 @@ from flax import nnx
 
 from rlx.data import CharTokenizer, PromptBatch
 from rlx.learner.config import WarmupConfig
-from rlx.learner.logprobs import response_log_probs
+from rlx.learner.logprobs import response_log_probs, scores_of_hidden, trunk_hidden
+from rlx.learner.mtp import mtp_coefficients, mtp_loss
 from rlx.learner.objective import linear_coefficients
 from rlx.learner.optimizer import freeze_encoders
 from rlx.learner.programs import ProgramBuilder, Schedule, Weights
@@ -64,15 +65,23 @@ def supervised_warmup(
     weights = layout.weights(params)
     opt_shardings = layout.weights(jax.eval_shape(tx.init, params))
 
+    with_heads = "mtp" in params
+
     def loss(params, micro, progress):
-        batch, token_share = micro
+        batch, (token_share, mtp_share) = micro
         model = nnx.merge(graphdef, params)
         prompt_len = batch.tokens.shape[1] - batch.mask.shape[1]
-        log_probs, _ = response_log_probs(model, batch.tokens, batch.start, prompt_len, 1.0, logprob_impl, batch.media, layout=layout)
+        if not with_heads:
+            log_probs, _ = response_log_probs(model, batch.tokens, batch.start, prompt_len, 1.0, logprob_impl, batch.media, layout=layout)
+            loss = -jnp.sum(log_probs * token_share)
+            return loss, {"warmup/loss": loss}
+        hidden, _ = trunk_hidden(model, batch.tokens, batch.start, prompt_len, batch.media)
+        log_probs = scores_of_hidden(model, hidden, batch.tokens, prompt_len, 1.0, logprob_impl, layout).log_probs
         loss = -jnp.sum(log_probs * token_share)
-        return loss, {"warmup/loss": loss}
+        heads_loss, metrics = mtp_loss(model, hidden, batch.tokens, batch.start, prompt_len, mtp_share, 1.0, logprob_impl, layout)
+        return loss + heads_loss, {"warmup/loss": loss, **{f"warmup/{key}": value for key, value in metrics.items()}}
 
-    weigh = lambda batch: linear_coefficients(batch.mask, "token-mean")
+    weigh = lambda batch: (linear_coefficients(batch.mask, "token-mean"), mtp_coefficients(batch.mask) if with_heads else None)
     step = builder.jit(lambda params, opt_state, rows: builder.optimizer_steps(tx, loss, weigh, params, opt_state, rows, "warmup"),
                        (weights, opt_shardings, layout.rows), (weights, opt_shardings, layout.replicated), donate_argnums=(1,))
     opt_state = builder.jit(tx.init, (weights,), opt_shardings)(params)

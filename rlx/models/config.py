@@ -8,6 +8,7 @@ from typing import Literal, get_args
 from rlx.checks import require_positive
 from rlx.errors import UserError
 from rlx.models.encoder_config import AudioConfig, VisionConfig
+from rlx.models.mtp_config import MTPConfig
 
 DType = Literal["float32", "bfloat16"]
 AttentionImpl = Literal["auto", "reference", "xla", "chunked", "cudnn", "splash"]
@@ -24,6 +25,7 @@ class ModelConfig:
     each token goes to `num_experts_per_tok` SwiGLU experts of width `moe_intermediate_size`,
     weighted by the router's softmax (renormalized over the chosen experts if `norm_topk_prob`).
     `vision` and `audio` add modality encoders (see `rlx.models.encoders`); both are off by default.
+    `mtp` adds multi-token-prediction drafting heads (`rlx.models.mtp`); off by default.
     `attention_impl` picks how attention scores are computed (`rlx.models.attention_kernels`):
     `auto` is Pallas splash attention on TPU, cuDNN flash attention on GPU and an online-softmax scan
     over key blocks elsewhere.
@@ -59,6 +61,7 @@ class ModelConfig:
     mlp_only_layers: tuple[int, ...] = ()
     vision: VisionConfig = VisionConfig()
     audio: AudioConfig = AudioConfig()
+    mtp: MTPConfig = MTPConfig()
     init_from: str | None = None
 
     def __post_init__(self) -> None:

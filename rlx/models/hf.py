@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from safetensors.numpy import save_file
 from rlx.models.config import ModelConfig
 from rlx.models.hf_config import hf_config_from_model_config
 from rlx.models.qwen3 import Qwen3
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some exporters write; recomputed from rope_theta
@@ -141,9 +144,13 @@ class PretrainedModel(nnx.Module):
 
 
 def save_pretrained(model: PretrainedModel | Qwen3, path: str | Path, *, max_shard_bytes: int = 5 << 30) -> None:
-    """Writes config.json and safetensors (sharded with an index past `max_shard_bytes`) that `transformers` loads."""
+    """Writes config.json and safetensors (sharded with an index past `max_shard_bytes`) that `transformers` loads.
+
+    The trunk only: MTP heads (`model.mtp`) have no Hugging Face Qwen3 tensors and stay in rlx checkpoints."""
     base = model.hf_config if isinstance(model, PretrainedModel) else {}
     qwen = model.model if isinstance(model, PretrainedModel) else model
+    if qwen.mtp is not None:
+        log.info("Hugging Face export to %s writes the trunk only: the MTP and confidence heads (model.mtp) stay in rlx checkpoints", path)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     values = nnx.to_pure_dict(nnx.state(qwen, nnx.Param))

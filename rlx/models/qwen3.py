@@ -7,12 +7,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlx.models.activation_sharding import constrain, run_encoder
-from rlx.models.attention import Attention
 from rlx.models.config import ModelConfig
+from rlx.models.decoder_layer import DecoderLayer
 from rlx.models.encoders import AudioEncoder, VisionEncoder
 from rlx.models.kv_cache import KVCache
-from rlx.models.layers import RMSNorm, SwiGLU, param
-from rlx.models.moe import MoEBlock
+from rlx.models.layers import RMSNorm, param
+from rlx.models.mtp import MTPHeads
 from rlx.models.multimodal import Media, ModalityEmbeddings, merge_modality_embeddings
 
 
@@ -23,29 +23,6 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-class DecoderLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, moe: bool, *, rngs: nnx.Rngs):
-        dt = jnp.dtype(config.param_dtype)
-        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
-        self.attn = Attention(config, rngs=rngs)
-        self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, "embed", param_dtype=dt, rngs=rngs)
-        self.is_moe = moe
-        if moe:
-            self.mlp = MoEBlock(config, rngs=rngs)
-        else:
-            self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, param_dtype=dt, rngs=rngs)
-
-    def __call__(self, x, positions, q_columns, start, cache, layer, cache_index, kv_len, routes=None):
-        """(x, cache, the router's own routes [B, S, k] or None for a dense layer); `routes` are replayed (MoE only)."""
-        attended, cache = self.attn(self.input_norm(x), positions, q_columns, start, cache, layer, cache_index, kv_len)
-        x = x + attended
-        mlp_in = self.post_attn_norm(x)
-        if not self.is_moe:
-            return x + self.mlp(mlp_in), cache, None
-        mlp_out, own = self.mlp(mlp_in, routes)
-        return x + mlp_out, cache, own
 
 
 class LayerStack(nnx.Module):
@@ -103,6 +80,8 @@ class Qwen3(nnx.Module):
             self.lm_head = param(rngs, nnx.initializers.normal(0.02), (config.hidden_size, config.vocab_size), ("embed", "vocab"), dt)
         self.vision = VisionEncoder(config.vision, config.hidden_size, rngs=rngs) if config.vision.enabled else None
         self.audio = AudioEncoder(config.audio, config.hidden_size, rngs=rngs) if config.audio.enabled else None
+        # Made last, so the trunk draws the same random weights with and without the heads.
+        self.mtp = MTPHeads(config, rngs=rngs) if config.mtp.enabled else None
 
     def encode_media(self, input_ids: jax.Array, media: Media, media_columns: int | None = None) -> list[ModalityEmbeddings]:
         """Runs the encoders on `media` (one item per modality per row) for the placeholders of `input_ids`
@@ -163,13 +142,7 @@ class Qwen3(nnx.Module):
         each MoE layer uses them instead of its own choice, except for tokens whose ids are -1;
         the returned routes stay the router's own choice.
         """
-        batch, steps = input_ids.shape
-        if start is None:
-            start = jnp.zeros((batch,), jnp.int32)
-        cache_index = jnp.asarray(cache_index, jnp.int32)
-        columns = cache_index[..., None] + jnp.arange(steps, dtype=jnp.int32)  # [S], or [B, S] per-row indices
-        q_columns = jnp.broadcast_to(jnp.atleast_2d(columns), (batch, steps))
-        positions = jnp.maximum(q_columns - start[:, None], 0)
+        start, cache_index, q_columns, positions = _columns(input_ids.shape, start, cache_index)
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat {remat!r} is not one of {', '.join(REMAT_POLICIES)}")
         dtype = jnp.dtype(self.config.dtype)
@@ -189,6 +162,26 @@ class Qwen3(nnx.Module):
         own_routes = jnp.concatenate(chosen, axis=2) if chosen else None
         return constrain(self.final_norm(x), RESIDUAL), cache, own_routes
 
+    def mtp_hidden_states(
+        self, hidden: jax.Array, next_tokens: jax.Array, *, start: jax.Array | None = None, cache: KVCache | None = None,
+        cache_index: jax.Array | int = 0, kv_len: int | None = None, trunk_gradient: bool = True,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """The MTP head's final-normed hidden states [B, S, hidden] (and the updated cache): column t drafts the
+        token after `next_tokens[:, t]` from the trunk's `hidden[:, t]` (which predicted `next_tokens[:, t]`).
+
+        Columns, `start`, `cache_index` and `kv_len` as in `hidden_states_and_routes`; the MTP layer's keys and
+        values live in cache layer `num_layers`. `trunk_gradient: false` stops gradients into the trunk's hidden
+        states and embedding (`model.mtp.train_trunk`).
+        """
+        if self.mtp is None:
+            raise ValueError("the model has no MTP head; enable model.mtp")
+        start, cache_index, q_columns, positions = _columns(next_tokens.shape, start, cache_index)
+        embed = self.embed[...] if trunk_gradient else jax.lax.stop_gradient(self.embed[...])
+        hidden = hidden if trunk_gradient else jax.lax.stop_gradient(hidden)
+        next_embedding = embed[next_tokens].astype(hidden.dtype)
+        out, cache = self.mtp(hidden, next_embedding, positions, q_columns, start, cache, self.config.num_layers, cache_index, kv_len)
+        return constrain(out, RESIDUAL), cache
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., vocab] of final hidden states [..., hidden], computed in the hidden states' dtype."""
         return jnp.einsum("...d,dv->...v", hidden, self.unembedding().astype(hidden.dtype), preferred_element_type=jnp.float32)
@@ -197,3 +190,14 @@ class Qwen3(nnx.Module):
         """Float32 logits [B, S, vocab] (and the updated cache); keyword arguments as `hidden_states`."""
         hidden, cache = self.hidden_states(input_ids, **kwargs)
         return self.logits(hidden), cache
+
+
+def _columns(shape: tuple[int, int], start: jax.Array | None, cache_index: jax.Array | int):
+    """(start [B], cache_index, cache columns [B, S], rotary positions [B, S]) of `S` new tokens in `B` left-padded rows."""
+    batch, steps = shape
+    if start is None:
+        start = jnp.zeros((batch,), jnp.int32)
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    columns = cache_index[..., None] + jnp.arange(steps, dtype=jnp.int32)  # [S], or [B, S] per-row indices
+    q_columns = jnp.broadcast_to(jnp.atleast_2d(columns), (batch, steps))
+    return start, cache_index, q_columns, jnp.maximum(q_columns - start[:, None], 0)

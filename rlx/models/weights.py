@@ -25,6 +25,7 @@ from flax import nnx
 from rlx.models.config import ModelConfig
 from rlx.models.hf import CheckpointError, CheckpointReader, PretrainedModel, TensorMap, tensor_maps
 from rlx.models.hf_config import architecture_mismatches, model_config_from_hf, read_hf_config
+from rlx.models.mtp import MTPHeads
 from rlx.models.qwen3 import Qwen3
 
 ShardingsFor = Callable[[nnx.State], Any]  # abstract state -> a sharding per nnx.Variable (a prefix tree)
@@ -46,11 +47,12 @@ def init_params(config: ModelConfig, shardings: ShardingsFor, seed: int) -> tupl
     return graphdef, init()
 
 
-def load_params(path: str | Path, config: ModelConfig, shardings: ShardingsFor) -> tuple[nnx.GraphDef, nnx.State]:
+def load_params(path: str | Path, config: ModelConfig, shardings: ShardingsFor, seed: int = 0) -> tuple[nnx.GraphDef, nnx.State]:
     """The weights of the Hugging Face checkpoint in `path`, each built from its devices' slices.
 
     `config` must describe the checkpoint's architecture (`model.init_from` resolution does that);
-    weights are cast to `config.param_dtype`.
+    weights are cast to `config.param_dtype`. Hugging Face checkpoints hold the trunk only: MTP heads
+    (`model.mtp`) start random from `seed`.
     """
     mismatches = architecture_mismatches(config, read_hf_config(path))
     if mismatches:
@@ -65,17 +67,23 @@ def load_params(path: str | Path, config: ModelConfig, shardings: ShardingsFor) 
         reader.check(maps)
 
         def build(key_path, variable: nnx.Variable, sharding: jax.sharding.Sharding) -> nnx.Variable:
+            if key_path[0].key == "mtp":
+                return variable  # made below
             read = _shard_reader(reader, by_path[tuple(entry.key for entry in key_path)], variable.shape, dtype)
             return variable.replace(jax.make_array_from_callback(variable.shape, sharding, read))
 
-        state = jax.tree_util.tree_map_with_path(build, abstract, shardings(abstract), is_leaf=_is_variable)
+        placement = shardings(abstract)
+        state = jax.tree_util.tree_map_with_path(build, abstract, placement, is_leaf=_is_variable)
+    if config.mtp.enabled:
+        heads = jax.jit(lambda: nnx.state(MTPHeads(config, rngs=nnx.Rngs(seed))), out_shardings=placement["mtp"])
+        state["mtp"] = heads()
     return graphdef, state
 
 
 def create_params(config: ModelConfig, shardings: ShardingsFor, seed: int) -> tuple[nnx.GraphDef, nnx.State]:
     """The starting weights of a run: the checkpoint in `config.init_from`, else random ones from `seed`."""
     if config.init_from is not None:
-        return load_params(config.init_from, config, shardings)
+        return load_params(config.init_from, config, shardings, seed)
     return init_params(config, shardings, seed)
 
 

@@ -13,6 +13,7 @@ activations, rollout batches and the KV cache.
 | mlp, moe_mlp | dense and expert MLP width |
 | exp, router | stacked experts, router outputs |
 | batch, cache_seq | activation / cache rows and cache columns |
+| mtp_in, confidence | MTP head input ([token, hidden] concatenated), confidence MLP width: replicated everywhere |
 """
 
 from __future__ import annotations

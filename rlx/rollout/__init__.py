@@ -3,9 +3,9 @@
 from rlx.rollout.backends import ROLLOUT_BACKENDS, RolloutBackend, build_backend, build_engine, sampling_params
 from rlx.rollout.config import RolloutConfig
 from rlx.rollout.driver import Completion, Generation, GroupRollout, Request, RolloutDriver
-from rlx.rollout.engine import Engine, check_same_structure
+from rlx.rollout.engine import Engine
 from rlx.rollout.sampling import SamplingParams, sample_tokens, scaled_log_probs, token_log_probs
-from rlx.rollout.state import DecodeState, Prefix, ResultTokens
+from rlx.rollout.state import DecodeState, Prefix, ResultTokens, check_same_structure
 from rlx.rollout.turns import MultiTurn
 
 __all__ = [

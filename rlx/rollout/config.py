@@ -31,6 +31,10 @@ class RolloutConfig:
     the production mix of a bfloat16 generator and a float32 learner (their log-probs then differ).
     With an environment (`env.fn`), a sample is a trajectory of at most `max_turns` policy turns,
     and `max_new_tokens` bounds its policy and observation tokens together (`rlx/rollout/turns.py`).
+    `speculative: lossless` drafts a second token per forward with the model's MTP head (`model.mtp`) and keeps it
+    by exact rejection sampling (`rlx/rollout/speculative.py`): the same samples' distribution and behaviour
+    log-probs, 1 to 2 tokens per forward. It needs untruncated sampling (`temperature > 0`, no `top_k`/`top_p`)
+    and `backend: engine`; greedy validation decodes without drafts.
     """
 
     backend: Literal["engine", "jetstream"] = "engine"
@@ -47,6 +51,7 @@ class RolloutConfig:
     stop_strings: tuple[str, ...] = ()
     dtype: Literal["float32", "bfloat16"] | None = None
     max_turns: int = 4
+    speculative: Literal["off", "lossless"] = "off"
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -61,5 +66,9 @@ class RolloutConfig:
             raise ValueError(f"stop_strings must be non-empty strings, got {list(self.stop_strings)!r}")
         if self.stop_strings and self.backend != "engine":
             raise ValueError(f"stop_strings are matched by rlx's driver; they need backend: engine, got backend: {self.backend}")
+        if self.speculative == "lossless" and (self.temperature == 0 or self.top_k or self.top_p < 1 or self.backend != "engine"):
+            raise ValueError("speculative: lossless verifies drafts against the untruncated sampled distribution: it needs "
+                             f"temperature > 0, top_k: 0, top_p: 1 and backend: engine (got temperature {self.temperature}, "
+                             f"top_k {self.top_k}, top_p {self.top_p}, backend {self.backend})")
         if self.max_prefill_length is not None and self.max_prefill_length < 1:
             raise ValueError(f"max_prefill_length must be >= 1 or null (take data.max_prompt_len), got {self.max_prefill_length}")

@@ -168,6 +168,7 @@ class RolloutDriver:
         self.long_prompt = long_prompt
         self.interrupt = interrupt
         self.truncated_prompts = 0
+        self.drafting = [0, 0]  # speculative engines: target forwards of held slots, and the drafts they kept
         self.weight_source: Callable[[], tuple[nnx.State, int] | None] | None = None
         self.mid_batch_swaps = 0
         from rlx.rollout.partial import PartialRollouts  # it builds on this module
@@ -218,7 +219,7 @@ class RolloutDriver:
             dispatched = None
             if session.decoding_slots() and not stopping:
                 yield from self._swap_if_published(session)
-                columns = session.buffers.advance(session.decoding_slots(), self.engine.steps_per_generate)
+                columns = session.buffers.advance(session.decoding_slots(), self.engine.columns_per_generate)
                 session.state, result = self.engine.generate(self.params, session.state, session.sampling, columns)
                 result.copy_to_host_async()
                 dispatched, session.step = (result.convert_to_numpy, session.step, self.version), session.step + 1
@@ -234,7 +235,12 @@ class RolloutDriver:
         if session.in_flight is None:
             return
         (to_numpy, at, version), session.in_flight = session.in_flight, None
-        for slot in session.buffers.append(to_numpy(), at, version, self.engine.stop_tokens, self.stop_strings):
+        result = to_numpy()
+        if result.drafts:
+            held = session.buffers.active & (session.buffers.since <= at)
+            self.drafting[0] += int(result.valid[held, 0::2].sum())
+            self.drafting[1] += int(result.valid[held, 1::2].sum())
+        for slot in session.buffers.append(result, at, version, self.engine.stop_tokens, self.stop_strings):
             if self.turns is None:
                 yield self.complete(session, slot)
             elif (ended := self.turns.turn_ended(self, session, slot)) is not None:
@@ -330,7 +336,7 @@ class RolloutDriver:
             on_sample = None
         if self.partial is not None:
             return self.partial.step(prompts, n, key, sampling, max_new_tokens, min_version, on_sample)
-        truncated_before = self.truncated_prompts
+        truncated_before, drafting_before = self.truncated_prompts, list(self.drafting)
         requests = [
             Request(tokens[start:], max_new_tokens, samples=n, tag=row, media=prompts.row_media(row), record=prompts.records[row])
             for row, (tokens, start) in enumerate(zip(prompts.tokens, prompts.start))
@@ -345,7 +351,13 @@ class RolloutDriver:
         if self.turns is not None:
             metrics.update(self.turns.metrics(completions))
         metrics["rollout/compiles"] = float(self.engine.compiled_variants())
+        metrics.update(self.drafting_metrics(drafting_before))
         return assemble_groups(prompts, completions, n, max_new_tokens, pad_id=self.engine.pad_id, metrics=metrics)
+
+    def drafting_metrics(self, before: list[int]) -> dict[str, float]:
+        """`spec/*` since `before` (a copy of `drafting`): kept drafts per target forward, and tokens per forward (none without drafts)."""
+        forwards, kept = (now - then for now, then in zip(self.drafting, before))
+        return {"spec/accept_rate": kept / forwards, "spec/tokens_per_forward": (forwards + kept) / forwards} if forwards else {}
 
 
 def check_prompt(prompt: np.ndarray, limit: int, long_prompt: LongPrompt, tag: Any) -> tuple[np.ndarray, bool]:
@@ -430,8 +442,9 @@ class _SlotBuffers:
                 for slot in np.flatnonzero(live & ~stopped):
                     stopped[slot] = stop_strings.completed(self.tokens[slot, self.turn_start[slot]:self.count[slot]])
             self.stopped |= stopped
-            # An invalid token on an active slot means the engine's row is full.
-            finished |= mine & (stopped | (self.count >= self.limit) | ~valid[:, j])
+            # An invalid token on an active slot means the engine's row is full (an invalid draft column: a rejected draft).
+            full = ~valid[:, j] if not (result.drafts and j % 2 == 1) else np.zeros_like(valid[:, j])
+            finished |= mine & (stopped | (self.count >= self.limit) | full)
         self.logits_version[mine] = version
         self.active &= ~finished
         return list(rows[finished])

@@ -31,6 +31,9 @@ sampled (see `rlx.rollout.driver`).
 Weights are an argument of every jitted function (never baked in); `load_params` checks a
 replacement has the tree structure, shapes and dtypes the programs were compiled for.
 The engine imports nothing from JetStream: `rlx.rollout.jetstream_compat` adapts it.
+
+`speculative`: each decode forward also scores a draft of the MTP head and keeps it by exact rejection
+sampling (`rlx.rollout.speculative`): 1 to 2 tokens per forward, sampled exactly as without drafting.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from rlx.models.activation_sharding import ActivationSharding, activation_shardi
 from rlx.parallel import Layout, reshard, rules_for
 from rlx.parallel.presets import Rules
 from rlx.rollout.sampling import SamplingParams, sample_tokens, token_log_probs
-from rlx.rollout.state import DecodeState, EngineLayout, Prefix, ResultTokens, abstract
+from rlx.rollout.speculative import cache_config, drafts, forget_pending, prefill_context, speculative_generate
+from rlx.rollout.state import DecodeState, DraftContext, EngineLayout, Prefix, ResultTokens, abstract, check_same_structure
 
 MIN_BUCKET = 8
 RECOMPUTE_COLUMNS = 256  # cache columns per chunk of `recompute`
@@ -82,24 +86,6 @@ def stack_media(media: Sequence[dict[str, np.ndarray]] | None, rows: int) -> dic
         array[: len(media)] = [item[name] for item in media]
         stacked[name] = array
     return stacked
-
-
-def check_same_structure(reference: Any, candidate: Any) -> None:
-    """Raises ValueError naming the first leaf whose path, shape or dtype differs from `reference`."""
-    ref_leaves, ref_tree = jax.tree_util.tree_flatten_with_path(reference)
-    new_leaves, new_tree = jax.tree_util.tree_flatten_with_path(candidate)
-    if ref_tree != new_tree:
-        ref_paths = [jax.tree_util.keystr(path) for path, _ in ref_leaves]
-        new_paths = [jax.tree_util.keystr(path) for path, _ in new_leaves]
-        first = next((f"{a} vs {b}" for a, b in zip(ref_paths, new_paths) if a != b), f"{len(ref_paths)} vs {len(new_paths)} leaves")
-        raise ValueError(f"new weights have a different tree structure than the engine's (first difference: {first})")
-    for (path, ref), (_, new) in zip(ref_leaves, new_leaves):
-        if tuple(ref.shape) != tuple(new.shape) or jnp.dtype(ref.dtype) != jnp.dtype(new.dtype):
-            raise ValueError(
-                f"new weights leaf {jax.tree_util.keystr(path)} is {jnp.dtype(new.dtype).name}{list(new.shape)}, "
-                f"the engine was built for {jnp.dtype(ref.dtype).name}{list(ref.shape)}; "
-                "weights can only be replaced by weights of the same architecture and dtype (publish them through Engine.publish)"
-            )
 
 
 def _is_abstract(tree: Any) -> bool:
@@ -139,7 +125,10 @@ class Engine:
         mesh: jax.sharding.Mesh | None = None,
         rules: Rules | None = None,
         record_routes: bool = False,
+        speculative: bool = False,
     ):
+        if speculative and (not model_config.mtp.enabled or record_routes):
+            raise ValueError("speculative decoding drafts with the model's MTP head and records no routes: it needs model.mtp.enabled")
         if record_routes and not model_config.moe_layers:
             raise ValueError("record_routes records the experts of MoE layers, but this model has none (model.num_experts: 0)")
         if max_prefill_length + max_decode_length > model_config.max_seq_len:
@@ -159,11 +148,14 @@ class Engine:
         self.kv_buckets = prefill_buckets(self.max_len)
         self._recompute_columns = min(RECOMPUTE_COLUMNS, self.max_len)
         self.tokenizer = tokenizer
+        self.speculative = speculative
+        self._cache_config = cache_config(model_config) if speculative else model_config
         # (moe_layers, k) of the routes each token's record holds; None when not recording.
         self.route_shape = (model_config.moe_layers, model_config.num_experts_per_tok) if record_routes else None
         rules = rules_for("serve_tp") if rules is None else rules
         role = Layout.single_device(rules) if mesh is None else Layout(mesh, rules)
-        self._layout = layout = EngineLayout.build(role, params, model_config, max_concurrent_decodes, self.max_len, record_routes)
+        self._layout = layout = EngineLayout.build(role, params, self._cache_config, max_concurrent_decodes, self.max_len, record_routes,
+                                                   speculative)
         self._abstract_params = abstract(jax.eval_shape(self._cast_impl, params), layout.params)
         self._cast = jax.jit(self._cast_impl)
         state, prefix = layout.state(), layout.prefix()
@@ -199,6 +191,11 @@ class Engine:
     @property
     def samples_per_slot(self) -> int:
         return 1
+
+    @property
+    def columns_per_generate(self) -> int:
+        """The most cache columns a slot advances in one `generate` call (two per forward when drafting)."""
+        return self.steps_per_generate * (2 if self.speculative else 1)
 
     @property
     def mesh(self) -> jax.sharding.Mesh:
@@ -272,9 +269,12 @@ class Engine:
 
     def _prefill_impl(self, params, tokens, start, media):
         model = nnx.merge(self._graphdef, params)
-        cache = KVCache.zeros(self.model_config, *tokens.shape)
+        cache = KVCache.zeros(self._cache_config, *tokens.shape)
         hidden, cache, routes = model.hidden_states_and_routes(tokens, start=start, cache=cache, cache_index=0, media=media)
         logits = model.logits(hidden[:, -1])  # left-padded: the last column is every row's last token
+        if self.speculative:
+            context, cache = prefill_context(model, hidden, tokens, start, cache)
+            return Prefix(cache, start, logits, draft=context)
         if self.route_shape is None:
             return Prefix(cache, start, logits)
         padding = jnp.arange(tokens.shape[1])[None, :] < start[:, None]
@@ -303,8 +303,9 @@ class Engine:
 
     def _new_state_impl(self, key) -> DecodeState:
         slots, vocab = self._slots, self.model_config.vocab_size
+        draft = DraftContext.zeros(slots, self.model_config.hidden_size, jnp.dtype(self.model_config.dtype)) if self.speculative else None
         return DecodeState(
-            cache=KVCache.zeros(self.model_config, slots, self.max_len),
+            cache=KVCache.zeros(self._cache_config, slots, self.max_len),
             start=jnp.zeros((slots,), jnp.int32),
             index=jnp.full((slots,), self.max_len, jnp.int32),
             logits=jnp.zeros((slots, vocab), jnp.float32),
@@ -312,6 +313,7 @@ class Engine:
             done=jnp.ones((slots,), bool),
             key=key,
             step=jnp.int32(0),
+            draft=draft,
         )
 
     def _reset_impl(self, state: DecodeState, key) -> DecodeState:
@@ -346,6 +348,7 @@ class Engine:
             logits=put(state.logits, prefix.logits[rows]),
             generated=put(state.generated, jnp.zeros(rows.shape, jnp.int32)),
             done=put(state.done, jnp.zeros(rows.shape, bool)),
+            draft=None if state.draft is None else jax.tree.map(lambda old, new: put(old, new[rows]), state.draft, prefix.draft),
         )
 
     # -- generate ---------------------------------------------------------------------------------
@@ -368,6 +371,8 @@ class Engine:
     def _generate_impl(self, params, state: DecodeState, sampling: SamplingParams, *, kv_len: int):
         model = nnx.merge(self._graphdef, params)
         stops = jnp.asarray(self.stop_tokens or (-1,), jnp.int32)
+        if self.speculative and drafts(sampling):  # `sampling` is static: one compiled variant each
+            return speculative_generate(model, state, sampling, steps=self.steps_per_generate, kv_len=kv_len, max_len=self.max_len, stops=stops)
 
         def one_token(state: DecodeState, _):
             key = jax.random.fold_in(state.key, state.step)
@@ -411,7 +416,8 @@ class Engine:
         model = nnx.merge(self._graphdef, params)
         lengths = jnp.where(chosen, state.index, 0)
         cache, logits = self._run_onto_cache(model, state, tokens, lengths, jnp.zeros_like(lengths))
-        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits))
+        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits),
+                                   draft=forget_pending(state.draft, chosen))
 
     def extend(self, params: nnx.State, decode_state: DecodeState, slots: Sequence[int], tokens: Sequence[np.ndarray],
                columns: Sequence[int]) -> DecodeState:
@@ -437,7 +443,8 @@ class Engine:
         chosen = lengths > 0
         cache, logits = self._run_onto_cache(model, state, tokens, lengths, columns)
         return dataclasses.replace(state, cache=cache, index=jnp.where(chosen, columns + lengths, state.index),
-                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen)
+                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen,
+                                   draft=forget_pending(state.draft, chosen))
 
     def _run_onto_cache(self, model, state: DecodeState, tokens, lengths, columns) -> tuple[KVCache, jax.Array]:
         """Runs row s's `tokens[s, :lengths[s]]` at cache columns `columns[s]` onwards, written into the state's

@@ -77,7 +77,7 @@ class PartialRollouts:
             self.session.state = dataclasses.replace(self.session.state, key=jax.random.clone(key))
             self.session.sampling = sampling
         restarted = self._restart_stale(min_version) if min_version is not None else 0
-        truncated_before, began = self.driver.truncated_prompts, self.session.buffers.appended
+        truncated_before, began, drafting_before = self.driver.truncated_prompts, self.session.buffers.appended, list(self.driver.drafting)
         spent = lambda: self.session.buffers.appended - began >= self.token_budget
         enough = lambda: sum(held.complete for held in self.held.values()) >= wanted
         for completion in self.driver.run(self.session, stop=lambda: spent() and enough()):
@@ -91,6 +91,7 @@ class PartialRollouts:
         rollout.metrics.update(self._metrics(rollout, self.session.buffers.appended - began, restarted))
         rollout.metrics["rollout/truncated_prompts"] = float(self.driver.truncated_prompts - truncated_before)
         rollout.metrics["rollout/compiles"] = float(self.driver.engine.compiled_variants())
+        rollout.metrics.update(self.driver.drafting_metrics(drafting_before))
         return rollout
 
     def _enqueue(self, prompts: PromptBatch) -> None:

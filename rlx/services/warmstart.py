@@ -47,8 +47,11 @@ def warmup_key(config: Config, params: nnx.State, demonstrations: Sequence[Promp
     warmup = {k: v for k, v in to_dict(config.warmup).items() if k not in ("cache", "cache_dir")}
     # `max_image_pixels` acts only through which records are kept, and the records are hashed below.
     data = {k: v for k, v in to_dict(config.data).items() if k != "max_image_pixels"}
+    model = to_dict(config.model)
+    if not config.model.mtp.enabled:
+        del model["mtp"]  # settings of heads that do not exist change nothing (and keep keys from before heads existed)
     settings = {
-        "format": FORMAT, "model": to_dict(config.model), "data": data, "warmup": warmup,
+        "format": FORMAT, "model": model, "data": data, "warmup": warmup,
         "seed": config.run.seed, "response_width": config.rollout.max_new_tokens, "logprob_impl": config.learner.logprob_impl,
         "learner_mesh": to_dict(config.parallel.learner), "learner_rules": config.parallel.learner_rules,
     }

@@ -26,12 +26,12 @@ SHAPES = (
 )
 
 
-def _lowered_text(fn, platform: str) -> str:
+def _lowered_text(fn, platform: str, shapes: tuple = SHAPES) -> str:
     try:
         jax.jit(jnp.sin).trace(jnp.zeros(3)).lower(lowering_platforms=(platform,))
     except Exception as error:  # noqa: BLE001 - any failure here means: no lowering for this platform at all
         pytest.skip(f"this jaxlib cannot lower even jnp.sin for {platform!r}: {error}")
-    return jax.jit(fn).trace(*SHAPES).lower(lowering_platforms=(platform,)).as_text()
+    return jax.jit(fn).trace(*shapes).lower(lowering_platforms=(platform,)).as_text()
 
 
 @pytest.mark.parametrize("platform, kernel_set", [("cuda", "pallas_gpu"), ("tpu", "pallas")])

@@ -1,0 +1,61 @@
+"""Public op: input validation and the choice of implementation (the fused log-prob's names, rules and block sizes)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.fused_logprob.dispatch import IMPLS, _gpu_settings, _tpu_settings, resolve_impl
+from pallas_kernels.mtp_draft import chunked
+from pallas_kernels.mtp_draft.pallas import pallas_draft_tokens
+from pallas_kernels.mtp_draft.pallas_gpu import pallas_gpu_draft_tokens
+from pallas_kernels.mtp_draft.reference import reference_draft_tokens
+
+__all__ = ["IMPLS", "draft_tokens", "resolve_impl"]
+
+
+def _check_inputs(h, w, seeds, temperature) -> None:
+    if h.ndim != 2 or w.ndim != 2 or h.shape[1] != w.shape[0] or 0 in h.shape or 0 in w.shape:
+        raise ValueError(f"h must be [N, D] and w [D, V] (non-empty, the same D), got shapes {h.shape} and {w.shape}")
+    if seeds.shape != (h.shape[0],) or not jnp.issubdtype(seeds.dtype, jnp.integer):
+        raise ValueError(f"seeds must be integers [N] = [{h.shape[0]}], one per row, got {seeds.dtype} {seeds.shape}")
+    if not (jnp.issubdtype(h.dtype, jnp.floating) and h.dtype == w.dtype):
+        raise TypeError(f"h and w must share one floating dtype, got {h.dtype} and {w.dtype}")
+    if isinstance(temperature, jax.core.Tracer) or not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a static Python number, finite and > 0, got {temperature}")
+
+
+def draft_tokens(h: jax.Array, w: jax.Array, seeds: jax.Array, temperature: float = 1.0, *, impl: str = "auto",
+                 block_n: int | None = None, block_v: int | None = None, backend: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """One token per row sampled from ``softmax(h @ w / temperature)``, and its log-prob, without ``[N, V]`` logits.
+
+    Gumbel-max over vocabulary blocks with counter-based noise (``blockmath``): the token of row ``n`` is a
+    function of ``seeds[n]`` and the logits only, the same in every implementation (``reference`` materializes
+    the logits to check the others). The log-prob comes from an online log-sum-exp over the same blocks.
+
+    Args:
+      h: ``[N, D]`` hidden states (e.g. the MTP head's, one per decode slot).
+      w: ``[D, V]`` unembedding, same floating dtype as ``h``.
+      seeds: ``[N]`` integers (any 32 bits), one per row; draw them from a ``jax.random`` key per step.
+      temperature: static positive number.
+      impl, block_n, block_v, backend: as ``pallas_kernels.token_logprobs_and_entropy`` (``auto``: the Mosaic TPU
+        kernel on TPU, the Triton kernel on GPU, the chunked XLA scan elsewhere).
+
+    Returns:
+      ``(tokens, logp)``: int32 and float32 ``[N]``. Not differentiable (a sample).
+    """
+    name = resolve_impl(impl, backend)
+    h, w, seeds = jnp.asarray(h), jnp.asarray(w), jnp.asarray(seeds)
+    _check_inputs(h, w, seeds, temperature)
+    seeds, temperature = seeds.astype(jnp.int32), float(temperature)
+    for label, size in (("block_n", block_n), ("block_v", block_v)):
+        if size is not None and size <= 0:
+            raise ValueError(f"{label} must be a positive integer, got {size}")
+    if name == "reference":
+        return reference_draft_tokens(h, w, seeds, temperature)
+    if name == "chunked":
+        return chunked.chunked_draft_tokens(h, w, seeds, temperature, block_v or chunked.DEFAULT_BLOCK_V)
+    (rows, dim), vocab = h.shape, w.shape[1]
+    if name in ("pallas", "pallas_interpret"):
+        return pallas_draft_tokens(h, w, seeds, _tpu_settings(name, rows, vocab, temperature, block_n, block_v))
+    return pallas_gpu_draft_tokens(h, w, seeds, _gpu_settings(name, dim, rows, vocab, temperature, block_n, block_v))

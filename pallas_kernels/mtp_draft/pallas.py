@@ -1,0 +1,55 @@
+"""Pallas TPU kernel (Mosaic; interpret mode anywhere): grid ``(N/bn, V/bv)``, the vocabulary a reduction
+axis carried in VMEM scratch across consecutive grid steps, as the fused log-prob's TPU kernels do.
+
+Each step computes one ``[bn, bv]`` logit block ``h_blk @ w_blk / T`` and folds it into the online draft
+statistics (``blockmath``); the last vocabulary step writes the token and its log-prob. Reads past the end
+of ``h`` or ``w`` are undefined (NaN in interpret mode): columns ``>= V`` are masked before any reduction,
+rows ``>= N`` are never written back. Settings and the call (parallel rows, sequential vocabulary) are the
+fused log-prob's.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.fused_logprob.pallas import Settings, _call
+from pallas_kernels.mtp_draft import blockmath
+
+def _draft_kernel(h_ref, w_ref, seed_ref, token_ref, logp_ref, *scratch, temperature, vocab, block_v):
+    col_block = pl.program_id(1)
+
+    @pl.when(col_block == 0)
+    def _():
+        for ref, value in zip(scratch, blockmath.init_stats(h_ref.shape[0])):
+            ref[...] = value
+
+    z = jnp.dot(h_ref[...], w_ref[...], preferred_element_type=jnp.float32) / temperature
+    columns = col_block * block_v + lax.broadcasted_iota(jnp.int32, (1, block_v), 1)
+    stats = blockmath.update_stats(blockmath.DraftStats(*(ref[...] for ref in scratch)), z, columns < vocab, columns, seed_ref[...])
+    for ref, value in zip(scratch, stats):
+        ref[...] = value
+
+    @pl.when(col_block == pl.num_programs(1) - 1)
+    def _():
+        token_ref[...], logp_ref[...] = blockmath.finalize_stats(stats)
+
+
+def pallas_draft_tokens(h: jax.Array, w: jax.Array, seeds: jax.Array, settings: Settings) -> tuple[jax.Array, jax.Array]:
+    (rows, dim), vocab = h.shape, w.shape[1]
+    block_n, block_v = settings.block_n, settings.block_v
+    row_spec = pl.BlockSpec((block_n, 1), lambda i, j: (i, 0))
+    stat_dtypes = [jnp.int32 if name == "token" else jnp.float32 for name in blockmath.DraftStats._fields]
+    tokens, logp = _call(
+        functools.partial(_draft_kernel, temperature=settings.temperature, vocab=vocab, block_v=block_v),
+        grid=(pl.cdiv(rows, block_n), pl.cdiv(vocab, block_v)),
+        in_specs=[pl.BlockSpec((block_n, dim), lambda i, j: (i, 0)), pl.BlockSpec((dim, block_v), lambda i, j: (0, j)), row_spec],
+        out_specs=[row_spec, row_spec],
+        out_shape=[jax.ShapeDtypeStruct((rows, 1), jnp.int32), jax.ShapeDtypeStruct((rows, 1), jnp.float32)],
+        scratch_shapes=[pltpu.VMEM((block_n, 1), dtype) for dtype in stat_dtypes],
+        interpret=settings.interpret,
+    )(h, w, seeds[:, None])
+    return tokens[:, 0], logp[:, 0]

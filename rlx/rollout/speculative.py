@@ -1,0 +1,128 @@
+"""Lossless speculative decoding with the model's MTP head (`rollout.speculative: lossless`).
+
+Each target forward runs two tokens per slot: the token `x` it emits, and a draft `d` of the token after it,
+sampled from the MTP head's distribution q (`rlx.models.mtp`). The forward's logits at `x` give the target's
+distribution p over the token after `x`; the draft is kept with probability min(1, p(d) / q(d)), otherwise
+the token after `x` is drawn from the residual max(0, p - q) / sum(max(0, p - q)). The token after `x` is then
+distributed exactly as p (Leviathan et al. 2023, Chen et al. 2023), so rollouts are samples of the policy as
+without drafting, and the behaviour log-prob recorded for every token is log p of it (for a kept draft, p(d)
+from the forward that scored it; for a resampled token, p of it). One forward emits `x` and, when the draft
+is kept, `d` too: 1 to 2 tokens per forward.
+
+The MTP head drafts from the trunk's hidden state at the column before `x` and the embedding of `x`; its
+decoder layer keeps keys and values in the engine's KV cache as one extra layer (`model.num_layers`). Each step
+(re)writes the MTP layer's two latest columns, so a kept draft (whose own MTP column was skipped) leaves no hole.
+A resampled token is emitted by the next forward (it is that forward's `x`).
+
+Only untruncated sampling (`temperature > 0`, no top-k / top-p) is drafted; other settings (greedy validation)
+decode as without drafting on the same engine. `recompute` and `extend` rebuild the trunk's cache only: the
+MTP layer's columns they cover keep older values, which makes drafts worse there, never the samples wrong
+(any q keeps the output distribution exact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from rlx.models import KVCache, ModelConfig, Qwen3
+from rlx.rollout.sampling import SamplingParams, _draw, sample_tokens, scaled_log_probs
+from rlx.rollout.state import DecodeState, DraftContext, ResultTokens
+
+
+def drafts(sampling: SamplingParams) -> bool:
+    """Whether `sampling` is drafted (untruncated, not greedy)."""
+    return sampling.temperature > 0 and not sampling.truncates
+
+
+def cache_config(config: ModelConfig) -> ModelConfig:
+    """The model config whose KV cache also holds the MTP layer (one layer more)."""
+    return dataclasses.replace(config, num_layers=config.num_layers + 1)
+
+
+def prefill_context(model: Qwen3, hidden: jax.Array, tokens: jax.Array, start: jax.Array, cache: KVCache) -> tuple[DraftContext, KVCache]:
+    """A prefilled prompt's draft context and its MTP-layer cache columns 0 .. P - 2 (column P - 1 needs the first
+    sampled token and is written by the first decode step). `hidden [N, P, D]` are the trunk's over `tokens [N, P]`."""
+    _, cache = model.mtp_hidden_states(hidden[:, :-1], tokens[:, 1:], start=start, cache=cache, cache_index=0)
+    rows = tokens.shape[0]
+    nothing = jnp.zeros((rows,), jnp.int32)
+    return DraftContext(hidden[:, -2:], tokens[:, -1], nothing, jnp.zeros((rows,), jnp.float32), jnp.zeros((rows,), bool)), cache
+
+
+def forget_pending(draft: DraftContext | None, rows: jax.Array) -> DraftContext | None:
+    """`draft` without the pending tokens of `rows` [slots] bool: their next-token logits were just recomputed
+    (new weights, or tokens appended), so the next forward draws its token afresh from them."""
+    return None if draft is None else dataclasses.replace(draft, has_pending=draft.has_pending & ~rows)
+
+
+def lossless_verify(key: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
+                    draft: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Exact rejection sampling of `draft [B]` drawn from q against the target p (both as normalised log-probs `[B, V]`).
+
+    Returns (kept [B] bool, the token after x [B]: the draft if kept, else a draw of the residual, its log p [B]);
+    the token is distributed as p whatever q is.
+    """
+    accept_key, residual_key = jax.random.split(key)
+    p_draft = jnp.take_along_axis(target_log_probs, draft[:, None], axis=-1)[:, 0]
+    q_draft = jnp.take_along_axis(draft_log_probs, draft[:, None], axis=-1)[:, 0]
+    kept = jax.random.uniform(accept_key, draft.shape) < jnp.exp(jnp.minimum(p_draft - q_draft, 0.0))
+    residual = jnp.maximum(jnp.exp(target_log_probs) - jnp.exp(draft_log_probs), 0.0)
+    mass = jnp.sum(residual, axis=-1, keepdims=True)
+    # p == q leaves no residual, and then every draft is kept; the fallback only keeps the draw defined.
+    residual_log_probs = jnp.where(mass > 0, jnp.log(residual) - jnp.log(jnp.maximum(mass, 1e-30)), target_log_probs)
+    resampled = _draw(residual_key, residual_log_probs)
+    token = jnp.where(kept, draft, resampled)
+    return kept, token, jnp.take_along_axis(target_log_probs, token[:, None], axis=-1)[:, 0]
+
+
+def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingParams, *, steps: int, kv_len: int, max_len: int,
+                         stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
+    """`steps` speculative forwards (`speculative_step`) on every slot: the new state and the engine's `ResultTokens`
+    with `2 * steps` token columns per slot, (x, kept draft) per forward."""
+    step = lambda state, _: speculative_step(model, state, sampling, kv_len=kv_len, max_len=max_len, stops=stops)
+    state, (tokens, valid, log_probs) = jax.lax.scan(step, state, length=steps)
+    pairs = lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)  # [steps, slots, 2] -> [slots, 2 * steps]
+    k = 2 * steps
+    data = jnp.concatenate([pairs(tokens), pairs(valid).astype(jnp.int32), state.generated[:, None]], axis=1)
+    return state, ResultTokens(data, pairs(log_probs), (0, k), (k, 2 * k), (2 * k, 2 * k + 1), drafts=True)
+
+
+def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams, *, kv_len: int, max_len: int,
+                     stops: jax.Array) -> tuple[DecodeState, tuple[jax.Array, jax.Array, jax.Array]]:
+    """One target forward on every slot of `state` (an engine `DecodeState` with a draft context): returns the new
+    state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2]): `x`, then the kept draft."""
+    context: DraftContext = state.draft
+    key = jax.random.fold_in(state.key, state.step)
+    sample_key, draft_key, verify_key = jax.random.split(key, 3)
+    sampled, sampled_log_prob = sample_tokens(sample_key, state.logits, sampling)
+    x = jnp.where(context.has_pending, context.pending, sampled)
+    x_log_prob = jnp.where(context.has_pending, context.pending_log_prob, sampled_log_prob)
+    live = ~state.done & (state.index < max_len)
+    column = jnp.minimum(state.index, max_len - 1)
+
+    # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x).
+    mtp_hidden, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
+                                                cache=state.cache, cache_index=column - 2, kv_len=kv_len)
+    draft_logits = model.logits(mtp_hidden[:, 1])
+    draft, _ = sample_tokens(draft_key, draft_logits, sampling)
+
+    hidden, cache = model.hidden_states(jnp.stack([x, draft], axis=1), start=state.start, cache=cache, cache_index=column, kv_len=kv_len)
+    after_x = model.logits(hidden[:, 0])
+    kept, after_token, after_log_prob = lossless_verify(verify_key, scaled_log_probs(after_x, sampling.temperature),
+                                                        scaled_log_probs(draft_logits, sampling.temperature), draft)
+    x_stops = jnp.isin(x, stops)
+    kept = kept & live & ~x_stops & (state.index + 1 < max_len)
+    done = state.done | ~live | x_stops | jnp.where(kept, jnp.isin(draft, stops) | (state.index + 2 >= max_len), state.index + 1 >= max_len)
+    pick = lambda if_kept, otherwise: jnp.where(kept.reshape(-1, *([1] * (if_kept.ndim - 1))), if_kept, otherwise)
+    new_context = DraftContext(
+        hidden=pick(hidden, jnp.stack([context.hidden[:, 1], hidden[:, 0]], axis=1)),
+        token=pick(draft, x),
+        pending=after_token,
+        pending_log_prob=after_log_prob,
+        has_pending=~kept,
+    )
+    state = dataclasses.replace(state, cache=cache, index=state.index + 1 + kept, logits=pick(model.logits(hidden[:, 1]), after_x),
+                                generated=state.generated + live + kept, done=done, step=state.step + 1, draft=new_context)
+    return state, (jnp.stack([x, draft], axis=1), jnp.stack([live, kept], axis=1), jnp.stack([x_log_prob, after_log_prob], axis=1))
