@@ -12,13 +12,16 @@ milliseconds instead of the seconds a spawned interpreter needs.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import logging
 import multiprocessing
+import multiprocessing.util
 import queue
 import sys
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
@@ -70,6 +73,14 @@ def _serve(conn: Connection, setup: Setup) -> None:
 
 Pending = concurrent.futures.Future  # `.result()`: the value, or raises CallTimeout / WorkerError
 
+_open_pools: "weakref.WeakSet[WorkerPool]" = weakref.WeakSet()
+
+
+@atexit.register  # after `multiprocessing.util`'s own hook (imported above), so it runs first: at exit that hook
+def _close_open_pools() -> None:  # terminates the workers and the fork server, which idle checks would "replace"
+    for pool in list(_open_pools):
+        pool.close()
+
 
 class WorkerPool:
     """`workers` processes serving the functions `setup` builds; `submit` queues a call for the first free one.
@@ -87,6 +98,7 @@ class WorkerPool:
         self._workers = [_Worker(context, setup, f"{name}-{index}") for index in range(workers)]
         self._threads = [threading.Thread(target=self._serve_calls, args=(worker,), name=worker.name, daemon=True) for worker in self._workers]
         self._closed = False
+        _open_pools.add(self)
         for thread in self._threads:
             thread.start()  # each starts its worker: they boot (the fork server first) while the caller goes on
 
@@ -114,7 +126,10 @@ class WorkerPool:
 
     def close(self) -> None:
         """Fails calls still queued, stops every worker and joins the threads."""
+        if self._closed:
+            return
         self._closed = True
+        _open_pools.discard(self)
         for _ in self._threads:
             self._calls.put(None)
         for worker in self._workers:

@@ -1,7 +1,10 @@
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +127,20 @@ def test_a_pool_stops_its_workers_on_close():
     assert not process.is_alive()
     with pytest.raises(RuntimeError, match="pool is closed"):
         fn("1", RECORD)
+
+
+def test_a_program_that_never_closes_its_pool_exits_cleanly():
+    """At exit multiprocessing terminates the workers and the fork server; the pool closes first instead of
+    taking them for crashes and forking replacements from a fork server that is gone."""
+    program = ("import atexit, time\natexit.register(time.sleep, 2.5)\n"  # a slow exit, as pytest's: idle checks run meanwhile
+               "from rlx.data import PromptRecord\nfrom rlx.rewards import RewardConfig, resolve_reward_fn\n"
+               "fn = resolve_reward_fn('tests.rewards.plugins:misbehaving', RewardConfig(workers=2))\n"
+               "print(fn('1', PromptRecord('r', '2+2=', '4')))\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", program], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout) == (0, "1.0\n"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "died while idle" not in done.stderr, done.stderr[-2000:]
 
 
 def test_evaluation_and_training_share_the_verifier(tmp_path):
