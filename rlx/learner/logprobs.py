@@ -53,9 +53,19 @@ def response_scores(
     sampler routed each token to (-1 where none): replayed by every MoE layer with `replay`,
     compared with the learner's own choice either way.
     """
+    return response_hidden_and_scores(model, tokens, start, prompt_len, temperature, impl, media, remat, layout, routes, replay)[1]
+
+
+def response_hidden_and_scores(
+    model: Qwen3, tokens: jax.Array, start: jax.Array, prompt_len: int, temperature: float, impl: str = "auto",
+    media: Media | None = None, remat: str = "none", layout: Layout | None = None, routes: jax.Array | None = None,
+    replay: bool = False,
+) -> tuple[jax.Array, ResponseScores]:
+    """The trunk's hidden states [B, P + R - 1, D] (`trunk_hidden`) and `response_scores` computed from them
+    (arguments as `response_scores`), for losses that share the forward pass (the MTP heads')."""
     recorded = routes[:, :-1] if routes is not None else None
     hidden, own = trunk_hidden(model, tokens, start, prompt_len, media, remat, recorded if replay else None)
-    return scores_of_hidden(model, hidden, tokens, prompt_len, temperature, impl, layout, own, recorded)
+    return hidden, scores_of_hidden(model, hidden, tokens, prompt_len, temperature, impl, layout, own, recorded)
 
 
 def trunk_hidden(model: Qwen3, tokens: jax.Array, start: jax.Array, prompt_len: int, media: Media | None = None, remat: str = "none",

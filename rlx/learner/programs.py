@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rlx.learner.logprobs import ResponseScores, scores_of_hidden, trunk_hidden
+from rlx.learner.logprobs import ResponseScores, response_hidden_and_scores
 from rlx.learner.memory import Programs
 from rlx.learner.microbatch import accumulate_gradients, map_slices, slice_count, strided
 from rlx.learner.mtp import mtp_coefficients, mtp_loss
@@ -149,13 +149,11 @@ class LearnerPrograms:
         return self.hidden_and_scores(model, batch, remat, routed)[1]
 
     def hidden_and_scores(self, model: nnx.Module, batch: TrainBatch, remat: str = "none", routed: bool = True) -> tuple[jax.Array, ResponseScores]:
-        """The trunk's hidden states [B, P + R - 1, D] (`rlx.learner.logprobs.trunk_hidden`) and `score`'s scores."""
+        """The trunk's hidden states [B, P + R - 1, D] and `score`'s scores (`rlx.learner.logprobs.response_hidden_and_scores`)."""
         settings = self.settings
-        recorded = batch.routes[:, :-1] if routed and batch.routes is not None else None
-        replayed = recorded if settings.routing_replay == "replay" else None
-        hidden, own = trunk_hidden(model, batch.tokens, batch.start, batch.prompt_len, batch.media, remat, replayed)
-        return hidden, scores_of_hidden(model, hidden, batch.tokens, batch.prompt_len, settings.temperature, settings.logprob_impl,
-                                        self.builder.layout, own, recorded)
+        return response_hidden_and_scores(model, batch.tokens, batch.start, batch.prompt_len, settings.temperature, settings.logprob_impl,
+                                          batch.media, remat, self.builder.layout, batch.routes if routed else None,
+                                          settings.routing_replay == "replay")
 
     def _log_probs(self, graphdef: nnx.GraphDef, params: Weights, batch: TrainBatch, routed: bool = True) -> ResponseScores:
         return self.builder.forward(lambda rows: self.score(nnx.merge(graphdef, params), rows, routed=routed), batch)

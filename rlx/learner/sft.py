@@ -13,7 +13,7 @@ from flax import nnx
 
 from rlx.data import CharTokenizer, PromptBatch
 from rlx.learner.config import WarmupConfig
-from rlx.learner.logprobs import response_log_probs, scores_of_hidden, trunk_hidden
+from rlx.learner.logprobs import response_hidden_and_scores
 from rlx.learner.mtp import mtp_coefficients, mtp_loss
 from rlx.learner.objective import linear_coefficients
 from rlx.learner.optimizer import freeze_encoders
@@ -71,13 +71,10 @@ def supervised_warmup(
         batch, (token_share, mtp_share) = micro
         model = nnx.merge(graphdef, params)
         prompt_len = batch.tokens.shape[1] - batch.mask.shape[1]
+        hidden, scores = response_hidden_and_scores(model, batch.tokens, batch.start, prompt_len, 1.0, logprob_impl, batch.media, layout=layout)
+        loss = -jnp.sum(scores.log_probs * token_share)
         if not with_heads:
-            log_probs, _ = response_log_probs(model, batch.tokens, batch.start, prompt_len, 1.0, logprob_impl, batch.media, layout=layout)
-            loss = -jnp.sum(log_probs * token_share)
             return loss, {"warmup/loss": loss}
-        hidden, _ = trunk_hidden(model, batch.tokens, batch.start, prompt_len, batch.media)
-        log_probs = scores_of_hidden(model, hidden, batch.tokens, prompt_len, 1.0, logprob_impl, layout).log_probs
-        loss = -jnp.sum(log_probs * token_share)
         heads_loss, metrics = mtp_loss(model, hidden, batch.tokens, batch.start, prompt_len, mtp_share, 1.0, logprob_impl, layout)
         return loss + heads_loss, {"warmup/loss": loss, **{f"warmup/{key}": value for key, value in metrics.items()}}
 
