@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rlx.data.records import PromptRecord
+from rlx.rewards.composite import run_now
 from rlx.rewards.isolation import CallTimeout
 from rlx.rewards.verifiers import RewardFn
 
@@ -63,8 +64,8 @@ def score_responses(fn: RewardFn, responses: Sequence[str], records: Sequence[Pr
     errors = timeouts = 0
     submit = getattr(fn, "submit", None)
     started = [early.take(response, record) if early is not None else None for response, record in zip(responses, records, strict=True)]
-    # Without `submit`, each call runs when its result is read (one at a time, as the function expects).
-    outcomes = [begun if begun is not None else submit(response, record) if submit is not None else _Deferred(fn, response, record)
+    # Without `submit`, each call runs here, one at a time (as the function expects).
+    outcomes = [begun if begun is not None else submit(response, record) if submit is not None else run_now(fn, response, record)
                 for response, record, begun in zip(responses, records, started)]
     if early is not None:
         early.age()
@@ -84,10 +85,3 @@ def score_responses(fn: RewardFn, responses: Sequence[str], records: Sequence[Pr
         log.warning("reward function failed on %d more of these %d responses", errors - LOGGED_ERRORS, len(responses))
     return Scores(rewards, errors, timeouts, sum(begun is not None for begun in started))
 
-
-class _Deferred:
-    def __init__(self, fn: RewardFn, response: str, record: PromptRecord):
-        self.fn, self.args = fn, (response, record)
-
-    def result(self) -> float:
-        return self.fn(*self.args)

@@ -8,7 +8,6 @@ With `max_staleness: 0` the generator waits for every update, which is the synch
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable
@@ -17,6 +16,7 @@ from flax import nnx
 
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.errors import RunStopped, UserError
+from rlx.services.health import RoleClock
 from rlx.services.timeline import NO_TIMELINE, Timeline
 from rlx.services.transfer import ScoredBatch, to_groups
 
@@ -57,19 +57,13 @@ class GeneratorRole:
         self.steps = range(first, last + 1)
         self.max_restarts, self.heartbeat_s = max_restarts, heartbeat_s
         self.error: BaseException | None = None
-        self.restarts = 0
-        self.status, self.last_heartbeat = "starting", time.time()
+        self.clock = RoleClock("generator")
+        self.health, self._beat = self.clock.health, self.clock.beat
         self._thread = threading.Thread(target=self._run, name="rlx-generator", daemon=True)
 
     def start(self) -> "GeneratorRole":
         self._thread.start()
         return self
-
-    def health(self) -> dict[str, dict]:
-        return {"generator": {"pid": os.getpid(), "status": self.status, "restarts": self.restarts, "last_heartbeat": self.last_heartbeat}}
-
-    def _beat(self, status: str) -> None:
-        self.status, self.last_heartbeat = status, time.time()
 
     def _run(self) -> None:
         try:
@@ -116,12 +110,12 @@ class GeneratorRole:
 
     def _restart(self, step: int, err: Exception) -> None:
         dropped = self.bus.discard(step)
-        if self.restarts >= self.max_restarts:
-            raise RunStopped(f"the generator role failed at step {step} after {self.restarts} restarts (services.max_restarts="
+        if self.clock.restarts >= self.max_restarts:
+            raise RunStopped(f"the generator role failed at step {step} after {self.clock.restarts} restarts (services.max_restarts="
                              f"{self.max_restarts}); its last error: {type(err).__name__}: {err}") from err
-        self.restarts += 1
+        self.clock.restarts += 1
         log.warning("generator role failed at step %d (%s: %s); restart %d of %d draws the step again (%d groups it had put dropped)",
-                    step, type(err).__name__, err, self.restarts, self.max_restarts, dropped, exc_info=err)
+                    step, type(err).__name__, err, self.clock.restarts, self.max_restarts, dropped, exc_info=err)
         self._beat("restarting")
 
     def stop(self, timeout: float = 60.0) -> None:

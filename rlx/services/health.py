@@ -22,16 +22,17 @@ Source = Callable[[], RoleStates]
 
 
 class RoleClock:
-    """A role in this process that beats as it works (the learner: once per step)."""
+    """A role in this process that beats as it works (the learner once per step, the generator at each phase)."""
 
     def __init__(self, name: str, status: str = "starting"):
         self.name, self.status, self.last_heartbeat = name, status, time.time()
+        self.restarts = 0
 
     def beat(self, status: str) -> None:
         self.status, self.last_heartbeat = status, time.time()
 
     def health(self) -> RoleStates:
-        return {self.name: {"pid": os.getpid(), "status": self.status, "restarts": 0, "last_heartbeat": self.last_heartbeat}}
+        return {self.name: {"pid": os.getpid(), "status": self.status, "restarts": self.restarts, "last_heartbeat": self.last_heartbeat}}
 
 
 class Health:

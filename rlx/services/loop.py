@@ -56,7 +56,6 @@ def train(config: Config) -> Path:
 def health(trainer: Trainer) -> Health:
     """The roles' health (`rlx.services.health`), the reward workers' among them; process 0 writes `<output_dir>/services.json`."""
     roles = Health(trainer.output_dir / "services.json" if trainer.processes.primary else None, trainer.config.services.heartbeat_s)
-    pool = getattr(trainer.reward_fn, "pool", None)
-    if pool is not None:
-        roles.watch(pool.health)
+    if trainer.reward_pool is not None:
+        roles.watch(trainer.reward_pool.health)
     return roles

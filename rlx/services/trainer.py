@@ -34,7 +34,6 @@ from rlx.parallel import role_meshes, rules_for, tree_shardings
 from rlx.parallel.processes import Processes, check_rows_by_process, local_copy
 from rlx.plugins import load_object
 from rlx.rewards import EarlyScores, Scores, resolve_reward_fn
-from rlx.rewards.composite import WeightedSum
 from rlx.rollout import GroupRollout, MultiTurn, build_backend, build_engine, sampling_params
 from rlx.services.bus_checkpoint import DrawnBatch, admissible, load_drawn_ahead, save_drawn_ahead
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
@@ -92,7 +91,8 @@ class Trainer:
         published = engine.load_params()
         self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
         # Rewards in the worker pool start as each sample finishes, overlapping the rest of the generation.
-        self._early = EarlyScores(self.reward_fn) if isinstance(self.reward_fn, WeightedSum) and self.reward_fn.pool is not None else None
+        self.reward_pool = getattr(self.reward_fn, "pool", None)  # owned by the reward (`WeightedSum`), which closes it
+        self._early = EarlyScores(self.reward_fn) if self.reward_pool is not None else None
         turns = self._multi_turn(tokenizer)
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
         self.rollout = build_backend(engine, published, config.rollout, turns)
@@ -416,8 +416,8 @@ class Trainer:
                          f"positions (dynamic sampling draws per process); resume it with {len(states)} processes")
 
     def close(self) -> Path:
-        if isinstance(self.reward_fn, WeightedSum):
-            self.reward_fn.close()  # its worker pool
+        if self.reward_pool is not None:
+            self.reward_fn.close()
         self.prompts.close()
         self.checkpointer.wait()
         self.checkpointer.close()
