@@ -61,11 +61,14 @@ def parse_yaml(text: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class ServicesConfig:
-    """Health of the run's roles (`rlx.services.health`). `heartbeat_s`: how often `<output_dir>/services.json`
-    is rewritten and an idle reward worker is checked. `max_restarts`: how often the generator role starts its
-    step again after an exception before the run stops naming it (its unfinished step is drawn again; 0: stop at once).
+    """Where the run's roles live and how they are kept healthy (`rlx.services.health`). `backend`: `local` runs
+    every role as a thread of one process; `process` runs them in OS processes of their own. `heartbeat_s`: how
+    often `<output_dir>/services.json` is rewritten and an idle reward worker is checked. `max_restarts`: how often
+    a failed role is restarted before the run stops naming it (the generator draws its unfinished step again;
+    0: stop at once).
     """
 
+    backend: Literal["local", "process"] = "local"
     heartbeat_s: float = 5.0
     max_restarts: int = 3
 
