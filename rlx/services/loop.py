@@ -15,6 +15,7 @@ from rlx.parallel.processes import local_copy
 from rlx.services.guards import RunGuard
 from rlx.services.health import Health
 from rlx.services.hf_export import export_policy
+from rlx.services.supervisor import learner_restarts
 from rlx.services.trainer import Trainer
 
 
@@ -26,6 +27,7 @@ def train(config: Config) -> Path:
         step = trainer.resume_or_warm_start()
         roles = health(trainer)
         learner = roles.clock("learner", "training")
+        learner.restarts = learner_restarts()  # by the supervisor of `services.backend: process`
         with roles, RolloutFeed(trainer, first=step + 1, last=run.steps) as feed:
             roles.watch(feed.generator.health)
             while step < run.steps:

@@ -5,14 +5,18 @@ architecture, the tokenizer's vocabulary, the dataset and the seed. A resumed ru
 differs is refused, naming the field and both values, unless `run.resume_changes: allow` (then the
 change is recorded). Other changed settings (hyper-parameters) are allowed: `config.yaml` is
 rewritten to what now runs, and the change is appended to `config_history.yaml`. A latest
-checkpoint that cannot be read is skipped with a warning for the previous intact one.
+checkpoint that cannot be read is skipped with a warning for the previous intact one. A run that ended
+between checkpoints (killed, crashed) had written metric and rollout rows for steps it draws or trains again
+once resumed: those rows are dropped (`drop_rows_after`), so every step appears once.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -146,3 +150,18 @@ def _differences(before: dict[str, Any], now: dict[str, Any], prefix: str = "") 
         elif old != new:
             changes[name] = (old, new)
     return changes
+
+
+def drop_rows_after(path: Path, step: int) -> int:
+    """Removes the JSON-lines rows of `path` whose `step` is past `step` (rewritten atomically); returns how many."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return 0
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(kept))
+    os.replace(partial, path)
+    log.info("dropped %d rows of %s past step %d: the resumed run writes them again", len(lines) - len(kept), path.name, step)
+    return len(lines) - len(kept)

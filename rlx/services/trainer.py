@@ -40,8 +40,8 @@ from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import evaluate, policy_tokens, rollout_scores, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
 from rlx.services.preflight import check_task
-from rlx.services.resume import (check_fingerprint, check_latest_fingerprint, fingerprint, record_config_changes, restore_intact,
-                                 saved_fingerprint)
+from rlx.services.resume import (check_fingerprint, check_latest_fingerprint, drop_rows_after, fingerprint, record_config_changes,
+                                 restore_intact, saved_fingerprint)
 from rlx.services.generator import WeightMailbox
 from rlx.services.loggers import json_line
 from rlx.services.timeline import Timeline
@@ -388,6 +388,8 @@ class Trainer:
         step, allowed = restore_intact(self.checkpointer, directory, restore)
         if self.processes.primary:
             record_config_changes(self.output_dir, self.config, step, allowed)
+            drop_rows_after(self.output_dir / "metrics.jsonl", step)
+            drop_rows_after(self.output_dir / "rollouts.jsonl", max([step] + [batch.step for batch in self.drawn_ahead]))
         return step
 
     def _restore(self, step: int) -> None:

@@ -1,0 +1,106 @@
+"""`services.backend: process`: the supervisor restarts a learner process that dies, and the restarted run
+resumes from its latest checkpoint without writing a step twice."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlx.errors import RunStopped, UserError
+from rlx.services.resume import drop_rows_after
+from rlx.services.supervisor import ENV_LEARNER_RESTARTS, check_supervisable, supervise
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dies_until(tmp_path: Path, deaths: int, how: str) -> list[str]:
+    """A child that records the restart count it was given, then dies (`how`) on its first `deaths` runs."""
+    script = f"""
+import os, signal, sys
+log = {str(tmp_path / 'restarts.log')!r}
+with open(log, 'a') as handle:
+    handle.write(os.environ[{ENV_LEARNER_RESTARTS!r}] + '\\n')
+if len(open(log).read().split()) <= {deaths}:
+    os.kill(os.getpid(), signal.SIGKILL) if {how!r} == 'kill' else sys.exit(1)
+"""
+    return [sys.executable, "-c", script]
+
+
+def restarts_seen(tmp_path: Path) -> list[int]:
+    return [int(n) for n in (tmp_path / "restarts.log").read_text().split()]
+
+
+@pytest.mark.parametrize("how", ["kill", "crash"])
+def test_a_learner_that_dies_is_started_again_with_its_restart_count(tmp_path, how):
+    assert supervise(dies_until(tmp_path, 2, how), max_restarts=2) == 0
+    assert restarts_seen(tmp_path) == [0, 1, 2]
+
+
+def test_past_max_restarts_the_run_stops_naming_the_learner_and_how_it_ended(tmp_path):
+    with pytest.raises(RunStopped, match=r"learner process was killed by SIGKILL after 1 restarts \(services.max_restarts=1\)"):
+        supervise(dies_until(tmp_path, 5, "kill"), max_restarts=1)
+    assert restarts_seen(tmp_path) == [0, 1]
+
+
+@pytest.mark.parametrize("code", [2, 3, 130])
+def test_an_exit_that_says_why_is_never_restarted(tmp_path, code):
+    command = [sys.executable, "-c", f"open({str(tmp_path / 'runs')!r}, 'a').write('x'); raise SystemExit({code})"]
+    assert supervise(command, max_restarts=3) == code
+    assert (tmp_path / "runs").read_text() == "x"
+
+
+def test_several_process_runs_are_refused_with_the_backend_to_use():
+    with pytest.raises(UserError, match="services.backend: local"):
+        check_supervisable("explicit")
+
+
+def test_rows_past_the_resumed_step_are_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in (1, 2, 3, 3, 4)))
+    assert drop_rows_after(path, 2) == 3
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    assert drop_rows_after(path, 2) == 0 and drop_rows_after(tmp_path / "absent.jsonl", 2) == 0
+
+
+def kill_once_at_step_3(step: int, metrics: dict) -> None:
+    """A `run.hooks` entry: at step 3 (checkpoints at 2 and 4) keeps what the run wrote so far, then SIGKILLs the learner."""
+    output_dir = Path(os.environ["RLX_TEST_OUTPUT_DIR"])
+    if step == 3 and not (output_dir / "killed_once").exists():
+        for name in ("metrics.jsonl", "rollouts.jsonl"):
+            (output_dir / f"{name}.before_kill").write_text((output_dir / name).read_text())
+        (output_dir / "killed_once").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_learner_killed_between_checkpoints_resumes_and_writes_each_step_once(tmp_path):
+    output_dir = tmp_path / "run"
+    overrides = tiny_overrides(output_dir) + ["services.backend=process", "run.eval_every=4",
+                                              f"run.hooks=[{__name__}:kill_once_at_step_3]"]
+    environment = {**os.environ, "RLX_TEST_OUTPUT_DIR": str(output_dir), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "rlx.launch", "--config", "configs/demo.yaml", *overrides], cwd=ROOT,
+                          env=environment, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "the learner process was killed by SIGKILL; restart 1 of 3" in done.stderr
+    metrics = rows(output_dir / "metrics.jsonl")
+    assert [row["step"] for row in metrics] == [0, 1, 2, 3, 4]  # 0: the warm-up
+    assert [row["services/restarts/learner"] for row in metrics[1:]] == [0.0, 0.0, 1.0, 1.0]
+    # Step 3 again from checkpoint 2: the same prompts, samples and rewards as the run that was killed drew.
+    before = [row for row in rows(output_dir / "rollouts.jsonl.before_kill") if row["step"] == 3]
+    after = rows(output_dir / "rollouts.jsonl")
+    assert [row for row in after if row["step"] == 3] == before
+    counts: dict[tuple, int] = {}
+    for row in after:
+        counts[(row["step"], row["prompt_id"])] = counts.get((row["step"], row["prompt_id"]), 0) + 1
+    assert len(counts) == 4 * 4 and set(counts.values()) == {2}  # 4 prompts a step, n_samples=2 each, none twice
+    killed = rows(output_dir / "metrics.jsonl.before_kill")[3]
+    assert killed["step"] == 3 and metrics[3]["reward/mean"] == killed["reward/mean"]
+    assert metrics[3]["actor/pg_loss"] == pytest.approx(killed["actor/pg_loss"], abs=1e-6)
