@@ -146,6 +146,7 @@ class Config:
         _check_hf_checkpoints(self)
         _check_bus(self)
         _check_processes(self)
+        _check_services(self)
         _check_minibatches(self)
         _check_env(self)
         if self.rollout.speculative != "off" and (not self.model.mtp.enabled or self.algorithm.routing_replay != "off"):
@@ -200,6 +201,18 @@ def _check_processes(config: Config) -> None:
             "rollout.token_budget (partial rollouts) is not supported with several processes (parallel.distributed.mode: "
             f"{config.parallel.distributed.mode}): set rollout.token_budget: null, or run one process"
         )
+
+
+def _check_services(config: Config) -> None:
+    """What a generator in its own process (`services.backend: process`) does not do yet is refused here."""
+    if config.services.backend != "process":
+        return
+    unsupported = {"rollout.token_budget (partial rollouts)": config.rollout.token_budget is not None,
+                   f"bus.interrupt={config.bus.interrupt}": config.bus.interrupt != "off",
+                   f"parallel.distributed.mode={config.parallel.distributed.mode}": config.parallel.distributed.mode != "off"}
+    named = [name for name, used in unsupported.items() if used]
+    if named:
+        raise ValueError(f"services.backend=process does not support {', '.join(named)} yet; use services.backend: local for them")
 
 
 def _check_minibatches(config: Config) -> None:

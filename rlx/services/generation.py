@@ -17,10 +17,11 @@ from rlx.config import Config
 from rlx.data import PromptRecord, PromptStream, load_task
 from rlx.data.tasks import TaskData
 from rlx.envs import Environments, load_environments
-from rlx.parallel.processes import Processes
-from rlx.rewards import EarlyScores, RewardFn, Scores
 from rlx.models import ModelConfig
-from rlx.parallel import rules_for
+from rlx.models.weights import abstract_model
+from rlx.parallel import role_meshes, rules_for
+from rlx.parallel.processes import Processes
+from rlx.rewards import EarlyScores, RewardFn, Scores, resolve_reward_fn
 from rlx.rollout import GroupRollout, MultiTurn, build_backend, build_engine, sampling_params
 from rlx.rollout.engine import Engine
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
