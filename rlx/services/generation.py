@@ -92,20 +92,26 @@ def standalone_generation(config: Config, first_weights: Callable[[], tuple[Host
     model_config = config.model.with_vocab(tokenizer.vocab_size)
     graphdef, abstract = abstract_model(model_config)
     engine = generator_engine(config, model_config, tokenizer, graphdef, abstract, role_meshes(config.parallel)[1])
-    reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
-    turns = multi_turn(config, load_environments(config.env, tokenizer, reward_fn), tokenizer)
 
     def load(arrays: HostWeights) -> nnx.State:
         return engine_weights(engine, abstract, arrays)
 
     arrays, version = first_weights()
-    weights = load(arrays)
-    generation = Generation(config, task, media, processes, engine, weights, reward_fn, turns)
+    weights = load(arrays)  # wrong weights fail here, before reward workers start
+    reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
+    try:
+        turns = multi_turn(config, load_environments(config.env, tokenizer, reward_fn), tokenizer)
+        generation = Generation(config, task, media, processes, engine, weights, reward_fn, turns)
+    except BaseException:
+        getattr(reward_fn, "close", lambda: None)()  # its worker pool
+        raise
     generation.mailbox.post(weights, version)
     return generation, load
 
 
 class Generation:
+    """One process's generator role: `produce(step)` draws, scores and shapes a step's batch with the weights last posted to `mailbox`."""
+
     def __init__(self, config: Config, task: TaskData, media: Any, processes: Processes, engine: Engine, params: nnx.State, reward_fn: RewardFn,
                  turns: MultiTurn | None, timeline: Timeline = NO_TIMELINE):
         self.config, self.task, self.processes, self.timeline = config, task, processes, timeline

@@ -3,8 +3,9 @@ import this module).
 
 Reward workers are forked from a fork server that the process owning the pool started, so a worker's grandparent is the
 process that generates. Calls made for a generator process (not for the test's own process, `RLX_TEST_PID`) are
-numbered across restarts with files in `RLX_TEST_FAULT_DIR`; `RLX_TEST_FAULTS="8:SIGKILL,17:SIGSTOP"` sends those
-signals to the generator process at those calls, each once.
+numbered across restarts with files in `RLX_TEST_FAULT_DIR`. `RLX_TEST_FAULTS="8:SIGKILL,9:SIGSTOP"` sends those signals
+in turn, each once: signal `i` at the first call numbered at least its number made for a generator process that no
+signal has hit yet (so the second one hits the replacement, not a process already dying). Each goes to `signalled`.
 """
 
 import os
@@ -21,11 +22,25 @@ def _signal_on_cue() -> None:
     if directory is None or generator == int(os.environ["RLX_TEST_PID"]):
         return
     call = _next_call(directory)
-    cues = dict(item.split(":") for item in os.environ["RLX_TEST_FAULTS"].split(","))
-    if str(call) in cues:
-        with open(os.path.join(directory, "signalled"), "a") as handle:
-            handle.write(f"{call} {cues[str(call)]} {generator}\n")
-        os.kill(generator, getattr(signal, cues[str(call)]))
+    record = os.path.join(directory, "signalled")
+    signalled = [line.split() for line in open(record).read().splitlines()] if os.path.exists(record) else []
+    if str(generator) in {pid for _, _, pid in signalled}:
+        return
+    cues = [item.split(":") for item in os.environ["RLX_TEST_FAULTS"].split(",")]
+    if len(signalled) == len(cues) or call < int(cues[len(signalled)][0]) or not _claim(directory, f"cue-{len(signalled)}"):
+        return
+    name = cues[len(signalled)][1]
+    with open(record, "a") as handle:
+        handle.write(f"{call} {name} {generator}\n")
+    os.kill(generator, getattr(signal, name))
+
+
+def _claim(directory: str, name: str) -> bool:
+    try:
+        os.close(os.open(os.path.join(directory, name), os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
 
 
 def _parent_of(pid: int) -> int:
@@ -35,9 +50,6 @@ def _parent_of(pid: int) -> int:
 
 def _next_call(directory: str) -> int:
     call = 0
-    while True:
-        try:
-            os.close(os.open(os.path.join(directory, f"call-{call}"), os.O_CREAT | os.O_EXCL))
-            return call
-        except FileExistsError:
-            call += 1
+    while not _claim(directory, f"call-{call}"):
+        call += 1
+    return call
