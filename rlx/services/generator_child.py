@@ -62,7 +62,9 @@ class _Child:
     def __init__(self, start: ChildStart, conn: Connection, status: Any):
         self.start, self.conn, self.status = start, conn, status
         self.step = start.first
+        self.published = start.published  # the latest version admitted before the gate exists
         self._blocks = itertools.count()
+        self._receive_error: str | None = None  # a traceback from the receiving thread, which ends the process's work
 
     def _set_status(self, text: str) -> None:
         self.status.value = text.encode()[:31]
@@ -77,7 +79,10 @@ class _Child:
             self._set_status("done")
             self.conn.send(("done",))
         except BusClosed:
-            self._set_status("stopped")
+            if self._receive_error is None:
+                self._set_status("stopped")
+            else:
+                self._send_failure("error", self._receive_error)
         except UserError as err:
             self._send_failure("user", f"{type(err).__name__}: {err}")
         except BaseException:
@@ -97,39 +102,48 @@ class _Child:
         config = self.start.config
         generation, load = standalone_generation(config, self._first_weights)
         generation.prompts.set_state(self.start.data_state)
-        gate = StalenessGate(config.bus.max_staleness, published=self.start.published)
+        gate = StalenessGate(config.bus.max_staleness, published=self.published)
         threading.Thread(target=self._receive, args=(generation, gate, load), name="rlx-generator-receive", daemon=True).start()
         return generation, gate
 
     def _first_weights(self) -> tuple[dict, int]:
-        """The first weights the parent sends (which it sends before anything else), as host arrays."""
-        message = self.conn.recv()
-        if message[0] != "weights":
-            raise RuntimeError(f"the generator process expected weights first, got {message[0]!r}")
-        _, version, shared = message
-        return read(shared, unlink=False), version
-
-    def _receive(self, generation, gate, load) -> None:
-        """Publishes and admissions from the parent, in order: the weights of version `v` are in the mailbox before `v` is admitted."""
+        """The first weights the parent sends (before anything else) that are still there, as host arrays."""
         while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                gate.close()  # the parent closed the pipe: stop after the step in progress
-                return
-            if message[0] == "weights":
-                _, version, shared = message
+            message = self.conn.recv()
+            if message[0] == "admit":
+                self.published = max(self.published, message[1])
+            elif message[0] == "weights":
                 try:
-                    generation.mailbox.post(load(read(shared, unlink=False)), version)
+                    return read(message[2], unlink=False), message[1]
                 except FileNotFoundError:
-                    pass  # superseded: the parent removed it after sending newer weights, which follow
-            elif message[0] == "admit":
-                gate.publish(message[1])
-            elif message[0] == "stop":
-                gate.close()
-                return
+                    continue  # superseded: newer weights follow
 
-    def _draw(self, generation, gate, step: int) -> None:
+    def _receive(self, generation: Generation, gate: StalenessGate, load) -> None:
+        """Publishes and admissions from the parent, in order: the weights of version `v` are in the mailbox before `v` is
+        admitted. A failure here (e.g. weights that do not fit) closes the gate, and the main thread reports it."""
+        try:
+            while self._apply(self.conn.recv(), generation, gate, load):
+                pass
+        except (EOFError, OSError):
+            pass  # the parent closed the pipe: stop after the step in progress
+        except BaseException:
+            self._receive_error = traceback.format_exc()
+        gate.close()
+
+    @staticmethod
+    def _apply(message: tuple, generation: Generation, gate: StalenessGate, load) -> bool:
+        """Applies one message from the parent; False after `stop`."""
+        if message[0] == "weights":
+            _, version, shared = message
+            try:
+                generation.mailbox.post(load(read(shared, unlink=False)), version)
+            except FileNotFoundError:
+                pass  # superseded: the parent removed it after sending newer weights, which follow
+        elif message[0] == "admit":
+            gate.publish(message[1])
+        return message[0] != "stop"
+
+    def _draw(self, generation: Generation, gate: StalenessGate, step: int) -> None:
         began = time.perf_counter()
         self._set_status("waiting")
         gate.wait_until_admitted(step)

@@ -120,6 +120,8 @@ class ProcessGeneratorRole:
     # -- the child -------------------------------------------------------------------------------
     def _spawn(self) -> None:
         """A fresh child drawing from the first unsealed step; it gets the latest weights, then the published version."""
+        if self._weights is None:
+            raise RuntimeError("no published weights to start the generator process from (the trainer posts its first ones)")
         self._children += 1
         parent_end, child_end = self._context.Pipe()
         cpu = jax.default_backend() == "cpu"
@@ -131,8 +133,6 @@ class ProcessGeneratorRole:
         process.start()
         child_end.close()  # the child holds it: its death closes the pipe
         self._process, self._conn, self._spawned_at = process, parent_end, time.time()
-        if self._weights is None:
-            raise RuntimeError("no published weights to start the generator process from (the trainer posts its first ones)")
         self._send(("weights", self._weights[1], self._weights[0]))
         self._send(("admit", self.gate.published))
 
