@@ -62,7 +62,8 @@ def parse_yaml(text: str) -> Any:
 @dataclasses.dataclass(frozen=True)
 class ServicesConfig:
     """Where the run's roles live and how they are kept healthy (`rlx.services.health`). `backend`: `local` runs
-    every role as a thread of one process; `process` runs them in OS processes of their own. `heartbeat_s`: how
+    every role as a thread of one process; `process` runs the generator role in a child process of its own
+    (`rlx.services.generator_process`; the reward workers are processes with either backend). `heartbeat_s`: how
     often `<output_dir>/services.json` is rewritten and an idle reward worker is checked. `max_restarts`: how often
     a failed role is restarted before the run stops naming it (the generator draws its unfinished step again;
     0: stop at once).
@@ -146,6 +147,7 @@ class Config:
         _check_hf_checkpoints(self)
         _check_bus(self)
         _check_processes(self)
+        _check_services(self)
         _check_minibatches(self)
         _check_env(self)
         if self.rollout.speculative != "off" and (not self.model.mtp.enabled or self.algorithm.routing_replay != "off"):
@@ -200,6 +202,18 @@ def _check_processes(config: Config) -> None:
             "rollout.token_budget (partial rollouts) is not supported with several processes (parallel.distributed.mode: "
             f"{config.parallel.distributed.mode}): set rollout.token_budget: null, or run one process"
         )
+
+
+def _check_services(config: Config) -> None:
+    """What a generator in its own process (`services.backend: process`) does not do yet is refused here."""
+    if config.services.backend != "process":
+        return
+    unsupported = {"rollout.token_budget (partial rollouts)": config.rollout.token_budget is not None,
+                   f"bus.interrupt={config.bus.interrupt}": config.bus.interrupt != "off",
+                   f"parallel.distributed.mode={config.parallel.distributed.mode}": config.parallel.distributed.mode != "off"}
+    named = [name for name, used in unsupported.items() if used]
+    if named:
+        raise ValueError(f"services.backend=process does not support {', '.join(named)} yet; use services.backend: local for them")
 
 
 def _check_minibatches(config: Config) -> None:

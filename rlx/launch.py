@@ -53,11 +53,10 @@ def _launch(args: argparse.Namespace) -> int:
     from rlx.parallel.distributed import fail_fast
     from rlx.services import train  # after config checks, so a typo fails before JAX starts
     from rlx.services.preflight import check_run
-    from rlx.services.supervisor import check_supervisable, child_command, supervise, supervised
+    from rlx.services.supervisor import child_command, supervise, supervised
 
     check_run(config)  # output directory and plug-ins, before any model is built
     if config.services.backend == "process" and not supervised():
-        check_supervisable(config.parallel.distributed.mode)
         return supervise(child_command(args.config, args.overrides, args.debug), config.services.max_restarts)
     start_devices(config)
     with fail_fast():  # several processes: one that fails stops the others instead of leaving them in a collective

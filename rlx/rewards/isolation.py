@@ -63,8 +63,8 @@ def _serve(conn: Connection, setup: Setup) -> None:
     while True:
         try:
             name, args = conn.recv()
-        except EOFError:
-            return  # the pool closed the pipe
+        except (EOFError, ConnectionResetError):
+            return  # the pool closed the pipe, or its process was killed
         try:
             conn.send(("ok", functions[name](*args)))
         except Exception as err:  # reported to the caller, who counts it

@@ -4,7 +4,8 @@
 numbers); `k` lets it draw up to `k` steps ahead. A group holding a token staler than the
 bound is dropped and counted (`bus/groups_dropped_stale`), never trained on silently.
 A resumed run puts the batches its checkpoint drew ahead (`Trainer.drawn_ahead`) back on the
-bus, sealed, and the generator continues after them.
+bus, sealed, and the generator continues after them. `services.backend: process` draws in a child process
+(`rlx.services.generator_process`) instead of a thread, into the same bus.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from rlx.bus import BusClosed, StalenessGate, TransferQueue, stale_rows, staleness_metrics, token_staleness
 from rlx.services.bus_checkpoint import DrawnBatch
 from rlx.services.generator import GeneratorRole
+from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.trainer import Trainer
 from rlx.services.transfer import TRAIN_FIELDS, ScoredBatch, from_groups
 
@@ -32,8 +34,13 @@ class RolloutFeed:
             self.bus.seal(batch.step, batch.meta)
         # Partial rollouts keep samples in the driver across steps: a failed step cannot be drawn again from where it began.
         restarts = config.services.max_restarts if config.rollout.token_budget is None else 0
-        self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first + len(restored), last, trainer.timeline,
-                                       max_restarts=restarts, heartbeat_s=config.services.heartbeat_s)
+        first += len(restored)
+        if config.services.backend == "process":
+            self.generator = ProcessGeneratorRole(config, self.bus, self.gate, first, last, trainer.mailbox.take, trainer.prompts.get_state(),
+                                                  max_restarts=restarts, heartbeat_s=config.services.heartbeat_s)
+        else:
+            self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last, trainer.timeline, max_restarts=restarts,
+                                           heartbeat_s=config.services.heartbeat_s)
         if config.bus.interrupt != "off":
             trainer.rollout.weight_source = trainer.mailbox.take
             trainer.rollout.interrupt = config.bus.interrupt
@@ -72,8 +79,8 @@ class RolloutFeed:
         return batch, metrics
 
     def advance(self, version: int) -> None:
-        """The learner published `version`: admit the steps it allows."""
-        self.gate.publish(version)
+        """The learner published `version`: admit the steps it allows (a generator process also gets the weights)."""
+        self.generator.advance(version)
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What `Trainer.save` needs: the batches sealed ahead of the learner (saved with the checkpoint), the prompt

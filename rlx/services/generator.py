@@ -85,6 +85,10 @@ class GeneratorRole:
             self._beat("failed")
             self.bus.close()
 
+    def advance(self, version: int) -> None:
+        """The learner published `version` (its weights are in the trainer's mailbox): admit the steps it allows."""
+        self.gate.publish(version)
+
     def _draw(self, step: int) -> None:
         began = time.perf_counter()
         with self.timeline.span("generator", "wait_admission", step):

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from typing import Sequence
 
-from rlx.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, EXIT_USER_ERROR, RunStopped, UserError
+from rlx.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, EXIT_USER_ERROR, RunStopped
 
 log = logging.getLogger(__name__)
 ENV_SUPERVISED = "RLX_SUPERVISED"
@@ -37,12 +37,6 @@ def supervised() -> bool:
 def learner_restarts() -> int:
     """How often the supervisor restarted this run's learner before this process (0 unsupervised)."""
     return int(os.environ.get(ENV_LEARNER_RESTARTS, "0"))
-
-
-def check_supervisable(distributed_mode: str) -> None:
-    if distributed_mode != "off":
-        raise UserError(f"services.backend: process runs one learner process per run, but parallel.distributed.mode is "
-                        f"{distributed_mode!r} (several processes); use services.backend: local for multi-process runs")
 
 
 def supervise(command: Sequence[str], max_restarts: int) -> int:

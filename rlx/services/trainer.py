@@ -22,7 +22,6 @@ import numpy as np
 import yaml
 from flax import nnx
 
-from rlx.algorithms import overlong_penalty
 from rlx.bus import version_lag
 from rlx.config import Config, to_dict
 from rlx.errors import UserError
@@ -33,16 +32,15 @@ from rlx.models import create_params
 from rlx.parallel import role_meshes, rules_for, tree_shardings
 from rlx.parallel.processes import Processes, check_rows_by_process, local_copy
 from rlx.plugins import load_object
-from rlx.rewards import EarlyScores, Scores, resolve_reward_fn
-from rlx.rollout import GroupRollout, MultiTurn, build_backend, build_engine, sampling_params
+from rlx.rewards import resolve_reward_fn
+from rlx.rollout import GroupRollout, MultiTurn, build_backend, sampling_params
 from rlx.services.bus_checkpoint import DrawnBatch, admissible, load_drawn_ahead, save_drawn_ahead
-from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
-from rlx.services.evaluation import evaluate, policy_tokens, rollout_scores, sampled_evaluation
+from rlx.services.evaluation import evaluate, policy_tokens, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
 from rlx.services.preflight import check_task
 from rlx.services.resume import (check_fingerprint, check_latest_fingerprint, drop_rows_after, fingerprint, record_config_changes,
                                  restore_intact, saved_fingerprint)
-from rlx.services.generator import WeightMailbox
+from rlx.services.generation import Generation, generator_engine, multi_turn, prompt_stream
 from rlx.services.loggers import json_line
 from rlx.services.timeline import Timeline
 from rlx.services.tracking import Tracker
@@ -57,7 +55,6 @@ class Trainer:
     def __init__(self, config: Config):
         self.config = config
         self.processes = processes = Processes.current(config.parallel.distributed.timeout_s)
-        self.prompts_per_process = processes.share(config.data.prompts_per_step, "data.prompts_per_step")
         self.output_dir = Path(config.run.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.media = media_spec(config.model)
@@ -83,30 +80,24 @@ class Trainer:
         if processes.count > 1:
             check_rows_by_process(self.learner.layout.rows, processes.count)
         # Each process's generator replica samples with the whole weights, gathered onto its own devices.
-        engine = build_engine(self.learner.graphdef, local_copy(self.learner.params), model_config, config.rollout, config.data.max_prompt_len,
-                              eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, tokenizer=tokenizer, mesh=generator_mesh,
-                              rules=rules_for(config.parallel.generator_rules), record_routes=config.algorithm.routing_replay != "off")
+        engine = generator_engine(config, model_config, tokenizer, self.learner.graphdef, local_copy(self.learner.params), generator_mesh)
         # Cast to the compute dtype, then onto the generator's shardings.
         self._publish_weights = lambda params: engine.publish(local_copy(params))
         published = engine.load_params()
         self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
-        # Rewards in the worker pool start as each sample finishes, overlapping the rest of the generation.
         self.reward_pool = getattr(self.reward_fn, "pool", None)  # owned by the reward (`WeightedSum`), which closes it
-        self._early = EarlyScores(self.reward_fn) if self.reward_pool is not None else None
         turns = self._multi_turn(tokenizer)
+        self.timeline = Timeline(self.output_dir / "trace.json" if config.run.trace and processes.primary else None)
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
-        self.rollout = build_backend(engine, published, config.rollout, turns)
-        if getattr(self.rollout, "partial", None) is not None:
-            self.rollout.partial.draw = lambda: next(self.prompts)  # partial rollouts keep slots busy with later prompts
+        self.generation = Generation(config, self.task, self.media, processes, engine, published, self.reward_fn, turns, self.timeline)
+        self.rollout, self.prompts, self.mailbox = self.generation.rollout, self.generation.prompts, self.generation.mailbox
+        self.mailbox.post(published, 0)  # what the generator starts from, also for a generator in another process
         # Validation answers every prompt it is given: never a token budget that carries samples over.
         self.validator = build_backend(engine, published, dataclasses.replace(config.rollout, token_budget=None), turns)
-        self.mailbox = WeightMailbox()
         self.published_version = 0
-        self.prompts = self._stream(self.task.train, config.data.prompts_per_step, config.data.seed, "data.prompts_per_step")
         if len(self.task.val) < processes.count:
             raise UserError(f"{len(self.task.val)} validation records cannot give each of {processes.count} processes some; use more")
         self.tracker = Tracker(self.output_dir, config.run, to_dict(config), processes)
-        self.timeline = Timeline(self.output_dir / "trace.json" if config.run.trace and processes.primary else None)
         self._base_key = jax.random.key(config.run.seed)
         self._resume_metrics: dict[str, float] = {}
         self._last_step_end: float | None = None
@@ -116,20 +107,13 @@ class Trainer:
         """Multi-turn rollouts with `env.fn` (None without); an `env.demonstrations` builder replaces the task's warm-up data."""
         config = self.config
         environments = load_environments(config.env, tokenizer, self.reward_fn)
-        if environments is None:
-            return None
-        if config.env.demonstrations is not None:
+        if environments is not None and config.env.demonstrations is not None:
             build = load_object(config.env.demonstrations)
             self.task = dataclasses.replace(self.task, demonstrations=build(self.task.train, environments.context, config.data.seed + 1))
-        return MultiTurn(environments.make, tokenizer, max_turns=config.rollout.max_turns, on_error_reward=config.reward.on_error_reward,
-                         stop_strings=environments.stop_strings, workers=config.env.workers)
+        return multi_turn(config, environments, tokenizer)
 
     def _stream(self, records: list[PromptRecord], batch_size: int, seed: int, what: str) -> PromptStream:
-        """`batch_size` prompts per batch in all; this process's stream yields its share of each batch."""
-        data, processes = self.config.data, self.processes
-        processes.share(batch_size, what)
-        return PromptStream(records, self.task.tokenizer, batch_size, data.max_prompt_len, seed, self.media, data.media_workers,
-                            processes.index, processes.count)
+        return prompt_stream(self.config, self.task.tokenizer, self.media, self.processes, records, batch_size, seed, what)
 
     # -- start -------------------------------------------------------------------------------
     def resume_or_warm_start(self) -> int:
@@ -178,25 +162,6 @@ class Trainer:
         self.learner.set_teacher_params(params)
         return {"distill/teacher_sft_loss_last": losses[-1], "timing_s/teacher_warmup": time.perf_counter() - began}
 
-    def _algorithm_batch(
-        self, step: int, rollout: GroupRollout, responses: list[str], scores: np.ndarray,
-    ) -> tuple[GroupRollout, list[str], np.ndarray, np.ndarray, dict[str, float]]:
-        """DAPO: dynamic sampling (more rounds until groups with reward variance fill the batch), then overlong shaping."""
-        algo, metrics = self.config.algorithm, {}
-        if algo.dynamic_sampling:
-            def draw(round_: int) -> ScoredRollout:
-                more = self._generate(step, round_)
-                texts, more_scores = self._score(more)
-                return ScoredRollout(more, texts, more_scores.rewards)
-
-            kept, metrics = fill_with_varied_groups(
-                ScoredRollout(rollout, responses, scores), draw, self.config.rollout.n_samples, self.prompts_per_process, algo.max_sampling_rounds)
-            rollout, responses, scores = kept.rollout, kept.responses, kept.scores
-        shaping = overlong_penalty(rollout.generation.lengths, self.config.rollout.max_new_tokens, algo.overlong_buffer, algo.overlong_penalty)
-        if algo.overlong_buffer:
-            metrics["dapo/overlong_penalty_mean"] = float(shaping.mean())
-        return rollout, responses, scores, scores + shaping, metrics
-
     # -- one RL step ---------------------------------------------------------------------------
     def rl_step(self, step: int) -> dict[str, float]:
         """The synchronous step: rollouts with the current weights, then the update."""
@@ -204,37 +169,8 @@ class Trainer:
         return {**meta["metrics"], **self.learn(step, batch)}
 
     def produce(self, step: int) -> tuple[ScoredBatch, dict]:
-        """The generator role's work for step `step`: rollouts, rewards, the algorithm's batch shaping.
-
-        Returns the batch and its metadata: `metrics` and `data_state` (the prompt stream's
-        position after this step's draws, which a checkpoint taken after step `step` resumes from).
-        When it raises, the prompt stream is back where the step began, so a restarted step draws the same prompts.
-        """
-        before = self.prompts.get_state()
-        try:
-            return self._produce(step)
-        except BaseException:
-            self.prompts.set_state(before)
-            raise
-
-    def _produce(self, step: int) -> tuple[ScoredBatch, dict]:
-        began = time.perf_counter()
-        published = self.mailbox.take()  # a safe point: no sequence in flight
-        if published is not None:
-            self.rollout.update_weights(*published)
-        with self.timeline.span("generator", "generate", step):
-            rollout = self._generate(step)
-        generated = time.perf_counter()
-        with self.timeline.span("generator", "reward", step):
-            responses, scores = self._score(rollout)
-            rollout, responses, task_scores, rewards, metrics = self._algorithm_batch(step, rollout, responses, scores.rewards)
-        scored = time.perf_counter()
-        metrics.update(rollout.metrics)
-        metrics.update({"reward/errors": float(scores.errors), "reward/timeouts": float(scores.timeouts), "reward/scored_early": float(scores.early),
-                        "reward/scored": float(len(scores.rewards)),
-                        "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
-                        "perf/gen_tokens_per_s": float(policy_tokens(rollout).sum()) / (generated - began)})
-        return ScoredBatch(rollout, responses, task_scores, rewards), {"metrics": metrics, "data_state": self.prompts.get_state()}
+        """The generator role's work for step `step` (`Generation.produce`)."""
+        return self.generation.produce(step)
 
     def learn(self, step: int, batch: ScoredBatch) -> dict[str, float]:
         """The learner role's work for step `step`: one update on `batch`, then publish version `step`."""
@@ -275,30 +211,6 @@ class Trainer:
         self.validator.update_weights(weights, version)
         self.mailbox.post(weights, version)
         self.published_version = version
-
-    def _score(self, rollout: GroupRollout) -> tuple[list[str], Scores]:
-        """Decoded responses (whole trajectories for multi-turn rollouts) and their scores."""
-        responses = self.task.tokenizer.decode_batch(rollout.generation.tokens)
-        return responses, rollout_scores(rollout, responses, self.reward_fn, self.config.reward.on_error_reward, self._early)
-
-    def _generate(self, step: int, round_: int = 0) -> GroupRollout:
-        rollout_config = self.config.rollout
-        # A fresh key per step (and dynamic-sampling round), derived from seed and step: never reused, and reproduced on resume.
-        key = jax.random.fold_in(self._base_key, step)
-        if round_:
-            key = jax.random.fold_in(key, round_)
-        key = self.processes.own_key(key)  # each replica samples its own prompts with its own noise
-        # Partial rollouts carry samples across steps: none may hold a token staler than the bus allows at `step`.
-        oldest = {"min_version": step - 1 - self.config.bus.max_staleness} if rollout_config.token_budget is not None else {}
-        # rlx's driver reports each sample as it finishes (JetStream's orchestrator does not): its reward starts then.
-        streamed = {"on_sample": self._start_reward} if self._early is not None and rollout_config.backend == "engine" else {}
-        return self.rollout.generate_groups(
-            next(self.prompts), rollout_config.n_samples, key, sampling_params(rollout_config), rollout_config.max_new_tokens, **oldest,
-            **streamed,
-        )
-
-    def _start_reward(self, record: PromptRecord, tokens: np.ndarray) -> None:
-        self._early.start(self.task.tokenizer.decode(tokens), record)
 
     def _train_batch(self, step: int, rollout: GroupRollout, rewards: np.ndarray) -> TrainBatch:
         """This process's rows; group ids offset by the rows of the processes before it, unique in the global batch."""

@@ -14,6 +14,7 @@ from rlx.config import load_config
 from rlx.services import train
 from rlx.services.bus_checkpoint import bus_file
 from rlx.services.feed import RolloutFeed
+from rlx.services.generation import Generation
 from rlx.services.tracking import read_metrics
 from rlx.services.trainer import BUS_CHECKPOINTS, Trainer
 from tests.conftest import tiny_overrides
@@ -92,7 +93,7 @@ def test_a_resumed_async_run_trains_what_an_uninterrupted_one_does(uninterrupted
 
 def test_a_generator_failing_mid_step_restarts_in_place(uninterrupted, tmp_path, monkeypatch):
     """Step 2 fails once after its prompts were drawn, generated and scored: it is drawn again, same prompts."""
-    shape, failed = Trainer._algorithm_batch, []
+    shape, failed = Generation._algorithm_batch, []
 
     def fail_once_at_step_2(self, step, *args):
         if step == 2 and not failed:
@@ -100,7 +101,7 @@ def test_a_generator_failing_mid_step_restarts_in_place(uninterrupted, tmp_path,
             raise RuntimeError("injected generator fault")
         return shape(self, step, *args)
 
-    monkeypatch.setattr(Trainer, "_algorithm_batch", fail_once_at_step_2)
+    monkeypatch.setattr(Generation, "_algorithm_batch", fail_once_at_step_2)
     out = tmp_path / "restarted"
     train(config(out))
     rows = read_metrics(out / "metrics.jsonl")[1:]

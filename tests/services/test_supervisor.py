@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rlx.errors import RunStopped, UserError
+from rlx.errors import RunStopped
 from rlx.services.resume import drop_rows_after
-from rlx.services.supervisor import ENV_LEARNER_RESTARTS, check_supervisable, supervise
+from rlx.services.supervisor import ENV_LEARNER_RESTARTS, supervise
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,11 +52,6 @@ def test_an_exit_that_says_why_is_never_restarted(tmp_path, code):
     command = [sys.executable, "-c", f"open({str(tmp_path / 'runs')!r}, 'a').write('x'); raise SystemExit({code})"]
     assert supervise(command, max_restarts=3) == code
     assert (tmp_path / "runs").read_text() == "x"
-
-
-def test_several_process_runs_are_refused_with_the_backend_to_use():
-    with pytest.raises(UserError, match="services.backend: local"):
-        check_supervisable("explicit")
 
 
 def test_rows_past_the_resumed_step_are_dropped(tmp_path):

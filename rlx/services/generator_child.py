@@ -1,0 +1,164 @@
+"""The generator role's process (`services.backend: process`): spawned by `ProcessGeneratorRole`, it builds what
+generation needs from the config alone (`Generation`: task, prompt stream, rollout engine, reward; no learner, no
+optimizer state) and draws steps `first..last` as the thread role does, admitted by its own staleness gate.
+
+Messages, parent -> child: `("weights", version, SharedArrays)` (the published weights, host copy in shared memory),
+`("admit", version)` (the learner published `version`), `("stop",)`. Child -> parent: `("group", step, SharedArrays,
+meta)` per prompt group, `("seal", step, meta)`, `("failed", step, kind, text)` (`kind`: `user` for bad input, else
+`error`, with the traceback), `("done",)`. A heartbeat thread writes the time into a shared value every
+`heartbeat_s / 2` and exits the process at once when the parent is gone, so a killed run leaves no generator behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import jax
+
+from rlx.bus import BusClosed, StalenessGate
+from rlx.config import Config
+from rlx.errors import UserError
+from rlx.services.generation import Generation, standalone_generation
+from rlx.services.shared_arrays import read, share
+from rlx.services.transfer import to_groups
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildStart:
+    config: Config
+    first: int  # the first step to draw
+    last: int
+    data_state: dict[str, Any]  # the prompt stream's position before step `first`
+    published: int  # the version the learner had published when this child started
+    cpu_devices: int  # the parent's CPU device count (0: the parent does not run on CPU devices)
+    parent_pid: int
+    block_prefix: str  # shared-memory blocks this child writes are named `<block_prefix><n>`
+
+
+def run(start: ChildStart, conn: Connection, beat: Any, status: Any) -> None:
+    """The child's entry point (`multiprocessing` spawn target)."""
+    threading.Thread(target=_beat_while_parent_lives, args=(start, beat), name="rlx-generator-beat", daemon=True).start()
+    if start.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", start.cpu_devices)  # the parent's devices, so the generator mesh is the same
+    _Child(start, conn, status).run()
+
+
+def _beat_while_parent_lives(start: ChildStart, beat: Any) -> None:
+    while True:
+        if os.getppid() != start.parent_pid:
+            os._exit(1)  # the run is gone: nothing to generate for
+        beat.value = time.time()
+        time.sleep(start.config.services.heartbeat_s / 2)
+
+
+class _Child:
+    def __init__(self, start: ChildStart, conn: Connection, status: Any):
+        self.start, self.conn, self.status = start, conn, status
+        self.step = start.first
+        self.published = start.published  # the latest version admitted before the gate exists
+        self._blocks = itertools.count()
+        self._receive_error: str | None = None  # a traceback from the receiving thread, which ends the process's work
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text.encode()[:31]
+
+    def run(self) -> None:
+        generation = None
+        try:
+            self._set_status("starting")
+            generation, gate = self._build()
+            for self.step in range(self.start.first, self.start.last + 1):
+                self._draw(generation, gate, self.step)
+            self._set_status("done")
+            self.conn.send(("done",))
+        except BusClosed:
+            if self._receive_error is None:
+                self._set_status("stopped")
+            else:
+                self._send_failure("error", self._receive_error)
+        except UserError as err:
+            self._send_failure("user", f"{type(err).__name__}: {err}")
+        except BaseException:
+            self._send_failure("error", traceback.format_exc())
+        finally:
+            if generation is not None:
+                _close(generation)
+
+    def _send_failure(self, kind: str, text: str) -> None:
+        self._set_status("failed")
+        try:
+            self.conn.send(("failed", self.step, kind, text))
+        except OSError:
+            pass  # the parent is gone
+
+    def _build(self):
+        config = self.start.config
+        generation, load = standalone_generation(config, self._first_weights)
+        generation.prompts.set_state(self.start.data_state)
+        gate = StalenessGate(config.bus.max_staleness, published=self.published)
+        threading.Thread(target=self._receive, args=(generation, gate, load), name="rlx-generator-receive", daemon=True).start()
+        return generation, gate
+
+    def _first_weights(self) -> tuple[dict, int]:
+        """The first weights the parent sends (before anything else) that are still there, as host arrays."""
+        while True:
+            message = self.conn.recv()
+            if message[0] == "admit":
+                self.published = max(self.published, message[1])
+            elif message[0] == "weights":
+                try:
+                    return read(message[2], unlink=False), message[1]
+                except FileNotFoundError:
+                    continue  # superseded: newer weights follow
+
+    def _receive(self, generation: Generation, gate: StalenessGate, load) -> None:
+        """Publishes and admissions from the parent, in order: the weights of version `v` are in the mailbox before `v` is
+        admitted. A failure here (e.g. weights that do not fit) closes the gate, and the main thread reports it."""
+        try:
+            while self._apply(self.conn.recv(), generation, gate, load):
+                pass
+        except (EOFError, OSError):
+            pass  # the parent closed the pipe: stop after the step in progress
+        except BaseException:
+            self._receive_error = traceback.format_exc()
+        gate.close()
+
+    @staticmethod
+    def _apply(message: tuple, generation: Generation, gate: StalenessGate, load) -> bool:
+        """Applies one message from the parent; False after `stop`."""
+        if message[0] == "weights":
+            _, version, shared = message
+            try:
+                generation.mailbox.post(load(read(shared, unlink=False)), version)
+            except FileNotFoundError:
+                pass  # superseded: the parent removed it after sending newer weights, which follow
+        elif message[0] == "admit":
+            gate.publish(message[1])
+        return message[0] != "stop"
+
+    def _draw(self, generation: Generation, gate: StalenessGate, step: int) -> None:
+        began = time.perf_counter()
+        self._set_status("waiting")
+        gate.wait_until_admitted(step)
+        admitted = time.perf_counter()
+        self._set_status("generating")
+        batch, meta = generation.produce(step)
+        meta["metrics"]["timing_s/gen_wait_admission"] = admitted - began
+        self._set_status("putting")
+        for fields, group_meta in to_groups(batch):
+            shared = share(fields, f"{self.start.block_prefix}{next(self._blocks)}")
+            self.conn.send(("group", step, shared, group_meta))
+        self.conn.send(("seal", step, meta))
+
+
+def _close(generation: Generation) -> None:
+    if generation.reward_pool is not None:
+        generation.reward_fn.close()
+    generation.prompts.close()

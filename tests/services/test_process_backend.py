@@ -1,0 +1,129 @@
+"""The generator role in its own process (`services.backend: process`) against the thread role (`local`), at
+`bus.max_staleness: 0`: a process run whose generator is SIGKILLed mid-step 2 and whose replacement is SIGSTOPped
+mid-step 2 (its reward plug-in signals it on cue, `tests/services/process_faults.py`) restarts it twice and trains the
+same rollouts with the same numbers as an uninterrupted local run; a child that keeps failing stops the run naming the
+role, the step and the child's traceback."""
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from rlx.bus import BusClosed, StalenessGate, TransferQueue
+from rlx.config import ConfigError, load_config
+from rlx.errors import RunStopped
+from rlx.services import train
+from rlx.services.generator_process import ProcessGeneratorRole
+from rlx.services.tracking import read_metrics
+from tests.conftest import tiny_overrides
+
+SAMPLES, PROMPTS, STEPS = 2, 4, 2  # tiny_overrides' rollout.n_samples and data.prompts_per_step; steps run
+FIRST_CALL_OF_STEP_2 = SAMPLES * PROMPTS  # reward calls in the generator process are numbered from 0
+CONTINUE_AFTER_S = 60.0  # a generator the role failed to find hung is continued then, so the test fails instead of hanging
+TIMING = ("timing_s/", "perf/", "services/", "bus/wait_s/", "bus/groups_discarded", "rollout/compiles")  # differ run to run
+
+
+def config(out, *extra):
+    return load_config(None, [*tiny_overrides(out), f"run.steps={STEPS}", "warmup.sft_steps=0", "services.heartbeat_s=1",
+                              "reward.fn=tests.services.process_faults:length_mod_3", *extra])
+
+
+def rollouts(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "run"
+    train(config(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory):
+    """A process run whose generator is killed (SIGKILL) at step 2's first reward, and its replacement stopped (SIGSTOP) at its first."""
+    out, faults = tmp_path_factory.mktemp("process") / "run", tmp_path_factory.mktemp("faults")
+    with pytest.MonkeyPatch.context() as patch:  # read by the plug-in in the generator's reward workers
+        patch.setenv("RLX_TEST_PID", str(os.getpid()))
+        patch.setenv("RLX_TEST_FAULT_DIR", str(faults))
+        patch.setenv("RLX_TEST_FAULTS", f"{FIRST_CALL_OF_STEP_2}:SIGKILL,{FIRST_CALL_OF_STEP_2 + 1}:SIGSTOP")
+        resume = threading.Timer(CONTINUE_AFTER_S, continue_stopped, (faults,))  # a hang the role misses ends as a failed test
+        resume.start()
+        try:
+            train(config(out, "services.backend=process", "services.max_restarts=2"))
+        finally:
+            resume.cancel()
+    return out, signalled(faults)
+
+
+def signalled(faults) -> list[list[str]]:
+    return [line.split() for line in (faults / "signalled").read_text().splitlines()]
+
+
+def continue_stopped(faults) -> None:
+    for _, name, pid in signalled(faults):
+        if name == "SIGSTOP":
+            try:
+                os.kill(int(pid), signal.SIGCONT)
+            except ProcessLookupError:
+                pass  # replaced, as it should be
+
+
+def test_a_process_generator_trains_what_the_thread_does(local, faulted):
+    out, _ = faulted
+    assert rollouts(out) == rollouts(local)  # same prompts, responses and rewards at the same steps
+    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
+    assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # each prompt n_samples times: none lost or repeated
+    expected, got = read_metrics(local / "metrics.jsonl"), read_metrics(out / "metrics.jsonl")
+    assert [row["step"] for row in got] == list(range(STEPS + 1))
+    for want, have in zip(expected, got):
+        numbers = {name: value for name, value in want.items() if not name.startswith(TIMING)}
+        assert {name: have[name] for name in numbers} == pytest.approx(numbers, rel=1e-5, abs=1e-6)
+
+
+def test_a_killed_or_hung_generator_process_is_replaced(faulted):
+    out, signals = faulted
+    assert [(call, name) for call, name, _ in signals][:1] == [(str(FIRST_CALL_OF_STEP_2), "SIGKILL")]  # mid-step 2
+    assert [name for _, name, _ in signals] == ["SIGKILL", "SIGSTOP"]  # the second at the replacement's first reward
+    killed, stopped = (int(pid) for _, _, pid in signals)
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [row["services/restarts/generator"] for row in rows[1:]] == [0, 2]
+    roles = json.loads((out / "services.json").read_text())
+    generator = roles["generator"]
+    assert (generator["status"], generator["restarts"]) == ("done", 2)
+    assert generator["pid"] not in (os.getpid(), killed, stopped) and killed != stopped  # the third child's own process
+    for pid in (killed, stopped):  # replaced children are gone, not left stopped or orphaned
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_generator_process_failing_past_max_restarts_stops_the_run(tmp_path):
+    """Weights of another model make the child fail at its start; with `max_restarts=0` the role stops the run, naming it,
+    after dropping the groups put for the step it failed (two, as a killed child would have left them)."""
+    bus, gate = TransferQueue(8), StalenessGate(0)
+    for _ in range(2):
+        bus.put(1, {"tokens": np.zeros((SAMPLES, 3), np.int32)})
+    wrong = ({"not_the_model": np.zeros(3, np.float32)}, 0)
+    role = ProcessGeneratorRole(config(tmp_path / "run"), bus, gate, 1, STEPS, lambda: wrong, data_state={}, max_restarts=0, heartbeat_s=1.0)
+    role.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(BusClosed):
+            bus.take_batch(1, ("tokens",), timeout=120)
+    finally:
+        role.stop()
+    assert isinstance(role.error, RunStopped) and time.monotonic() - began < 120
+    assert bus.pending() == [] and bus.metrics()["bus/groups_discarded"] == 2
+    message = str(role.error)
+    assert "generator role failed at step 1 after 0 restarts" in message
+    assert "published weights do not fit the generator's model" in message and "not_the_model" in message  # the child's traceback
+
+
+def test_what_the_process_backend_does_not_do_yet_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="services.backend=process does not support rollout.token_budget"):
+        config(tmp_path, "services.backend=process", "rollout.token_budget=40")
