@@ -62,8 +62,10 @@ def parse_yaml(text: str) -> Any:
 @dataclasses.dataclass(frozen=True)
 class ServicesConfig:
     """Where the run's roles live and how they are kept healthy (`rlx.services.health`). `backend`: `local` runs
-    every role as a thread of one process; `process` runs the generator role in a child process of its own
-    (`rlx.services.generator_process`; the reward workers are processes with either backend). `heartbeat_s`: how
+    every role as a thread of one process; `process` runs the learner under a supervisor that restarts it from its
+    latest checkpoint when it dies (`rlx.services.supervisor`, through `rlx.launch`) and the generator role in a
+    child process of its own (`rlx.services.generator_process`); the reward workers are processes with either
+    backend. `heartbeat_s`: how
     often `<output_dir>/services.json` is rewritten and an idle reward worker is checked. `max_restarts`: how often
     a failed role is restarted before the run stops naming it (the generator draws its unfinished step again;
     0: stop at once).
