@@ -1,28 +1,39 @@
-"""Lossless speculative decoding with the model's MTP head (`rollout.speculative: lossless`).
+"""Speculative decoding with the model's MTP head (`rollout.speculative: lossless | confidence`).
 
 Each target forward runs two tokens per slot: the token `x` it emits, and a draft `d` of the token after it,
 sampled from the MTP head's distribution q (`rlx.models.mtp`). The forward's logits at `x` give the target's
-distribution p over the token after `x`; the draft is kept with probability min(1, p(d) / q(d)), otherwise
-the token after `x` is drawn from the residual max(0, p - q) / sum(max(0, p - q)). The token after `x` is then
-distributed exactly as p (Leviathan et al. 2023, Chen et al. 2023), so rollouts are samples of the policy as
-without drafting, and the behaviour log-prob recorded for every token is log p of it (for a kept draft, p(d)
-from the forward that scored it; for a resampled token, p of it). One forward emits `x` and, when the draft
-is kept, `d` too: 1 to 2 tokens per forward.
+distribution p over the token after `x`. One forward emits `x` and, when the draft is kept, `d` too: 1 to 2
+tokens per forward. What decides whether `d` is kept (`Speculation.mode`):
+
+`lossless`: `d` is kept with probability min(1, p(d) / q(d)), otherwise the token after `x` is drawn from the
+residual max(0, p - q) / sum(max(0, p - q)). The token after `x` is then distributed exactly as p (Leviathan et
+al. 2023, Chen et al. 2023), so rollouts are samples of the policy as without drafting, and the behaviour
+log-prob recorded for every token is log p of it (for a kept draft, p(d) from the forward that scored it).
+
+`confidence` (PIPO): `d` is kept, unverified, when the confidence head (trained toward the draft's acceptance
+probability, `rlx.learner.mtp`) rates it >= `threshold`; otherwise it is discarded and the token after `x` is
+drawn from p. A kept draft was drawn from q, so its behaviour log-prob is log q(d); every other token records
+log p. Samples are then not the policy's, but the learner's importance ratios pi / behaviour are those of the
+distributions each token was actually drawn from, which off-policy corrections (`algorithm.correction`,
+decoupled PPO) need, so the config requires one.
+
+A resampled token (rejected or discarded draft) is emitted by the next forward (it is that forward's `x`).
+Every forward also reports KL(q || p) at its drafted position (`spec/draft_kl`).
 
 The MTP head drafts from the trunk's hidden state at the column before `x` and the embedding of `x`; its
 decoder layer keeps keys and values in the engine's KV cache as one extra layer (`model.num_layers`). Each step
 (re)writes the MTP layer's two latest columns, so a kept draft (whose own MTP column was skipped) leaves no hole.
-A resampled token is emitted by the next forward (it is that forward's `x`).
 
 Only untruncated sampling (`temperature > 0`, no top-k / top-p) is drafted; other settings (greedy validation)
 decode as without drafting on the same engine. `recompute` and `extend` rebuild the trunk's cache only: the
-MTP layer's columns they cover keep older values, which makes drafts worse there, never the samples wrong
-(any q keeps the output distribution exact).
+MTP layer's columns they cover keep older values, which makes drafts worse there (in `lossless` mode never
+the samples wrong: any q keeps the output distribution exact).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +41,22 @@ import jax.numpy as jnp
 from rlx.models import KVCache, ModelConfig, Qwen3
 from rlx.rollout.sampling import SamplingParams, _draw, sample_tokens, scaled_log_probs
 from rlx.rollout.state import DecodeState, DraftContext, ResultTokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Speculation:
+    """How a speculative engine keeps drafts (see the module docstring); static in its compiled programs."""
+
+    mode: Literal["lossless", "confidence"]
+    threshold: float | None = None  # confidence mode (only): the least confidence of a kept draft
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lossless", "confidence"):
+            raise ValueError(f"speculative mode must be lossless or confidence, got {self.mode!r}")
+        if (self.mode == "confidence") != (self.threshold is not None):
+            raise ValueError(f"a confidence threshold is what confidence mode (only) reads; got mode {self.mode} with threshold {self.threshold}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"the confidence threshold is a probability in [0, 1], got {self.threshold}")
 
 
 def drafts(sampling: SamplingParams) -> bool:
@@ -65,34 +92,50 @@ def lossless_verify(key: jax.Array, target_log_probs: jax.Array, draft_log_probs
     the token is distributed as p whatever q is.
     """
     accept_key, residual_key = jax.random.split(key)
-    p_draft = jnp.take_along_axis(target_log_probs, draft[:, None], axis=-1)[:, 0]
-    q_draft = jnp.take_along_axis(draft_log_probs, draft[:, None], axis=-1)[:, 0]
-    kept = jax.random.uniform(accept_key, draft.shape) < jnp.exp(jnp.minimum(p_draft - q_draft, 0.0))
+    p_draft = _at(target_log_probs, draft)
+    kept = jax.random.uniform(accept_key, draft.shape) < jnp.exp(jnp.minimum(p_draft - _at(draft_log_probs, draft), 0.0))
     residual = jnp.maximum(jnp.exp(target_log_probs) - jnp.exp(draft_log_probs), 0.0)
     mass = jnp.sum(residual, axis=-1, keepdims=True)
     # p == q leaves no residual, and then every draft is kept; the fallback only keeps the draw defined.
     residual_log_probs = jnp.where(mass > 0, jnp.log(residual) - jnp.log(jnp.maximum(mass, 1e-30)), target_log_probs)
-    resampled = _draw(residual_key, residual_log_probs)
-    token = jnp.where(kept, draft, resampled)
-    return kept, token, jnp.take_along_axis(target_log_probs, token[:, None], axis=-1)[:, 0]
+    token = jnp.where(kept, draft, _draw(residual_key, residual_log_probs))
+    return kept, token, _at(target_log_probs, token)
 
 
-def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingParams, *, steps: int, kv_len: int, max_len: int,
-                         stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
+def confidence_keep(key: jax.Array, confident: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
+                    draft: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """PIPO's unverified drafts: `draft [B]` (drawn from q) is kept where `confident [B]`, else the token after x is
+    drawn from p. Returns (kept, that token, the log-prob of the distribution it was drawn from: q(draft) or p)."""
+    sampled = _draw(key, target_log_probs)
+    return confident, jnp.where(confident, draft, sampled), jnp.where(confident, _at(draft_log_probs, draft), _at(target_log_probs, sampled))
+
+
+def draft_kl(draft_log_probs: jax.Array, target_log_probs: jax.Array) -> jax.Array:
+    """KL(q || p) [B] of normalised log-probs `[B, V]`: how far the draft distribution is from the target's."""
+    return jnp.sum(jnp.exp(draft_log_probs) * (draft_log_probs - target_log_probs), axis=-1)
+
+
+def _at(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
+
+
+def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingParams, speculation: Speculation, *, steps: int,
+                         kv_len: int, max_len: int, stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
     """`steps` speculative forwards (`speculative_step`) on every slot: the new state and the engine's `ResultTokens`
-    with `2 * steps` token columns per slot, (x, kept draft) per forward."""
-    step = lambda state, _: speculative_step(model, state, sampling, kv_len=kv_len, max_len=max_len, stops=stops)
-    state, (tokens, valid, log_probs) = jax.lax.scan(step, state, length=steps)
+    with `2 * steps` token columns per slot, (x, kept draft) per forward, and each forward's KL(q || p)."""
+    step = lambda state, _: speculative_step(model, state, sampling, speculation, kv_len=kv_len, max_len=max_len, stops=stops)
+    state, (tokens, valid, log_probs, kl) = jax.lax.scan(step, state, length=steps)
     pairs = lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)  # [steps, slots, 2] -> [slots, 2 * steps]
     k = 2 * steps
     data = jnp.concatenate([pairs(tokens), pairs(valid).astype(jnp.int32), state.generated[:, None]], axis=1)
-    return state, ResultTokens(data, pairs(log_probs), (0, k), (k, 2 * k), (2 * k, 2 * k + 1), drafts=True)
+    return state, ResultTokens(data, pairs(log_probs), (0, k), (k, 2 * k), (2 * k, 2 * k + 1), drafts=True, draft_kl=kl.T)
 
 
-def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams, *, kv_len: int, max_len: int,
-                     stops: jax.Array) -> tuple[DecodeState, tuple[jax.Array, jax.Array, jax.Array]]:
+def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams, speculation: Speculation, *, kv_len: int,
+                     max_len: int, stops: jax.Array) -> tuple[DecodeState, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     """One target forward on every slot of `state` (an engine `DecodeState` with a draft context): returns the new
-    state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2]): `x`, then the kept draft."""
+    state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2], KL(q || p) [B], 0 if not live):
+    `x`, then the kept draft."""
     context: DraftContext = state.draft
     key = jax.random.fold_in(state.key, state.step)
     sample_key, draft_key, verify_key = jax.random.split(key, 3)
@@ -105,13 +148,17 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x).
     mtp_hidden, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
                                                 cache=state.cache, cache_index=column - 2, kv_len=kv_len)
-    draft_logits = model.logits(mtp_hidden[:, 1])
-    draft, _ = sample_tokens(draft_key, draft_logits, sampling)
+    draft_log_probs = scaled_log_probs(model.logits(mtp_hidden[:, 1]), sampling.temperature)
+    draft = _draw(draft_key, draft_log_probs)
 
     hidden, cache = model.hidden_states(jnp.stack([x, draft], axis=1), start=state.start, cache=cache, cache_index=column, kv_len=kv_len)
-    after_x = model.logits(hidden[:, 0])
-    kept, after_token, after_log_prob = lossless_verify(verify_key, scaled_log_probs(after_x, sampling.temperature),
-                                                        scaled_log_probs(draft_logits, sampling.temperature), draft)
+    logits = model.logits(hidden)  # [B, 2, V]: after x, after the draft
+    target_log_probs = scaled_log_probs(logits[:, 0], sampling.temperature)
+    if speculation.mode == "lossless":
+        kept, after_token, after_log_prob = lossless_verify(verify_key, target_log_probs, draft_log_probs, draft)
+    else:
+        confident = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
+        kept, after_token, after_log_prob = confidence_keep(verify_key, confident, target_log_probs, draft_log_probs, draft)
     x_stops = jnp.isin(x, stops)
     kept = kept & live & ~x_stops & (state.index + 1 < max_len)
     done = state.done | ~live | x_stops | jnp.where(kept, jnp.isin(draft, stops) | (state.index + 2 >= max_len), state.index + 1 >= max_len)
@@ -123,6 +170,7 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
         pending_log_prob=after_log_prob,
         has_pending=~kept,
     )
-    state = dataclasses.replace(state, cache=cache, index=state.index + 1 + kept, logits=pick(model.logits(hidden[:, 1]), after_x),
+    state = dataclasses.replace(state, cache=cache, index=state.index + 1 + kept, logits=pick(logits[:, 1], logits[:, 0]),
                                 generated=state.generated + live + kept, done=done, step=state.step + 1, draft=new_context)
-    return state, (jnp.stack([x, draft], axis=1), jnp.stack([live, kept], axis=1), jnp.stack([x_log_prob, after_log_prob], axis=1))
+    outputs = jnp.stack([x, draft], axis=1), jnp.stack([live, kept], axis=1), jnp.stack([x_log_prob, after_log_prob], axis=1)
+    return state, (*outputs, jnp.where(live, draft_kl(draft_log_probs, target_log_probs), 0.0))

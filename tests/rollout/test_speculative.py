@@ -1,5 +1,8 @@
-"""Lossless speculative decoding: the verify step keeps the target distribution (chi-square), and the engine's
-drafted samples are distributed as the model's own, with the model's log-probs recorded, through the driver too."""
+"""Speculative decoding. Lossless: the verify step keeps the target distribution (chi-square), and the engine's
+drafted samples are distributed as the model's own, with the model's log-probs recorded, through the driver too.
+Confidence (PIPO): drafts are kept exactly where the confidence head says so, every recorded log-prob is that of
+the distribution its token was drawn from (q for kept drafts, p otherwise, both recomputed teacher-forced), and the
+learner's off-policy correction weighs kept drafts by p / q."""
 
 import jax
 import jax.numpy as jnp
@@ -7,12 +10,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rlx.algorithms.config import AlgorithmConfig
+from rlx.algorithms.corrections import CORRECTIONS, CorrectionInputs
 from rlx.config import ConfigError, load_config
 from rlx.learner.logprobs import response_log_probs
 from rlx.models import ModelConfig, Qwen3
 from rlx.models.mtp_config import MTPConfig
 from rlx.rollout import Engine, RolloutDriver, SamplingParams
-from rlx.rollout.speculative import lossless_verify
+from rlx.rollout.speculative import Speculation, lossless_verify
 from tests.conftest import tiny_overrides
 from tests.rollout.conftest import PAD, prompt_batch
 
@@ -50,10 +55,34 @@ def spec_engine():
                          max_seq_len=16, mtp=MTPConfig(enabled=True, confidence_width=8))
     model = Qwen3(config, rngs=nnx.Rngs(5))
     model.embed[...] = model.embed[...] * 10.0
+    # A confidence head that tells drafts apart (a fresh one says 0.5 for all).
+    model.mtp.confidence_out[...] = jax.random.normal(jax.random.key(1), model.mtp.confidence_out.shape) * 3.0
     graphdef, params = nnx.split(model)
     engine = Engine(graphdef, params, config, max_concurrent_decodes=256, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
-                    pad_id=PAD, steps_per_generate=2, speculative=True)
+                    pad_id=PAD, steps_per_generate=2, speculative=Speculation("lossless"))
     return engine, model
+
+
+THRESHOLD = 0.5
+
+
+@pytest.fixture(scope="module")
+def confidence_engine(spec_engine):
+    _, model = spec_engine
+    graphdef, params = nnx.split(model)
+    return Engine(graphdef, params, model.config, max_concurrent_decodes=64, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
+                  pad_id=PAD, steps_per_generate=2, speculative=Speculation("confidence", THRESHOLD))
+
+
+def teacher_forced(model: Qwen3, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For right-padded `sequences [B, L]`: log p [B, L, V] of the token after each column, log q [B, L, V] of the MTP
+    draft made at each column (of the token two columns on), and the confidence [B, L] in that draft."""
+    ids = jnp.asarray(sequences, jnp.int32)
+    hidden, _ = model.hidden_states(ids)
+    drafted, _ = model.mtp_hidden_states(hidden[:, :-1], ids[:, 1:])
+    log_p = jax.nn.log_softmax(model.logits(hidden), axis=-1)
+    log_q = jax.nn.log_softmax(model.logits(drafted), axis=-1)
+    return np.asarray(log_p), np.asarray(log_q), np.asarray(model.mtp.confidence(hidden[:, :-1], drafted))
 
 
 def test_engine_samples_are_the_models_distribution_with_its_log_probs(spec_engine):
@@ -103,6 +132,8 @@ def test_driver_keeps_rejected_drafts_from_ending_samples_and_reports_acceptance
     (["rollout.speculative=lossless"], "model.mtp.enabled"),
     (["rollout.speculative=lossless", "model.mtp.enabled=true", "rollout.top_k=5"], "top_k: 0"),
     (["rollout.speculative=lossless", "model.mtp.enabled=true", "rollout.temperature=0"], "temperature > 0"),
+    (["rollout.speculative=confidence", "model.mtp.enabled=true"], "algorithm.correction"),
+    (["rollout.speculative=confidence", "model.mtp.enabled=true", "algorithm.correction=tis", "rollout.spec_threshold=1.5"], "spec_threshold"),
 ])
 def test_config_refuses_speculation_it_cannot_make_lossless(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -114,7 +145,10 @@ def test_engine_refuses_to_speculate_without_heads():
                          max_seq_len=16)
     abstract = nnx.split(nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(0))))
     with pytest.raises(ValueError, match="model.mtp.enabled"):
-        Engine(*abstract, config, max_concurrent_decodes=2, max_prefill_length=8, max_decode_length=8, stop_tokens=(), speculative=True)
+        Engine(*abstract, config, max_concurrent_decodes=2, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
+               speculative=Speculation("lossless"))
+    with pytest.raises(ValueError, match="threshold"):
+        Speculation("confidence")
 
 
 def test_the_speculative_demo_config_loads():
@@ -134,3 +168,65 @@ def test_partial_rollouts_carry_drafted_samples_across_steps(spec_engine):
         recomputed, _ = response_log_probs(model, jnp.asarray(full), jnp.asarray(rollout.start), rollout.prompt_tokens.shape[1], 1.0)
         np.testing.assert_allclose(np.asarray(recomputed) * generation.mask, generation.log_probs * generation.mask, atol=1e-4)
         assert (generation.lengths == 7).all() and "spec/tokens_per_forward" in rollout.metrics
+
+
+def test_confidence_mode_keeps_confident_drafts_and_records_the_distribution_each_token_came_from(spec_engine, confidence_engine):
+    _, model = spec_engine
+    engine = confidence_engine
+    slots, params = engine.max_concurrent_decodes, engine.load_params()
+    state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(4)),
+                               rows=[0] * slots, slots=list(range(slots)))
+    _, result = engine.generate(params, state, SamplingParams(1.0))
+    result = result.convert_to_numpy()
+    tokens, valid, recorded = result.tokens, result.valid, result.log_probs
+    length = len(PROMPT) + valid.sum(axis=1)
+    sequences = np.zeros((slots, len(PROMPT) + tokens.shape[1]), np.int32)
+    sequences[:, :len(PROMPT)] = PROMPT
+    for slot in range(slots):
+        sequences[slot, len(PROMPT):length[slot]] = tokens[slot, valid[slot]]
+    log_p, log_q, confidence = teacher_forced(model, sequences)
+
+    checked = {"kept": 0, "not kept": 0, "q far from p": 0}
+    for slot in range(slots):
+        position = len(PROMPT)  # of the forward's x
+        for forward in range(tokens.shape[1] // 2):
+            x, draft = tokens[slot, 2 * forward: 2 * forward + 2]
+            np.testing.assert_allclose(recorded[slot, 2 * forward], log_p[slot, position - 1, x], atol=1e-4)  # x: drawn from p
+            rated = confidence[slot, position - 1]  # the draft of the token after x, from the hidden before x and x
+            if abs(rated - THRESHOLD) > 1e-3:
+                assert valid[slot, 2 * forward + 1] == (rated >= THRESHOLD), (slot, forward, rated)
+            if valid[slot, 2 * forward + 1]:  # a kept draft: drawn from q, recorded as q
+                np.testing.assert_allclose(recorded[slot, 2 * forward + 1], log_q[slot, position - 1, draft], atol=1e-4)
+                checked["q far from p"] += abs(log_q[slot, position - 1, draft] - log_p[slot, position, draft]) > 0.1
+                checked["kept"] += 1
+            else:
+                checked["not kept"] += 1
+            position += 1 + valid[slot, 2 * forward + 1]
+    assert min(checked.values()) > 5, checked  # both outcomes happen, and recording p instead of q would have failed
+
+
+def test_learner_correction_weighs_kept_drafts_by_their_draft_log_probs(spec_engine, confidence_engine):
+    """Through the driver: the learner's recomputed log-probs differ from the recorded ones exactly at kept drafts,
+    whose recorded log-prob is log q; TIS then weighs them by p / q != 1 and every other token by 1."""
+    _, model = spec_engine
+    driver = RolloutDriver(confidence_engine, confidence_engine.load_params())
+    prompts = [np.array(p, np.int32) for p in ([1, 2, 3], [3, 3], [0, 1, 2, 3, 2])]
+    rollout = driver.generate_groups(prompt_batch(prompts), 4, jax.random.key(2), SamplingParams(1.0), max_new_tokens=7)
+    generation, prompt_len = rollout.generation, rollout.prompt_tokens.shape[1]
+    assert (generation.lengths == 7).all() and 0 < rollout.metrics["spec/confidence_kept"] < 1
+    assert rollout.metrics["spec/draft_kl"] > 0 and "spec/accept_rate" not in rollout.metrics
+    full = np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1)
+    learner, _ = response_log_probs(model, jnp.asarray(full), jnp.asarray(rollout.start), prompt_len, 1.0)
+    weights, _, _ = CORRECTIONS.get("tis")(CorrectionInputs(learner, jnp.asarray(generation.log_probs), jnp.asarray(generation.mask)),
+                                           AlgorithmConfig(correction="tis", tis_cap=float("inf")))
+    reweighted = np.abs(np.asarray(weights) - 1.0) > 1e-3
+    assert reweighted.sum() > 3
+    # Those tokens' recorded log-probs are the MTP head's q (teacher-forced over the left-padded rows, from the first real column).
+    hidden, _ = model.hidden_states(jnp.asarray(full), start=jnp.asarray(rollout.start))
+    drafted, _ = model.mtp_hidden_states(hidden[:, :-1], jnp.asarray(full[:, 1:]), start=jnp.asarray(rollout.start))
+    log_q = np.asarray(jax.nn.log_softmax(model.logits(drafted[:, prompt_len - 2:]), axis=-1))  # response token r is drafted at column r
+    rows, columns = np.nonzero(reweighted)
+    assert (columns >= 1).all()  # a response's first token is never a draft
+    np.testing.assert_allclose(generation.log_probs[rows, columns], log_q[rows, columns, generation.tokens[rows, columns]], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(weights)[rows, columns], np.exp(np.asarray(learner)[rows, columns] - generation.log_probs[rows, columns]),
+                               rtol=1e-4)
