@@ -85,29 +85,17 @@ def forget_pending(draft: DraftContext | None, rows: jax.Array) -> DraftContext 
 
 
 def lossless_verify(key: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
-                    draft: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+                    draft: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Exact rejection sampling of `draft [B]` drawn from q against the target p (both as normalised log-probs `[B, V]`).
 
-    Returns (kept [B] bool, the token after x [B]: the draft if kept, else a draw of the residual, its log p [B]);
-    the token is distributed as p whatever q is.
+    Returns (kept [B] bool: with probability min(1, p(d) / q(d)), the residual's log-probs [B, V]: where a rejected
+    draft's replacement is drawn); the draft if kept, else a draw of the residual, is distributed as p whatever q is.
     """
-    accept_key, residual_key = jax.random.split(key)
-    p_draft = _at(target_log_probs, draft)
-    kept = jax.random.uniform(accept_key, draft.shape) < jnp.exp(jnp.minimum(p_draft - _at(draft_log_probs, draft), 0.0))
+    kept = jax.random.uniform(key, draft.shape) < jnp.exp(jnp.minimum(_at(target_log_probs, draft) - _at(draft_log_probs, draft), 0.0))
     residual = jnp.maximum(jnp.exp(target_log_probs) - jnp.exp(draft_log_probs), 0.0)
     mass = jnp.sum(residual, axis=-1, keepdims=True)
     # p == q leaves no residual, and then every draft is kept; the fallback only keeps the draw defined.
-    residual_log_probs = jnp.where(mass > 0, jnp.log(residual) - jnp.log(jnp.maximum(mass, 1e-30)), target_log_probs)
-    token = jnp.where(kept, draft, _draw(residual_key, residual_log_probs))
-    return kept, token, _at(target_log_probs, token)
-
-
-def confidence_keep(key: jax.Array, confident: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
-                    draft: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """PIPO's unverified drafts: `draft [B]` (drawn from q) is kept where `confident [B]`, else the token after x is
-    drawn from p. Returns (kept, that token, the log-prob of the distribution it was drawn from: q(draft) or p)."""
-    sampled = _draw(key, target_log_probs)
-    return confident, jnp.where(confident, draft, sampled), jnp.where(confident, _at(draft_log_probs, draft), _at(target_log_probs, sampled))
+    return kept, jnp.where(mass > 0, jnp.log(residual) - jnp.log(jnp.maximum(mass, 1e-30)), target_log_probs)
 
 
 def draft_kl(draft_log_probs: jax.Array, target_log_probs: jax.Array) -> jax.Array:
@@ -135,14 +123,17 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
                      max_len: int, stops: jax.Array) -> tuple[DecodeState, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     """One target forward on every slot of `state` (an engine `DecodeState` with a draft context): returns the new
     state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2], KL(q || p) [B], 0 if not live):
-    `x`, then the kept draft."""
+    `x`, then the kept draft. The token after those is drawn here too, by one draw per row (from p after the kept
+    draft, or the replacement's distribution after x), and is the next forward's `x`."""
     context: DraftContext = state.draft
     key = jax.random.fold_in(state.key, state.step)
-    sample_key, draft_key, verify_key = jax.random.split(key, 3)
-    sampled, sampled_log_prob = sample_tokens(sample_key, state.logits, sampling)
+    sample_key, draft_key, verify_key, next_key = jax.random.split(key, 4)
+    live = ~state.done & (state.index < max_len)
+    # Only rows fresh from insert, recompute or extend hold no drawn token: most forwards skip this draw.
+    sampled, sampled_log_prob = jax.lax.cond(jnp.any(live & ~context.has_pending), lambda: sample_tokens(sample_key, state.logits, sampling),
+                                             lambda: (context.pending, context.pending_log_prob))
     x = jnp.where(context.has_pending, context.pending, sampled)
     x_log_prob = jnp.where(context.has_pending, context.pending_log_prob, sampled_log_prob)
-    live = ~state.done & (state.index < max_len)
     column = jnp.minimum(state.index, max_len - 1)
 
     # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x).
@@ -155,22 +146,28 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     logits = model.logits(hidden)  # [B, 2, V]: after x, after the draft
     target_log_probs = scaled_log_probs(logits[:, 0], sampling.temperature)
     if speculation.mode == "lossless":
-        kept, after_token, after_log_prob = lossless_verify(verify_key, target_log_probs, draft_log_probs, draft)
-    else:
-        confident = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
-        kept, after_token, after_log_prob = confidence_keep(verify_key, confident, target_log_probs, draft_log_probs, draft)
+        kept, replacement_log_probs = lossless_verify(verify_key, target_log_probs, draft_log_probs, draft)
+        draft_log_prob = _at(target_log_probs, draft)
+    else:  # PIPO: no verification; a discarded draft is replaced by a draw of p
+        kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
+        replacement_log_probs, draft_log_prob = target_log_probs, _at(draft_log_probs, draft)
+    after_draft_log_probs = scaled_log_probs(logits[:, 1], sampling.temperature)
+    after = _draw(next_key, jnp.where(kept[:, None], after_draft_log_probs, replacement_log_probs))
+    # A replacement is recorded with log p: it is distributed as p (lossless), or drawn from p (confidence).
+    after_log_prob = jnp.where(kept, _at(after_draft_log_probs, after), _at(target_log_probs, after))
+
     x_stops = jnp.isin(x, stops)
-    kept = kept & live & ~x_stops & (state.index + 1 < max_len)
+    kept = kept & live & ~x_stops & (state.index + 1 < max_len)  # rows this turns off end here: `after` is never emitted
     done = state.done | ~live | x_stops | jnp.where(kept, jnp.isin(draft, stops) | (state.index + 2 >= max_len), state.index + 1 >= max_len)
     pick = lambda if_kept, otherwise: jnp.where(kept.reshape(-1, *([1] * (if_kept.ndim - 1))), if_kept, otherwise)
     new_context = DraftContext(
         hidden=pick(hidden, jnp.stack([context.hidden[:, 1], hidden[:, 0]], axis=1)),
         token=pick(draft, x),
-        pending=after_token,
+        pending=after,
         pending_log_prob=after_log_prob,
-        has_pending=~kept,
+        has_pending=jnp.ones_like(kept),
     )
     state = dataclasses.replace(state, cache=cache, index=state.index + 1 + kept, logits=pick(logits[:, 1], logits[:, 0]),
                                 generated=state.generated + live + kept, done=done, step=state.step + 1, draft=new_context)
-    outputs = jnp.stack([x, draft], axis=1), jnp.stack([live, kept], axis=1), jnp.stack([x_log_prob, after_log_prob], axis=1)
+    outputs = jnp.stack([x, draft], axis=1), jnp.stack([live, kept], axis=1), jnp.stack([x_log_prob, draft_log_prob], axis=1)
     return state, (*outputs, jnp.where(live, draft_kl(draft_log_probs, target_log_probs), 0.0))
