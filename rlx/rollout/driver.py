@@ -242,6 +242,8 @@ class RolloutDriver:
             self.drafting[0] += int(forwards.sum())
             self.drafting[1] += int(result.valid[held, 1::2].sum())
             self.drafting[2] += float(np.sum(result.draft_kl[held] * forwards))
+            # 1 or 2 tokens per forward: what was emitted bounds the cache columns better than 2 per forward.
+            session.buffers.settle(held, self.engine.columns_per_generate)
         for slot in session.buffers.append(result, at, version, self.engine.stop_tokens, self.stop_strings):
             if self.turns is None:
                 yield self.complete(session, slot)
@@ -426,6 +428,11 @@ class _SlotBuffers:
         """Counts a generate call of `steps` tokens on the `live` slots; returns the most columns one then holds."""
         self.columns[live] += steps
         return int(self.columns[live].max())
+
+    def settle(self, rows: np.ndarray, in_flight: int) -> None:
+        """Bounds the columns of `rows` [slots] bool, whose tokens so far are all appended, by those tokens plus the
+        `in_flight` columns of the one generate call dispatched since (`advance` counted the most a call can add)."""
+        self.columns[rows] = np.minimum(self.columns[rows], self.origin[rows] + self.count[rows] + in_flight)
 
     def append(self, result, step: int, version: int, stop_tokens: tuple[int, ...], stop_strings: StopStrings | None = None) -> list[int]:
         """Adds generate step `step`'s tokens; returns the slots that finished."""

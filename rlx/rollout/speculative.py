@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from rlx.models import KVCache, ModelConfig, Qwen3
-from rlx.rollout.sampling import SamplingParams, _draw, sample_tokens, scaled_log_probs
+from rlx.rollout.sampling import SamplingParams, draw_with_uniforms, sample_tokens, scaled_log_probs
 from rlx.rollout.state import DecodeState, DraftContext, ResultTokens
 
 
@@ -84,14 +84,14 @@ def forget_pending(draft: DraftContext | None, rows: jax.Array) -> DraftContext 
     return None if draft is None else dataclasses.replace(draft, has_pending=draft.has_pending & ~rows)
 
 
-def lossless_verify(key: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
+def lossless_verify(uniform: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
                     draft: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Exact rejection sampling of `draft [B]` drawn from q against the target p (both as normalised log-probs `[B, V]`).
 
-    Returns (kept [B] bool: with probability min(1, p(d) / q(d)), the residual's log-probs [B, V]: where a rejected
+    Returns (kept [B] bool: `uniform [B]` < min(1, p(d) / q(d)), the residual's log-probs [B, V]: where a rejected
     draft's replacement is drawn); the draft if kept, else a draw of the residual, is distributed as p whatever q is.
     """
-    kept = jax.random.uniform(key, draft.shape) < jnp.exp(jnp.minimum(_at(target_log_probs, draft) - _at(draft_log_probs, draft), 0.0))
+    kept = uniform < jnp.exp(jnp.minimum(_at(target_log_probs, draft) - _at(draft_log_probs, draft), 0.0))
     residual = jnp.maximum(jnp.exp(target_log_probs) - jnp.exp(draft_log_probs), 0.0)
     mass = jnp.sum(residual, axis=-1, keepdims=True)
     # p == q leaves no residual, and then every draft is kept; the fallback only keeps the draw defined.
@@ -127,7 +127,9 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     draft, or the replacement's distribution after x), and is the next forward's `x`."""
     context: DraftContext = state.draft
     key = jax.random.fold_in(state.key, state.step)
-    sample_key, draft_key, verify_key, next_key = jax.random.split(key, 4)
+    sample_key, uniform_key = jax.random.split(key)
+    # All of this forward's uniforms in one call: the draft's two, the verify's one, the next token's two.
+    draft_outer, draft_inner, verify_uniform, next_outer, next_inner = jax.random.uniform(uniform_key, (5, state.index.shape[0]))
     live = ~state.done & (state.index < max_len)
     # Only rows fresh from insert, recompute or extend hold no drawn token: most forwards skip this draw.
     sampled, sampled_log_prob = jax.lax.cond(jnp.any(live & ~context.has_pending), lambda: sample_tokens(sample_key, state.logits, sampling),
@@ -140,19 +142,19 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     mtp_hidden, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
                                                 cache=state.cache, cache_index=column - 2, kv_len=kv_len)
     draft_log_probs = scaled_log_probs(model.logits(mtp_hidden[:, 1]), sampling.temperature)
-    draft = _draw(draft_key, draft_log_probs)
+    draft = draw_with_uniforms(draft_outer, draft_inner, draft_log_probs)
 
     hidden, cache = model.hidden_states(jnp.stack([x, draft], axis=1), start=state.start, cache=cache, cache_index=column, kv_len=kv_len)
     logits = model.logits(hidden)  # [B, 2, V]: after x, after the draft
     target_log_probs = scaled_log_probs(logits[:, 0], sampling.temperature)
     if speculation.mode == "lossless":
-        kept, replacement_log_probs = lossless_verify(verify_key, target_log_probs, draft_log_probs, draft)
+        kept, replacement_log_probs = lossless_verify(verify_uniform, target_log_probs, draft_log_probs, draft)
         draft_log_prob = _at(target_log_probs, draft)
     else:  # PIPO: no verification; a discarded draft is replaced by a draw of p
         kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
         replacement_log_probs, draft_log_prob = target_log_probs, _at(draft_log_probs, draft)
     after_draft_log_probs = scaled_log_probs(logits[:, 1], sampling.temperature)
-    after = _draw(next_key, jnp.where(kept[:, None], after_draft_log_probs, replacement_log_probs))
+    after = draw_with_uniforms(next_outer, next_inner, jnp.where(kept[:, None], after_draft_log_probs, replacement_log_probs))
     # A replacement is recorded with log p: it is distributed as p (lossless), or drawn from p (confidence).
     after_log_prob = jnp.where(kept, _at(after_draft_log_probs, after), _at(target_log_probs, after))
 

@@ -35,7 +35,7 @@ def test_verify_draws_the_target_distribution_whatever_the_draft():
     draft = jnp.log(jnp.array([0.3, 0.1, 0.3, 0.1, 0.2]))
     draft_key, verify_key = jax.random.split(jax.random.key(0))
     drafts = jax.random.categorical(draft_key, draft, shape=(rows,)).astype(jnp.int32)
-    kept, residual = lossless_verify(verify_key, jnp.tile(target, (rows, 1)), jnp.tile(draft, (rows, 1)), drafts)
+    kept, residual = lossless_verify(jax.random.uniform(verify_key, (rows,)), jnp.tile(target, (rows, 1)), jnp.tile(draft, (rows, 1)), drafts)
     tokens = jnp.where(kept, drafts, _draw(jax.random.key(1), residual))
     observed = np.bincount(np.asarray(tokens), minlength=5)
     assert chi_square(observed, rows * np.exp(np.asarray(target))) < CHI2_999[4], observed
@@ -64,15 +64,17 @@ def spec_engine():
     return engine, model
 
 
-THRESHOLD = 0.5
-
-
 @pytest.fixture(scope="module")
 def confidence_engine(spec_engine):
+    """A confidence-mode engine whose threshold splits the drafts after `PROMPT`'s first token: the first draft is
+    kept after some first tokens and discarded after others."""
     _, model = spec_engine
+    _, _, confidence = teacher_forced(model, np.array([PROMPT + [x, 0] for x in range(VOCAB)]))
+    rated = np.sort(confidence[:, len(PROMPT) - 1])
+    threshold = float(rated[VOCAB // 2 - 1] + rated[VOCAB // 2]) / 2
     graphdef, params = nnx.split(model)
     return Engine(graphdef, params, model.config, max_concurrent_decodes=64, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
-                  pad_id=PAD, steps_per_generate=2, speculative=Speculation("confidence", THRESHOLD))
+                  pad_id=PAD, steps_per_generate=2, speculative=Speculation("confidence", threshold))
 
 
 def teacher_forced(model: Qwen3, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,7 +176,7 @@ def test_partial_rollouts_carry_drafted_samples_across_steps(spec_engine):
 def test_confidence_mode_keeps_confident_drafts_and_records_the_distribution_each_token_came_from(spec_engine, confidence_engine):
     _, model = spec_engine
     engine = confidence_engine
-    slots, params = engine.max_concurrent_decodes, engine.load_params()
+    slots, params, threshold = engine.max_concurrent_decodes, engine.load_params(), engine.speculative.threshold
     state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(4)),
                                rows=[0] * slots, slots=list(range(slots)))
     _, result = engine.generate(params, state, SamplingParams(1.0))
@@ -194,8 +196,8 @@ def test_confidence_mode_keeps_confident_drafts_and_records_the_distribution_eac
             x, draft = tokens[slot, 2 * forward: 2 * forward + 2]
             np.testing.assert_allclose(recorded[slot, 2 * forward], log_p[slot, position - 1, x], atol=1e-4)  # x: drawn from p
             rated = confidence[slot, position - 1]  # the draft of the token after x, from the hidden before x and x
-            if abs(rated - THRESHOLD) > 1e-3:
-                assert valid[slot, 2 * forward + 1] == (rated >= THRESHOLD), (slot, forward, rated)
+            if abs(rated - threshold) > 1e-3:
+                assert valid[slot, 2 * forward + 1] == (rated >= threshold), (slot, forward, rated)
             if valid[slot, 2 * forward + 1]:  # a kept draft: drawn from q, recorded as q
                 np.testing.assert_allclose(recorded[slot, 2 * forward + 1], log_q[slot, position - 1, draft], atol=1e-4)
                 checked["q far from p"] += abs(log_q[slot, position - 1, draft] - log_p[slot, position, draft]) > 0.1
