@@ -168,7 +168,7 @@ class RolloutDriver:
         self.long_prompt = long_prompt
         self.interrupt = interrupt
         self.truncated_prompts = 0
-        self.drafting = [0, 0, 0.0]  # speculative engines: target forwards of held slots, the drafts they kept, their KL(q || p) sum
+        self.drafting = [0, 0, 0.0]  # speculative engines: target forwards of held slots, the drafts they kept, sum of log q(d) - log p(d)
         self.weight_source: Callable[[], tuple[nnx.State, int] | None] | None = None
         self.mid_batch_swaps = 0
         from rlx.rollout.partial import PartialRollouts  # it builds on this module
@@ -361,7 +361,8 @@ class RolloutDriver:
     def drafting_metrics(self, before: list) -> dict[str, float]:
         """`spec/*` since `before` (a copy of `drafting`), none without drafts: kept drafts per target forward
         (`spec/accept_rate` when verified, `spec/confidence_kept` when kept by the confidence head), tokens per
-        forward, and the mean KL(q || p) of the draft distribution from the target's at drafted positions."""
+        forward, and KL(q || p) of the draft distribution from the target's at drafted positions (estimated by the mean
+        of log q(d) - log p(d) over drafts d ~ q)."""
         forwards, kept, kl = (now - then for now, then in zip(self.drafting, before))
         if not forwards:
             return {}

@@ -18,7 +18,13 @@ distributions each token was actually drawn from, which off-policy corrections (
 decoupled PPO) need, so the config requires one.
 
 A resampled token (rejected or discarded draft) is emitted by the next forward (it is that forward's `x`).
-Every forward also reports KL(q || p) at its drafted position (`spec/draft_kl`).
+Every forward also reports log q(d) - log p(d) of its draft, whose mean over drafts estimates KL(q || p)
+without bias (`spec/draft_kl`).
+
+Confidence mode needs only the draft and log q(d), so it drafts with the fused drafting kernel
+(`pallas_kernels.mtp_draft`: unembedding, Gumbel-max sampling and log-sum-exp over vocabulary blocks, no
+`[slots, vocab]` logits; Pallas on GPU/TPU, its chunked XLA scan on CPU). Lossless mode needs q over the whole
+vocabulary for the residual, so it computes the draft logits once and draws from them.
 
 The MTP head drafts from the trunk's hidden state at the column before `x` and the embedding of `x`; its
 decoder layer keeps keys and values in the engine's KV cache as one extra layer (`model.num_layers`). Each step
@@ -38,7 +44,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.mtp_draft import draft_tokens, resolve_impl
 from rlx.models import KVCache, ModelConfig, Qwen3
+from rlx.models.activation_sharding import map_rows
 from rlx.rollout.sampling import SamplingParams, draw_with_uniforms, sample_tokens, scaled_log_probs
 from rlx.rollout.state import DecodeState, DraftContext, ResultTokens
 
@@ -98,9 +106,13 @@ def lossless_verify(uniform: jax.Array, target_log_probs: jax.Array, draft_log_p
     return kept, jnp.where(mass > 0, jnp.log(residual) - jnp.log(jnp.maximum(mass, 1e-30)), target_log_probs)
 
 
-def draft_kl(draft_log_probs: jax.Array, target_log_probs: jax.Array) -> jax.Array:
-    """KL(q || p) [B] of normalised log-probs `[B, V]`: how far the draft distribution is from the target's."""
-    return jnp.sum(jnp.exp(draft_log_probs) * (draft_log_probs - target_log_probs), axis=-1)
+def kernel_draft(model: Qwen3, mtp_hidden: jax.Array, seeds: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """(draft [B], log q(draft) [B]) from the MTP head's final hidden states `[B, D]` by the fused drafting kernel
+    (`pallas_kernels.mtp_draft`, `auto`); a Pallas kernel, which XLA cannot partition, runs on each device's rows."""
+    unembedding = model.unembedding().astype(mtp_hidden.dtype)
+    impl = resolve_impl("auto")
+    draft = lambda hidden, seeds: draft_tokens(hidden, unembedding, seeds, temperature, impl=impl)
+    return draft(mtp_hidden, seeds) if impl == "chunked" else map_rows(draft, mtp_hidden, seeds)
 
 
 def _at(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -110,7 +122,7 @@ def _at(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
 def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingParams, speculation: Speculation, *, steps: int,
                          kv_len: int, max_len: int, stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
     """`steps` speculative forwards (`speculative_step`) on every slot: the new state and the engine's `ResultTokens`
-    with `2 * steps` token columns per slot, (x, kept draft) per forward, and each forward's KL(q || p)."""
+    with `2 * steps` token columns per slot, (x, kept draft) per forward, and each forward's log q(d) - log p(d)."""
     step = lambda state, _: speculative_step(model, state, sampling, speculation, kv_len=kv_len, max_len=max_len, stops=stops)
     state, (tokens, valid, log_probs, kl) = jax.lax.scan(step, state, length=steps)
     pairs = lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)  # [steps, slots, 2] -> [slots, 2 * steps]
@@ -122,12 +134,12 @@ def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingPar
 def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams, speculation: Speculation, *, kv_len: int,
                      max_len: int, stops: jax.Array) -> tuple[DecodeState, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     """One target forward on every slot of `state` (an engine `DecodeState` with a draft context): returns the new
-    state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2], KL(q || p) [B], 0 if not live):
+    state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2], log q(d) - log p(d) [B], 0 if not live):
     `x`, then the kept draft. The token after those is drawn here too, by one draw per row (from p after the kept
     draft, or the replacement's distribution after x), and is the next forward's `x`."""
     context: DraftContext = state.draft
     key = jax.random.fold_in(state.key, state.step)
-    sample_key, uniform_key = jax.random.split(key)
+    sample_key, uniform_key, seed_key = jax.random.split(key, 3)
     # All of this forward's uniforms in one call: the draft's two, the verify's one, the next token's two.
     draft_outer, draft_inner, verify_uniform, next_outer, next_inner = jax.random.uniform(uniform_key, (5, state.index.shape[0]))
     live = ~state.done & (state.index < max_len)
@@ -141,8 +153,13 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x).
     mtp_hidden, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
                                                 cache=state.cache, cache_index=column - 2, kv_len=kv_len)
-    draft_log_probs = scaled_log_probs(model.logits(mtp_hidden[:, 1]), sampling.temperature)
-    draft = draw_with_uniforms(draft_outer, draft_inner, draft_log_probs)
+    if speculation.mode == "lossless":
+        draft_log_probs = scaled_log_probs(model.logits(mtp_hidden[:, 1]), sampling.temperature)
+        draft = draw_with_uniforms(draft_outer, draft_inner, draft_log_probs)
+        draft_q = _at(draft_log_probs, draft)
+    else:
+        seeds = jax.random.bits(seed_key, x.shape, jnp.uint32).astype(jnp.int32)
+        draft, draft_q = kernel_draft(model, mtp_hidden[:, 1], seeds, sampling.temperature)
 
     hidden, cache = model.hidden_states(jnp.stack([x, draft], axis=1), start=state.start, cache=cache, cache_index=column, kv_len=kv_len)
     logits = model.logits(hidden)  # [B, 2, V]: after x, after the draft
@@ -152,7 +169,7 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
         draft_log_prob = _at(target_log_probs, draft)
     else:  # PIPO: no verification; a discarded draft is replaced by a draw of p
         kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
-        replacement_log_probs, draft_log_prob = target_log_probs, _at(draft_log_probs, draft)
+        replacement_log_probs, draft_log_prob = target_log_probs, draft_q
     after_draft_log_probs = scaled_log_probs(logits[:, 1], sampling.temperature)
     after = draw_with_uniforms(next_outer, next_inner, jnp.where(kept[:, None], after_draft_log_probs, replacement_log_probs))
     # A replacement is recorded with log p: it is distributed as p (lossless), or drawn from p (confidence).
@@ -172,4 +189,4 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     state = dataclasses.replace(state, cache=cache, index=state.index + 1 + kept, logits=pick(logits[:, 1], logits[:, 0]),
                                 generated=state.generated + live + kept, done=done, step=state.step + 1, draft=new_context)
     outputs = jnp.stack([x, draft], axis=1), jnp.stack([live, kept], axis=1), jnp.stack([x_log_prob, draft_log_prob], axis=1)
-    return state, (*outputs, jnp.where(live, draft_kl(draft_log_probs, target_log_probs), 0.0))
+    return state, (*outputs, jnp.where(live, draft_q - _at(target_log_probs, draft), 0.0))

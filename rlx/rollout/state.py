@@ -87,7 +87,7 @@ class ResultTokens:
     # Speculative decoding: token columns come in pairs (the forward's token, then its draft if kept); an
     # invalid draft column is a rejected draft, not a full row.
     drafts: bool = dataclasses.field(default=False, metadata=dict(static=True))
-    draft_kl: jax.Array | np.ndarray | None = None  # [slots, forwards] KL(q || p) at each forward's draft (speculative)
+    draft_kl: jax.Array | np.ndarray | None = None  # [slots, forwards] log q(d) - log p(d) of each forward's draft d (speculative)
 
     def copy_to_host_async(self) -> None:
         for array in (self.data, self.log_probs, self.routes, self.draft_kl):
