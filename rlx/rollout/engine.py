@@ -54,7 +54,8 @@ from rlx.models.activation_sharding import ActivationSharding, activation_shardi
 from rlx.parallel import Layout, reshard, rules_for
 from rlx.parallel.presets import Rules
 from rlx.rollout.sampling import SamplingParams, sample_tokens, token_log_probs
-from rlx.rollout.speculative import Speculation, cache_config, drafts, forget_pending, prefill_context, speculative_generate
+from rlx.rollout.speculative import (Speculation, cache_config, drafts, prefill_context, refresh_mtp_chunk, refreshed_context,
+                                     speculative_generate)
 from rlx.rollout.state import DecodeState, DraftContext, EngineLayout, Prefix, ResultTokens, abstract, check_same_structure
 
 MIN_BUCKET = 8
@@ -416,9 +417,8 @@ class Engine:
     def _recompute_impl(self, params, state: DecodeState, tokens, chosen):
         model = nnx.merge(self._graphdef, params)
         lengths = jnp.where(chosen, state.index, 0)
-        cache, logits = self._run_onto_cache(model, state, tokens, lengths, jnp.zeros_like(lengths))
-        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits),
-                                   draft=forget_pending(state.draft, chosen))
+        cache, logits, draft = self._run_onto_cache(model, state, tokens, lengths, jnp.zeros_like(lengths))
+        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits), draft=draft)
 
     def extend(self, params: nnx.State, decode_state: DecodeState, slots: Sequence[int], tokens: Sequence[np.ndarray],
                columns: Sequence[int]) -> DecodeState:
@@ -442,33 +442,47 @@ class Engine:
     def _extend_impl(self, params, state: DecodeState, tokens, lengths, columns):
         model = nnx.merge(self._graphdef, params)
         chosen = lengths > 0
-        cache, logits = self._run_onto_cache(model, state, tokens, lengths, columns)
+        cache, logits, draft = self._run_onto_cache(model, state, tokens, lengths, columns)
         return dataclasses.replace(state, cache=cache, index=jnp.where(chosen, columns + lengths, state.index),
-                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen,
-                                   draft=forget_pending(state.draft, chosen))
+                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen, draft=draft)
 
-    def _run_onto_cache(self, model, state: DecodeState, tokens, lengths, columns) -> tuple[KVCache, jax.Array]:
+    def _run_onto_cache(self, model, state: DecodeState, tokens, lengths, columns) -> tuple[KVCache, jax.Array, DraftContext | None]:
         """Runs row s's `tokens[s, :lengths[s]]` at cache columns `columns[s]` onwards, written into the state's
         own cache in column chunks of RECOMPUTE_COLUMNS (no second cache, no `[slots, columns, vocab]`
-        logits); returns the cache and the logits after each row's last token. Rows of length 0 write
-        nowhere; padding past a row's tokens is written too, and decode overwrites it before any query reads it."""
+        logits); returns the cache, the logits after each row's last token and (speculative engines) the draft
+        context, whose MTP-layer columns are rewritten alongside (`rlx.rollout.speculative.refresh_mtp_chunk`).
+        Rows of length 0 write nowhere; padding past a row's tokens is written too, and decode overwrites it
+        before any query reads it."""
         width = min(tokens.shape[1], self._recompute_columns)
         last = lengths - 1
+        following = jnp.pad(tokens, ((0, 0), (0, 1)), constant_values=self.pad_id)[:, 1:]  # the token after each column
+
+        def at_offset(hidden, first, offset, otherwise):
+            offset = offset - first
+            here = (offset >= 0) & (offset < width)
+            picked = jnp.take_along_axis(hidden, jnp.clip(offset, 0, width - 1)[:, None, None], axis=1)[:, 0]
+            return jnp.where(here[:, None], picked, otherwise)
 
         def chunk(carry, first):
-            cache, last_hidden = carry
+            cache, last_hidden, before_last = carry
             ids = jax.lax.dynamic_slice_in_dim(tokens, first, width, axis=1)
             index = jnp.where(lengths > 0, columns + first, self.max_len)  # column max_len and beyond: the write is dropped
             hidden, cache = model.hidden_states(ids, start=state.start, cache=cache, cache_index=index)
-            offset = last - first
-            here = (offset >= 0) & (offset < width)
-            picked = jnp.take_along_axis(hidden, jnp.clip(offset, 0, width - 1)[:, None, None], axis=1)[:, 0]
-            return (cache, jnp.where(here[:, None], picked, last_hidden)), None
+            if self.speculative is not None:
+                cache = refresh_mtp_chunk(model, hidden, jax.lax.dynamic_slice_in_dim(following, first, width, axis=1), state.start, cache, index)
+            return (cache, at_offset(hidden, first, last, last_hidden), at_offset(hidden, first, last - 1, before_last)), None
 
-        hidden0 = jnp.zeros((self._slots, self.model_config.hidden_size), jnp.dtype(self.model_config.dtype))
+        if self.speculative is None:
+            before = jnp.zeros((self._slots, self.model_config.hidden_size), jnp.dtype(self.model_config.dtype))
+        else:  # the hidden state before an extension's first token: the slot's latest
+            before = state.draft.hidden[:, 1]
         starts = jnp.arange(0, tokens.shape[1], width, dtype=jnp.int32)
-        (cache, last_hidden), _ = jax.lax.scan(chunk, (state.cache, hidden0), starts)
-        return cache, model.logits(last_hidden)
+        (cache, last_hidden, before_last), _ = jax.lax.scan(chunk, (state.cache, before, before), starts)
+        if self.speculative is None:
+            return cache, model.logits(last_hidden), None
+        last_token = jnp.take_along_axis(tokens, jnp.maximum(last, 0)[:, None], axis=1)[:, 0]
+        cache, draft = refreshed_context(model, state, cache, lengths, columns, tokens[:, 0], last_hidden, before_last, last_token)
+        return cache, model.logits(last_hidden), draft
 
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, params: nnx.State, tokens: np.ndarray, start: np.ndarray, prompt_len: int, sampling: SamplingParams) -> np.ndarray:

@@ -31,9 +31,9 @@ decoder layer keeps keys and values in the engine's KV cache as one extra layer 
 (re)writes the MTP layer's two latest columns, so a kept draft (whose own MTP column was skipped) leaves no hole.
 
 Only untruncated sampling (`temperature > 0`, no top-k / top-p) is drafted; other settings (greedy validation)
-decode as without drafting on the same engine. `recompute` and `extend` rebuild the trunk's cache only: the
-MTP layer's columns they cover keep older values, which makes drafts worse there (in `lossless` mode never
-the samples wrong: any q keeps the output distribution exact).
+decode as without drafting on the same engine. `recompute` and `extend` rewrite the MTP layer's columns they
+cover and the draft context alongside the trunk's (`refresh_mtp_chunk`, `refreshed_context`), so drafts after a
+weight swap or an appended observation are the head's, as in an uninterrupted sequence.
 """
 
 from __future__ import annotations
@@ -86,10 +86,32 @@ def prefill_context(model: Qwen3, hidden: jax.Array, tokens: jax.Array, start: j
     return DraftContext(hidden[:, -2:], tokens[:, -1], nothing, jnp.zeros((rows,), jnp.float32), jnp.zeros((rows,), bool)), cache
 
 
-def forget_pending(draft: DraftContext | None, rows: jax.Array) -> DraftContext | None:
-    """`draft` without the pending tokens of `rows` [slots] bool: their next-token logits were just recomputed
-    (new weights, or tokens appended), so the next forward draws its token afresh from them."""
-    return None if draft is None else dataclasses.replace(draft, has_pending=draft.has_pending & ~rows)
+def refresh_mtp_chunk(model: Qwen3, hidden: jax.Array, following: jax.Array, start: jax.Array, cache: KVCache,
+                      index: jax.Array) -> KVCache:
+    """Rewrites the MTP layer's cache columns `index .. index + W - 1` [B] of a chunk the trunk just ran (`recompute`,
+    `extend`): column t from the trunk's `hidden [B, W, D]` at t and the token after t (`following [B, W]`). The
+    column of a row's last token is rewritten by its next decode step, which knows the token after it."""
+    _, cache = model.mtp_hidden_states(hidden, following, start=start, cache=cache, cache_index=index)
+    return cache
+
+
+def refreshed_context(model: Qwen3, state: DecodeState, cache: KVCache, lengths: jax.Array, columns: jax.Array, first_token: jax.Array,
+                      last_hidden: jax.Array, before_last: jax.Array, last_token: jax.Array) -> tuple[KVCache, DraftContext]:
+    """After `recompute` or `extend` ran `lengths [B]` tokens (the first `first_token`) at `columns` onwards: the draft
+    context of those rows (the trunk's hidden states at their last two columns, their last token, no pending token:
+    the next forward draws afresh), and the MTP layer's two columns before `columns`, which no chunk covers: from the
+    slot's draft context, as its next decode step would have written them, with `first_token` as that step's token
+    (none when `columns` < 2: a recompute from column 0). An extension is expected right after the slot's last
+    decoded column (the context's)."""
+    chosen = lengths > 0
+    boundary = jnp.where(chosen & (columns >= 2), columns - 2, cache.max_len)  # beyond the cache: the write is dropped
+    context = state.draft
+    _, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, first_token], axis=1), start=state.start,
+                                       cache=cache, cache_index=boundary)
+    rows = lambda new, old: jnp.where(chosen.reshape(-1, *([1] * (new.ndim - 1))), new, old)
+    return cache, DraftContext(hidden=rows(jnp.stack([before_last, last_hidden], axis=1), context.hidden),
+                               token=rows(last_token, context.token), pending=context.pending,
+                               pending_log_prob=context.pending_log_prob, has_pending=context.has_pending & ~chosen)
 
 
 def lossless_verify(uniform: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,

@@ -173,6 +173,42 @@ def test_partial_rollouts_carry_drafted_samples_across_steps(spec_engine):
         assert (generation.lengths == 7).all() and "spec/tokens_per_forward" in rollout.metrics
 
 
+BUCKET = 8  # PROMPT's prefill bucket: the cache column of its first generated token
+
+
+def check_confidence_call(model: Qwen3, result, before: list[list[int]], threshold: float, max_len: int) -> dict[str, int]:
+    """Checks one confidence-mode generate call against the model teacher-forced over each slot's tokens `before` it
+    then what it emitted: each forward's draft is kept iff the confidence head rates it >= `threshold` (and the row,
+    `max_len` cache columns, has room), x records log p and a kept draft log q. Returns counts of kept and discarded
+    drafts, and of kept ones whose q and p differ."""
+    last_position = len(PROMPT) + max_len - BUCKET - 1  # of a token in the sequence
+    result = result.convert_to_numpy()
+    tokens, valid, recorded = result.tokens, result.valid, result.log_probs
+    sequences = np.zeros((len(before), max(map(len, before)) + tokens.shape[1]), np.int32)
+    for slot, prefix in enumerate(before):
+        emitted = list(prefix) + list(tokens[slot, valid[slot]])
+        sequences[slot, :len(emitted)] = emitted
+    log_p, log_q, confidence = teacher_forced(model, sequences)
+    checked = {"kept": 0, "not kept": 0, "q far from p": 0}
+    for slot, prefix in enumerate(before):
+        position = len(prefix)  # of the forward's x
+        for forward in range(tokens.shape[1] // 2):
+            if not valid[slot, 2 * forward]:
+                break  # the row is full
+            x, draft = tokens[slot, 2 * forward: 2 * forward + 2]
+            kept = valid[slot, 2 * forward + 1]
+            np.testing.assert_allclose(recorded[slot, 2 * forward], log_p[slot, position - 1, x], atol=1e-4)  # x: drawn from p
+            rated = confidence[slot, position - 1]  # the draft of the token after x, from the hidden before x and x
+            if abs(rated - threshold) > 1e-3 and position + 1 <= last_position:
+                assert kept == (rated >= threshold), (slot, forward, rated)
+            if kept:  # drawn from q, recorded as q
+                np.testing.assert_allclose(recorded[slot, 2 * forward + 1], log_q[slot, position - 1, draft], atol=1e-4)
+                checked["q far from p"] += abs(log_q[slot, position - 1, draft] - log_p[slot, position, draft]) > 0.1
+            checked["kept" if kept else "not kept"] += 1
+            position += 1 + kept
+    return checked
+
+
 def test_confidence_mode_keeps_confident_drafts_and_records_the_distribution_each_token_came_from(spec_engine, confidence_engine):
     _, model = spec_engine
     engine = confidence_engine
@@ -180,32 +216,27 @@ def test_confidence_mode_keeps_confident_drafts_and_records_the_distribution_eac
     state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(4)),
                                rows=[0] * slots, slots=list(range(slots)))
     _, result = engine.generate(params, state, SamplingParams(1.0))
-    result = result.convert_to_numpy()
-    tokens, valid, recorded = result.tokens, result.valid, result.log_probs
-    length = len(PROMPT) + valid.sum(axis=1)
-    sequences = np.zeros((slots, len(PROMPT) + tokens.shape[1]), np.int32)
-    sequences[:, :len(PROMPT)] = PROMPT
-    for slot in range(slots):
-        sequences[slot, len(PROMPT):length[slot]] = tokens[slot, valid[slot]]
-    log_p, log_q, confidence = teacher_forced(model, sequences)
-
-    checked = {"kept": 0, "not kept": 0, "q far from p": 0}
-    for slot in range(slots):
-        position = len(PROMPT)  # of the forward's x
-        for forward in range(tokens.shape[1] // 2):
-            x, draft = tokens[slot, 2 * forward: 2 * forward + 2]
-            np.testing.assert_allclose(recorded[slot, 2 * forward], log_p[slot, position - 1, x], atol=1e-4)  # x: drawn from p
-            rated = confidence[slot, position - 1]  # the draft of the token after x, from the hidden before x and x
-            if abs(rated - threshold) > 1e-3:
-                assert valid[slot, 2 * forward + 1] == (rated >= threshold), (slot, forward, rated)
-            if valid[slot, 2 * forward + 1]:  # a kept draft: drawn from q, recorded as q
-                np.testing.assert_allclose(recorded[slot, 2 * forward + 1], log_q[slot, position - 1, draft], atol=1e-4)
-                checked["q far from p"] += abs(log_q[slot, position - 1, draft] - log_p[slot, position, draft]) > 0.1
-                checked["kept"] += 1
-            else:
-                checked["not kept"] += 1
-            position += 1 + valid[slot, 2 * forward + 1]
+    checked = check_confidence_call(model, result, [PROMPT] * slots, threshold, engine.max_len)
     assert min(checked.values()) > 5, checked  # both outcomes happen, and recording p instead of q would have failed
+
+
+def test_extend_refreshes_the_mtp_cache_and_draft_context(spec_engine, confidence_engine):
+    """After an observation is appended (`extend`), drafts are the MTP head's over the whole sequence, as checked
+    teacher-forced; with the MTP layer's columns or the draft context left stale they would not be."""
+    _, model = spec_engine
+    engine = confidence_engine
+    slots, params, threshold = engine.max_concurrent_decodes, engine.load_params(), engine.speculative.threshold
+    state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(6)),
+                               rows=[0] * slots, slots=list(range(slots)))
+    state, first = engine.generate(params, state, SamplingParams(1.0))
+    first = first.convert_to_numpy()
+    observation = [1, 2]
+    emitted = [list(first.tokens[slot, first.valid[slot]]) for slot in range(slots)]
+    state = engine.extend(params, state, list(range(slots)), [np.array(observation, np.int32)] * slots,
+                          [BUCKET + len(tokens) for tokens in emitted])
+    _, second = engine.generate(params, state, SamplingParams(1.0))
+    checked = check_confidence_call(model, second, [PROMPT + tokens + observation for tokens in emitted], threshold, engine.max_len)
+    assert checked["kept"] > 5, checked
 
 
 def test_learner_correction_weighs_kept_drafts_by_their_draft_log_probs(spec_engine, confidence_engine):
