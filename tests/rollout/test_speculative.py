@@ -264,3 +264,25 @@ def test_learner_correction_weighs_kept_drafts_by_their_draft_log_probs(spec_eng
     np.testing.assert_allclose(generation.log_probs[rows, columns], log_q[rows, columns, generation.tokens[rows, columns]], atol=1e-4)
     np.testing.assert_allclose(np.asarray(weights)[rows, columns], np.exp(np.asarray(learner)[rows, columns] - generation.log_probs[rows, columns]),
                                rtol=1e-4)
+
+
+def test_recompute_refreshes_drafts_under_the_new_weights(spec_engine, confidence_engine):
+    """A weight swap with `recompute`: the next call's drafts and log-probs are the new model's over the whole sequence."""
+    _, model = spec_engine
+    engine = confidence_engine
+    slots, threshold = engine.max_concurrent_decodes, engine.speculative.threshold
+    graphdef, old = nnx.split(model)
+    new = jax.tree.map(lambda x: x * 1.2, old)
+    state = engine.insert_rows(engine.prefill_batch(engine.load_params(), [np.array(PROMPT, np.int32)]),
+                               engine.decode_state(jax.random.key(7)), rows=[0] * slots, slots=list(range(slots)))
+    state, first = engine.generate(engine.load_params(), state, SamplingParams(1.0))
+    first = first.convert_to_numpy()
+    emitted = [list(first.tokens[slot, first.valid[slot]]) for slot in range(slots)]
+    sequences = np.full((slots, engine.max_len), PAD, np.int32)
+    for slot, tokens in enumerate(emitted):
+        sequences[slot, BUCKET - len(PROMPT):BUCKET + len(tokens)] = PROMPT + tokens
+    params = engine.publish(new)
+    state = engine.recompute(params, state, sequences, np.arange(slots))
+    _, second = engine.generate(params, state, SamplingParams(1.0))
+    checked = check_confidence_call(nnx.merge(graphdef, new), second, [PROMPT + tokens for tokens in emitted], threshold, engine.max_len)
+    assert checked["kept"] > 5, checked
