@@ -155,6 +155,9 @@ class Config:
         if self.rollout.speculative != "off" and (not self.model.mtp.enabled or self.algorithm.routing_replay != "off"):
             raise ValueError(f"rollout.speculative: {self.rollout.speculative} drafts with the model's MTP head and records no MoE routes: "
                              "set model.mtp.enabled: true and algorithm.routing_replay: off")
+        if self.rollout.speculative == "confidence" and self.algorithm.correction == "none" and self.algorithm.policy_loss != "decoupled_ppo":
+            raise ValueError("rollout.speculative: confidence keeps unverified drafts and records their draft log-probs; only an "
+                             "off-policy correction reads them: set algorithm.correction (tis, icepop, ...) or algorithm.policy_loss: decoupled_ppo")
         needed = self.data.max_prompt_len + self.rollout.max_new_tokens
         if needed > self.model.max_seq_len:
             raise ValueError(

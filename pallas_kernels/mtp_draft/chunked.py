@@ -10,6 +10,7 @@ DEFAULT_BLOCK_V = 2048
 
 def chunked_draft_tokens(h: jax.Array, w: jax.Array, seeds: jax.Array, temperature: float, block_v: int) -> tuple[jax.Array, jax.Array]:
     (dim, vocab), rows = w.shape, h.shape[0]
+    block_v = min(block_v, vocab)  # a small vocabulary is one chunk, not padded to a block of mostly nothing
     chunks = -(-vocab // block_v)
     blocks = jnp.pad(w, ((0, 0), (0, chunks * block_v - vocab))).reshape(dim, chunks, block_v).transpose(1, 0, 2)
     seeds = seeds[:, None]

@@ -13,8 +13,9 @@ column `start [B]`. Key column `j` is visible to a query at column `i` of row `b
 | `cudnn` | cuDNN flash attention through `jax.nn.dot_product_attention` (GPU only) | no scores |
 | `splash` | Pallas splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`, TPU only) | no scores |
 
-`auto` takes splash on TPU, cuDNN on GPU and `chunked` elsewhere; a single query column per row
-(decode) uses `reference`, whose scores are then no larger than the keys it reads.
+`auto` takes splash on TPU, cuDNN on GPU and `chunked` elsewhere; decode's query columns per row (one, or
+`DECODE_QUERY_COLUMNS` when speculative decoding scores a token and its draft) use `reference`, whose scores
+are then no larger than a few times the keys it reads (a key-block scan costs a decode step 2x on CPU).
 
 Splash attention masks by segment ids and a causal mask over positions, so it needs query `s`
 at key column `s` (training and a prefill that fills the cache from column 0: as many queries as
@@ -104,6 +105,9 @@ _IMPLS: dict[str, Callable] = {
 }
 
 
+DECODE_QUERY_COLUMNS = 2  # the most query columns per row a decode step runs (a token and its draft)
+
+
 def resolve_attention_impl(impl: str, query_columns: int, backend: str | None = None, key_columns: int | None = None) -> str:
     """The implementation `impl` runs as for `query_columns` queries per row over `key_columns` keys
     (default: as many) on `backend` (default: JAX's)."""
@@ -114,7 +118,7 @@ def resolve_attention_impl(impl: str, query_columns: int, backend: str | None = 
         if impl == name and backend not in needs:
             raise ValueError(f"attention impl {name!r} needs a {label} backend, got {backend!r}; use 'chunked' (any backend) or 'auto'")
     if impl == "auto":
-        if query_columns == 1:
+        if query_columns <= DECODE_QUERY_COLUMNS:
             return "reference"
         impl = "splash" if backend == "tpu" else "cudnn" if backend in GPU_BACKENDS else "chunked"
     if impl == "splash" and key_columns not in (None, query_columns):

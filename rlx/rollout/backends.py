@@ -70,7 +70,7 @@ def build_engine(graphdef: nnx.GraphDef, params: nnx.State, model_config: ModelC
         mesh=mesh,
         rules=rules,
         record_routes=record_routes,
-        speculative=config.speculative == "lossless",
+        speculative=config.speculation,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from rlx.checks import require_positive
 from rlx.rollout.sampling import SamplingParams
+from rlx.rollout.speculative import Speculation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +34,10 @@ class RolloutConfig:
     and `max_new_tokens` bounds its policy and observation tokens together (`rlx/rollout/turns.py`).
     `speculative: lossless` drafts a second token per forward with the model's MTP head (`model.mtp`) and keeps it
     by exact rejection sampling (`rlx/rollout/speculative.py`): the same samples' distribution and behaviour
-    log-probs, 1 to 2 tokens per forward. It needs untruncated sampling (`temperature > 0`, no `top_k`/`top_p`)
-    and `backend: engine`; greedy validation decodes without drafts.
+    log-probs, 1 to 2 tokens per forward. `speculative: confidence` (PIPO) keeps the draft unverified when the
+    model's confidence head rates it >= `spec_threshold`, and records its draft log-prob as its behaviour log-prob
+    (the learner's off-policy correction then weighs it; the run config requires one). Both need untruncated
+    sampling (`temperature > 0`, no `top_k`/`top_p`) and `backend: engine`; greedy validation decodes without drafts.
     """
 
     backend: Literal["engine", "jetstream"] = "engine"
@@ -51,7 +54,8 @@ class RolloutConfig:
     stop_strings: tuple[str, ...] = ()
     dtype: Literal["float32", "bfloat16"] | None = None
     max_turns: int = 4
-    speculative: Literal["off", "lossless"] = "off"
+    speculative: Literal["off", "lossless", "confidence"] = "off"
+    spec_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -66,9 +70,20 @@ class RolloutConfig:
             raise ValueError(f"stop_strings must be non-empty strings, got {list(self.stop_strings)!r}")
         if self.stop_strings and self.backend != "engine":
             raise ValueError(f"stop_strings are matched by rlx's driver; they need backend: engine, got backend: {self.backend}")
-        if self.speculative == "lossless" and (self.temperature == 0 or self.top_k or self.top_p < 1 or self.backend != "engine"):
-            raise ValueError("speculative: lossless verifies drafts against the untruncated sampled distribution: it needs "
+        if self.speculative not in ("off", "lossless", "confidence"):
+            raise ValueError(f"speculative must be off, lossless or confidence, got {self.speculative!r}")
+        if not 0.0 <= self.spec_threshold <= 1.0:
+            raise ValueError(f"spec_threshold is the least confidence (a probability in [0, 1]) of a kept draft, got {self.spec_threshold}")
+        if self.speculative != "off" and (self.temperature == 0 or self.top_k or self.top_p < 1 or self.backend != "engine"):
+            raise ValueError(f"speculative: {self.speculative} drafts from and scores against the untruncated sampled distribution: it needs "
                              f"temperature > 0, top_k: 0, top_p: 1 and backend: engine (got temperature {self.temperature}, "
                              f"top_k {self.top_k}, top_p {self.top_p}, backend {self.backend})")
         if self.max_prefill_length is not None and self.max_prefill_length < 1:
             raise ValueError(f"max_prefill_length must be >= 1 or null (take data.max_prompt_len), got {self.max_prefill_length}")
+
+    @property
+    def speculation(self) -> Speculation | None:
+        """The engine's drafting (None: off)."""
+        if self.speculative == "off":
+            return None
+        return Speculation(self.speculative, self.spec_threshold if self.speculative == "confidence" else None)

@@ -168,7 +168,7 @@ class RolloutDriver:
         self.long_prompt = long_prompt
         self.interrupt = interrupt
         self.truncated_prompts = 0
-        self.drafting = [0, 0]  # speculative engines: target forwards of held slots, and the drafts they kept
+        self.drafting = [0, 0, 0.0]  # speculative engines: target forwards of held slots, the drafts they kept, sum of log q(d) - log p(d)
         self.weight_source: Callable[[], tuple[nnx.State, int] | None] | None = None
         self.mid_batch_swaps = 0
         from rlx.rollout.partial import PartialRollouts  # it builds on this module
@@ -238,8 +238,12 @@ class RolloutDriver:
         result = to_numpy()
         if result.drafts:
             held = session.buffers.active & (session.buffers.since <= at)
-            self.drafting[0] += int(result.valid[held, 0::2].sum())
+            forwards = result.valid[held, 0::2]
+            self.drafting[0] += int(forwards.sum())
             self.drafting[1] += int(result.valid[held, 1::2].sum())
+            self.drafting[2] += float(np.sum(result.draft_kl[held] * forwards))
+            # 1 or 2 tokens per forward: what was emitted bounds the cache columns better than 2 per forward.
+            session.buffers.settle(held, self.engine.columns_per_generate)
         for slot in session.buffers.append(result, at, version, self.engine.stop_tokens, self.stop_strings):
             if self.turns is None:
                 yield self.complete(session, slot)
@@ -354,10 +358,16 @@ class RolloutDriver:
         metrics.update(self.drafting_metrics(drafting_before))
         return assemble_groups(prompts, completions, n, max_new_tokens, pad_id=self.engine.pad_id, metrics=metrics)
 
-    def drafting_metrics(self, before: list[int]) -> dict[str, float]:
-        """`spec/*` since `before` (a copy of `drafting`): kept drafts per target forward, and tokens per forward (none without drafts)."""
-        forwards, kept = (now - then for now, then in zip(self.drafting, before))
-        return {"spec/accept_rate": kept / forwards, "spec/tokens_per_forward": (forwards + kept) / forwards} if forwards else {}
+    def drafting_metrics(self, before: list) -> dict[str, float]:
+        """`spec/*` since `before` (a copy of `drafting`), none without drafts: kept drafts per target forward
+        (`spec/accept_rate` when verified, `spec/confidence_kept` when kept by the confidence head), tokens per
+        forward, and KL(q || p) of the draft distribution from the target's at drafted positions (estimated by the mean
+        of log q(d) - log p(d) over drafts d ~ q)."""
+        forwards, kept, kl = (now - then for now, then in zip(self.drafting, before))
+        if not forwards:
+            return {}
+        kept_name = "spec/accept_rate" if self.engine.speculative.mode == "lossless" else "spec/confidence_kept"
+        return {kept_name: kept / forwards, "spec/tokens_per_forward": (forwards + kept) / forwards, "spec/draft_kl": kl / forwards}
 
 
 def check_prompt(prompt: np.ndarray, limit: int, long_prompt: LongPrompt, tag: Any) -> tuple[np.ndarray, bool]:
@@ -419,6 +429,11 @@ class _SlotBuffers:
         """Counts a generate call of `steps` tokens on the `live` slots; returns the most columns one then holds."""
         self.columns[live] += steps
         return int(self.columns[live].max())
+
+    def settle(self, rows: np.ndarray, in_flight: int) -> None:
+        """Bounds the columns of `rows` [slots] bool, whose tokens so far are all appended, by those tokens plus the
+        `in_flight` columns of the one generate call dispatched since (`advance` counted the most a call can add)."""
+        self.columns[rows] = np.minimum(self.columns[rows], self.origin[rows] + self.count[rows] + in_flight)
 
     def append(self, result, step: int, version: int, stop_tokens: tuple[int, ...], stop_strings: StopStrings | None = None) -> list[int]:
         """Adds generate step `step`'s tokens; returns the slots that finished."""

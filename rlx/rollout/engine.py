@@ -32,8 +32,9 @@ Weights are an argument of every jitted function (never baked in); `load_params`
 replacement has the tree structure, shapes and dtypes the programs were compiled for.
 The engine imports nothing from JetStream: `rlx.rollout.jetstream_compat` adapts it.
 
-`speculative`: each decode forward also scores a draft of the MTP head and keeps it by exact rejection
-sampling (`rlx.rollout.speculative`): 1 to 2 tokens per forward, sampled exactly as without drafting.
+`speculative` (a `rlx.rollout.speculative.Speculation`): each decode forward also makes a draft with the MTP head
+and keeps it by exact rejection sampling (`lossless`: sampled exactly as without drafting) or when the confidence
+head rates it high enough (`confidence`, PIPO: kept drafts record their draft log-prob): 1 to 2 tokens per forward.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from rlx.models.activation_sharding import ActivationSharding, activation_shardi
 from rlx.parallel import Layout, reshard, rules_for
 from rlx.parallel.presets import Rules
 from rlx.rollout.sampling import SamplingParams, sample_tokens, token_log_probs
-from rlx.rollout.speculative import cache_config, drafts, forget_pending, prefill_context, speculative_generate
+from rlx.rollout.speculative import (Speculation, cache_config, drafts, prefill_context, refresh_mtp_chunk, refreshed_context,
+                                     speculative_generate)
 from rlx.rollout.state import DecodeState, DraftContext, EngineLayout, Prefix, ResultTokens, abstract, check_same_structure
 
 MIN_BUCKET = 8
@@ -125,9 +127,9 @@ class Engine:
         mesh: jax.sharding.Mesh | None = None,
         rules: Rules | None = None,
         record_routes: bool = False,
-        speculative: bool = False,
+        speculative: Speculation | None = None,
     ):
-        if speculative and (not model_config.mtp.enabled or record_routes):
+        if speculative is not None and (not model_config.mtp.enabled or record_routes):
             raise ValueError("speculative decoding drafts with the model's MTP head and records no routes: it needs model.mtp.enabled")
         if record_routes and not model_config.moe_layers:
             raise ValueError("record_routes records the experts of MoE layers, but this model has none (model.num_experts: 0)")
@@ -149,13 +151,13 @@ class Engine:
         self._recompute_columns = min(RECOMPUTE_COLUMNS, self.max_len)
         self.tokenizer = tokenizer
         self.speculative = speculative
-        self._cache_config = cache_config(model_config) if speculative else model_config
+        self._cache_config = cache_config(model_config) if speculative is not None else model_config
         # (moe_layers, k) of the routes each token's record holds; None when not recording.
         self.route_shape = (model_config.moe_layers, model_config.num_experts_per_tok) if record_routes else None
         rules = rules_for("serve_tp") if rules is None else rules
         role = Layout.single_device(rules) if mesh is None else Layout(mesh, rules)
         self._layout = layout = EngineLayout.build(role, params, self._cache_config, max_concurrent_decodes, self.max_len, record_routes,
-                                                   speculative)
+                                                   speculative is not None)
         self._abstract_params = abstract(jax.eval_shape(self._cast_impl, params), layout.params)
         self._cast = jax.jit(self._cast_impl)
         state, prefix = layout.state(), layout.prefix()
@@ -195,7 +197,7 @@ class Engine:
     @property
     def columns_per_generate(self) -> int:
         """The most cache columns a slot advances in one `generate` call (two per forward when drafting)."""
-        return self.steps_per_generate * (2 if self.speculative else 1)
+        return self.steps_per_generate * (1 if self.speculative is None else 2)
 
     @property
     def mesh(self) -> jax.sharding.Mesh:
@@ -272,7 +274,7 @@ class Engine:
         cache = KVCache.zeros(self._cache_config, *tokens.shape)
         hidden, cache, routes = model.hidden_states_and_routes(tokens, start=start, cache=cache, cache_index=0, media=media)
         logits = model.logits(hidden[:, -1])  # left-padded: the last column is every row's last token
-        if self.speculative:
+        if self.speculative is not None:
             context, cache = prefill_context(model, hidden, tokens, start, cache)
             return Prefix(cache, start, logits, draft=context)
         if self.route_shape is None:
@@ -303,7 +305,7 @@ class Engine:
 
     def _new_state_impl(self, key) -> DecodeState:
         slots, vocab = self._slots, self.model_config.vocab_size
-        draft = DraftContext.zeros(slots, self.model_config.hidden_size, jnp.dtype(self.model_config.dtype)) if self.speculative else None
+        draft = DraftContext.zeros(slots, self.model_config.hidden_size, jnp.dtype(self.model_config.dtype)) if self.speculative is not None else None
         return DecodeState(
             cache=KVCache.zeros(self._cache_config, slots, self.max_len),
             start=jnp.zeros((slots,), jnp.int32),
@@ -371,8 +373,8 @@ class Engine:
     def _generate_impl(self, params, state: DecodeState, sampling: SamplingParams, *, kv_len: int):
         model = nnx.merge(self._graphdef, params)
         stops = jnp.asarray(self.stop_tokens or (-1,), jnp.int32)
-        if self.speculative and drafts(sampling):  # `sampling` is static: one compiled variant each
-            return speculative_generate(model, state, sampling, steps=self.steps_per_generate, kv_len=kv_len, max_len=self.max_len, stops=stops)
+        if self.speculative is not None and drafts(sampling):  # `sampling` is static: one compiled variant each
+            return speculative_generate(model, state, sampling, self.speculative, steps=self.steps_per_generate, kv_len=kv_len, max_len=self.max_len, stops=stops)
 
         def one_token(state: DecodeState, _):
             key = jax.random.fold_in(state.key, state.step)
@@ -415,9 +417,8 @@ class Engine:
     def _recompute_impl(self, params, state: DecodeState, tokens, chosen):
         model = nnx.merge(self._graphdef, params)
         lengths = jnp.where(chosen, state.index, 0)
-        cache, logits = self._run_onto_cache(model, state, tokens, lengths, jnp.zeros_like(lengths))
-        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits),
-                                   draft=forget_pending(state.draft, chosen))
+        cache, logits, draft = self._run_onto_cache(model, state, tokens, lengths, jnp.zeros_like(lengths))
+        return dataclasses.replace(state, cache=cache, logits=jnp.where(chosen[:, None], logits, state.logits), draft=draft)
 
     def extend(self, params: nnx.State, decode_state: DecodeState, slots: Sequence[int], tokens: Sequence[np.ndarray],
                columns: Sequence[int]) -> DecodeState:
@@ -441,33 +442,47 @@ class Engine:
     def _extend_impl(self, params, state: DecodeState, tokens, lengths, columns):
         model = nnx.merge(self._graphdef, params)
         chosen = lengths > 0
-        cache, logits = self._run_onto_cache(model, state, tokens, lengths, columns)
+        cache, logits, draft = self._run_onto_cache(model, state, tokens, lengths, columns)
         return dataclasses.replace(state, cache=cache, index=jnp.where(chosen, columns + lengths, state.index),
-                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen,
-                                   draft=forget_pending(state.draft, chosen))
+                                   logits=jnp.where(chosen[:, None], logits, state.logits), done=state.done & ~chosen, draft=draft)
 
-    def _run_onto_cache(self, model, state: DecodeState, tokens, lengths, columns) -> tuple[KVCache, jax.Array]:
+    def _run_onto_cache(self, model, state: DecodeState, tokens, lengths, columns) -> tuple[KVCache, jax.Array, DraftContext | None]:
         """Runs row s's `tokens[s, :lengths[s]]` at cache columns `columns[s]` onwards, written into the state's
         own cache in column chunks of RECOMPUTE_COLUMNS (no second cache, no `[slots, columns, vocab]`
-        logits); returns the cache and the logits after each row's last token. Rows of length 0 write
-        nowhere; padding past a row's tokens is written too, and decode overwrites it before any query reads it."""
+        logits); returns the cache, the logits after each row's last token and (speculative engines) the draft
+        context, whose MTP-layer columns are rewritten alongside (`rlx.rollout.speculative.refresh_mtp_chunk`).
+        Rows of length 0 write nowhere; padding past a row's tokens is written too, and decode overwrites it
+        before any query reads it."""
         width = min(tokens.shape[1], self._recompute_columns)
         last = lengths - 1
+        following = jnp.pad(tokens, ((0, 0), (0, 1)), constant_values=self.pad_id)[:, 1:]  # the token after each column
+
+        def at_offset(hidden, first, offset, otherwise):
+            offset = offset - first
+            here = (offset >= 0) & (offset < width)
+            picked = jnp.take_along_axis(hidden, jnp.clip(offset, 0, width - 1)[:, None, None], axis=1)[:, 0]
+            return jnp.where(here[:, None], picked, otherwise)
 
         def chunk(carry, first):
-            cache, last_hidden = carry
+            cache, last_hidden, before_last = carry
             ids = jax.lax.dynamic_slice_in_dim(tokens, first, width, axis=1)
             index = jnp.where(lengths > 0, columns + first, self.max_len)  # column max_len and beyond: the write is dropped
             hidden, cache = model.hidden_states(ids, start=state.start, cache=cache, cache_index=index)
-            offset = last - first
-            here = (offset >= 0) & (offset < width)
-            picked = jnp.take_along_axis(hidden, jnp.clip(offset, 0, width - 1)[:, None, None], axis=1)[:, 0]
-            return (cache, jnp.where(here[:, None], picked, last_hidden)), None
+            if self.speculative is not None:
+                cache = refresh_mtp_chunk(model, hidden, jax.lax.dynamic_slice_in_dim(following, first, width, axis=1), state.start, cache, index)
+            return (cache, at_offset(hidden, first, last, last_hidden), at_offset(hidden, first, last - 1, before_last)), None
 
-        hidden0 = jnp.zeros((self._slots, self.model_config.hidden_size), jnp.dtype(self.model_config.dtype))
+        if self.speculative is None:
+            before = jnp.zeros((self._slots, self.model_config.hidden_size), jnp.dtype(self.model_config.dtype))
+        else:  # the hidden state before an extension's first token: the slot's latest
+            before = state.draft.hidden[:, 1]
         starts = jnp.arange(0, tokens.shape[1], width, dtype=jnp.int32)
-        (cache, last_hidden), _ = jax.lax.scan(chunk, (state.cache, hidden0), starts)
-        return cache, model.logits(last_hidden)
+        (cache, last_hidden, before_last), _ = jax.lax.scan(chunk, (state.cache, before, before), starts)
+        if self.speculative is None:
+            return cache, model.logits(last_hidden), None
+        last_token = jnp.take_along_axis(tokens, jnp.maximum(last, 0)[:, None], axis=1)[:, 0]
+        cache, draft = refreshed_context(model, state, cache, lengths, columns, tokens[:, 0], last_hidden, before_last, last_token)
+        return cache, model.logits(last_hidden), draft
 
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, params: nnx.State, tokens: np.ndarray, start: np.ndarray, prompt_len: int, sampling: SamplingParams) -> np.ndarray:

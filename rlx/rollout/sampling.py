@@ -90,21 +90,28 @@ def sample_tokens(key: jax.Array, logits: jax.Array, sampling: SamplingParams) -
 
 def _draw(key: jax.Array, log_probs: jax.Array) -> jax.Array:
     """An index per row of normalised `log_probs [B, C]` drawn with probability exp(log_probs) (-inf: never)."""
+    outer, inner = jax.random.split(key)
+    rows = log_probs.shape[0]
+    return draw_with_uniforms(jax.random.uniform(outer, (rows,)), jax.random.uniform(inner, (rows,)), log_probs)
+
+
+def draw_with_uniforms(outer: jax.Array, inner: jax.Array, log_probs: jax.Array) -> jax.Array:
+    """`_draw` with its two uniforms per row given (`outer`, `inner` [B] in [0, 1)): a caller that draws several
+    times per step makes all its uniforms in one call of the random generator (each call is many small ops on CPU)."""
     rows, size = log_probs.shape
     width = min(DRAW_BLOCK, size)
     padded = jnp.pad(log_probs, ((0, 0), (0, -size % width)), constant_values=-jnp.inf)
     probs = jnp.exp(padded).reshape(rows, -1, width)
-    outer, inner = jax.random.split(key)
     block = _inverse_cdf(outer, jnp.sum(probs, axis=-1))
     within = _inverse_cdf(inner, jnp.take_along_axis(probs, block[:, None, None], axis=1)[:, 0])
     return block * width + within
 
 
-def _inverse_cdf(key: jax.Array, weights: jax.Array) -> jax.Array:
-    """Index i of each row of `weights [B, n]` (>= 0, some > 0) with probability weights[i] / sum."""
+def _inverse_cdf(uniform: jax.Array, weights: jax.Array) -> jax.Array:
+    """Index i of each row of `weights [B, n]` (>= 0, some > 0) with probability weights[i] / sum, for `uniform [B]`."""
     cumulative = jax.lax.associative_scan(jnp.add, weights, axis=-1)
     # A threshold in (0, total]: the first index whose cumulative mass reaches it has positive weight.
-    threshold = (1.0 - jax.random.uniform(key, weights.shape[:1])) * cumulative[:, -1]
+    threshold = (1.0 - uniform) * cumulative[:, -1]
     return jnp.minimum(jnp.sum(cumulative < threshold[:, None], axis=-1), weights.shape[1] - 1).astype(jnp.int32)
 
 

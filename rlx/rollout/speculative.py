@@ -1,35 +1,70 @@
-"""Lossless speculative decoding with the model's MTP head (`rollout.speculative: lossless`).
+"""Speculative decoding with the model's MTP head (`rollout.speculative: lossless | confidence`).
 
 Each target forward runs two tokens per slot: the token `x` it emits, and a draft `d` of the token after it,
 sampled from the MTP head's distribution q (`rlx.models.mtp`). The forward's logits at `x` give the target's
-distribution p over the token after `x`; the draft is kept with probability min(1, p(d) / q(d)), otherwise
-the token after `x` is drawn from the residual max(0, p - q) / sum(max(0, p - q)). The token after `x` is then
-distributed exactly as p (Leviathan et al. 2023, Chen et al. 2023), so rollouts are samples of the policy as
-without drafting, and the behaviour log-prob recorded for every token is log p of it (for a kept draft, p(d)
-from the forward that scored it; for a resampled token, p of it). One forward emits `x` and, when the draft
-is kept, `d` too: 1 to 2 tokens per forward.
+distribution p over the token after `x`. One forward emits `x` and, when the draft is kept, `d` too: 1 to 2
+tokens per forward. What decides whether `d` is kept (`Speculation.mode`):
+
+`lossless`: `d` is kept with probability min(1, p(d) / q(d)), otherwise the token after `x` is drawn from the
+residual max(0, p - q) / sum(max(0, p - q)). The token after `x` is then distributed exactly as p (Leviathan et
+al. 2023, Chen et al. 2023), so rollouts are samples of the policy as without drafting, and the behaviour
+log-prob recorded for every token is log p of it (for a kept draft, p(d) from the forward that scored it).
+
+`confidence` (PIPO): `d` is kept, unverified, when the confidence head (trained toward the draft's acceptance
+probability, `rlx.learner.mtp`) rates it >= `threshold`; otherwise it is discarded and the token after `x` is
+drawn from p. A kept draft was drawn from q, so its behaviour log-prob is log q(d); every other token records
+log p. Samples are then not the policy's, but the learner's importance ratios pi / behaviour are those of the
+distributions each token was actually drawn from, which off-policy corrections (`algorithm.correction`,
+decoupled PPO) need, so the config requires one.
+
+A resampled token (rejected or discarded draft) is emitted by the next forward (it is that forward's `x`).
+Every forward also reports log q(d) - log p(d) of its draft, whose mean over drafts estimates KL(q || p)
+without bias (`spec/draft_kl`).
+
+Confidence mode needs only the draft and log q(d), so it drafts with the fused drafting kernel
+(`pallas_kernels.mtp_draft`: unembedding, Gumbel-max sampling and log-sum-exp over vocabulary blocks, no
+`[slots, vocab]` logits; Pallas on GPU/TPU, its chunked XLA scan on CPU). Lossless mode needs q over the whole
+vocabulary for the residual, so it computes the draft logits once and draws from them.
 
 The MTP head drafts from the trunk's hidden state at the column before `x` and the embedding of `x`; its
 decoder layer keeps keys and values in the engine's KV cache as one extra layer (`model.num_layers`). Each step
 (re)writes the MTP layer's two latest columns, so a kept draft (whose own MTP column was skipped) leaves no hole.
-A resampled token is emitted by the next forward (it is that forward's `x`).
 
 Only untruncated sampling (`temperature > 0`, no top-k / top-p) is drafted; other settings (greedy validation)
-decode as without drafting on the same engine. `recompute` and `extend` rebuild the trunk's cache only: the
-MTP layer's columns they cover keep older values, which makes drafts worse there, never the samples wrong
-(any q keeps the output distribution exact).
+decode as without drafting on the same engine. `recompute` and `extend` rewrite the MTP layer's columns they
+cover and the draft context alongside the trunk's (`refresh_mtp_chunk`, `refreshed_context`), so drafts after a
+weight swap or an appended observation are the head's, as in an uninterrupted sequence.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels.mtp_draft import draft_tokens, resolve_impl
 from rlx.models import KVCache, ModelConfig, Qwen3
-from rlx.rollout.sampling import SamplingParams, _draw, sample_tokens, scaled_log_probs
+from rlx.models.activation_sharding import map_rows
+from rlx.rollout.sampling import SamplingParams, draw_with_uniforms, sample_tokens, scaled_log_probs
 from rlx.rollout.state import DecodeState, DraftContext, ResultTokens
+
+
+@dataclasses.dataclass(frozen=True)
+class Speculation:
+    """How a speculative engine keeps drafts (see the module docstring); static in its compiled programs."""
+
+    mode: Literal["lossless", "confidence"]
+    threshold: float | None = None  # confidence mode (only): the least confidence of a kept draft
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("lossless", "confidence"):
+            raise ValueError(f"speculative mode must be lossless or confidence, got {self.mode!r}")
+        if (self.mode == "confidence") != (self.threshold is not None):
+            raise ValueError(f"a confidence threshold is what confidence mode (only) reads; got mode {self.mode} with threshold {self.threshold}")
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"the confidence threshold is a probability in [0, 1], got {self.threshold}")
 
 
 def drafts(sampling: SamplingParams) -> bool:
@@ -51,78 +86,129 @@ def prefill_context(model: Qwen3, hidden: jax.Array, tokens: jax.Array, start: j
     return DraftContext(hidden[:, -2:], tokens[:, -1], nothing, jnp.zeros((rows,), jnp.float32), jnp.zeros((rows,), bool)), cache
 
 
-def forget_pending(draft: DraftContext | None, rows: jax.Array) -> DraftContext | None:
-    """`draft` without the pending tokens of `rows` [slots] bool: their next-token logits were just recomputed
-    (new weights, or tokens appended), so the next forward draws its token afresh from them."""
-    return None if draft is None else dataclasses.replace(draft, has_pending=draft.has_pending & ~rows)
+def refresh_mtp_chunk(model: Qwen3, hidden: jax.Array, following: jax.Array, start: jax.Array, cache: KVCache,
+                      index: jax.Array) -> KVCache:
+    """Rewrites the MTP layer's cache columns `index .. index + W - 1` [B] of a chunk the trunk just ran (`recompute`,
+    `extend`): column t from the trunk's `hidden [B, W, D]` at t and the token after t (`following [B, W]`). The
+    column of a row's last token is rewritten by its next decode step, which knows the token after it."""
+    _, cache = model.mtp_hidden_states(hidden, following, start=start, cache=cache, cache_index=index)
+    return cache
 
 
-def lossless_verify(key: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
-                    draft: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def refreshed_context(model: Qwen3, state: DecodeState, cache: KVCache, lengths: jax.Array, columns: jax.Array, first_token: jax.Array,
+                      last_hidden: jax.Array, before_last: jax.Array, last_token: jax.Array) -> tuple[KVCache, DraftContext]:
+    """After `recompute` or `extend` ran `lengths [B]` tokens (the first `first_token`) at `columns` onwards: the draft
+    context of those rows (the trunk's hidden states at their last two columns, their last token, no pending token:
+    the next forward draws afresh), and the MTP layer's two columns before `columns`, which no chunk covers: from the
+    slot's draft context, as its next decode step would have written them, with `first_token` as that step's token
+    (none when `columns` < 2: a recompute from column 0). An extension is expected right after the slot's last
+    decoded column (the context's)."""
+    chosen = lengths > 0
+    boundary = jnp.where(chosen & (columns >= 2), columns - 2, cache.max_len)  # beyond the cache: the write is dropped
+    context = state.draft
+    _, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, first_token], axis=1), start=state.start,
+                                       cache=cache, cache_index=boundary)
+    rows = lambda new, old: jnp.where(chosen.reshape(-1, *([1] * (new.ndim - 1))), new, old)
+    return cache, DraftContext(hidden=rows(jnp.stack([before_last, last_hidden], axis=1), context.hidden),
+                               token=rows(last_token, context.token), pending=context.pending,
+                               pending_log_prob=context.pending_log_prob, has_pending=context.has_pending & ~chosen)
+
+
+def lossless_verify(uniform: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
+                    draft: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Exact rejection sampling of `draft [B]` drawn from q against the target p (both as normalised log-probs `[B, V]`).
 
-    Returns (kept [B] bool, the token after x [B]: the draft if kept, else a draw of the residual, its log p [B]);
-    the token is distributed as p whatever q is.
+    Returns (kept [B] bool: `uniform [B]` < min(1, p(d) / q(d)), the residual's log-probs [B, V]: where a rejected
+    draft's replacement is drawn); the draft if kept, else a draw of the residual, is distributed as p whatever q is.
     """
-    accept_key, residual_key = jax.random.split(key)
-    p_draft = jnp.take_along_axis(target_log_probs, draft[:, None], axis=-1)[:, 0]
-    q_draft = jnp.take_along_axis(draft_log_probs, draft[:, None], axis=-1)[:, 0]
-    kept = jax.random.uniform(accept_key, draft.shape) < jnp.exp(jnp.minimum(p_draft - q_draft, 0.0))
+    kept = uniform < jnp.exp(jnp.minimum(_at(target_log_probs, draft) - _at(draft_log_probs, draft), 0.0))
     residual = jnp.maximum(jnp.exp(target_log_probs) - jnp.exp(draft_log_probs), 0.0)
     mass = jnp.sum(residual, axis=-1, keepdims=True)
     # p == q leaves no residual, and then every draft is kept; the fallback only keeps the draw defined.
-    residual_log_probs = jnp.where(mass > 0, jnp.log(residual) - jnp.log(jnp.maximum(mass, 1e-30)), target_log_probs)
-    resampled = _draw(residual_key, residual_log_probs)
-    token = jnp.where(kept, draft, resampled)
-    return kept, token, jnp.take_along_axis(target_log_probs, token[:, None], axis=-1)[:, 0]
+    return kept, jnp.where(mass > 0, jnp.log(residual) - jnp.log(jnp.maximum(mass, 1e-30)), target_log_probs)
 
 
-def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingParams, *, steps: int, kv_len: int, max_len: int,
-                         stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
+def kernel_draft(model: Qwen3, mtp_hidden: jax.Array, seeds: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """(draft [B], log q(draft) [B]) from the MTP head's final hidden states `[B, D]` by the fused drafting kernel
+    (`pallas_kernels.mtp_draft`, `auto`); a Pallas kernel, which XLA cannot partition, runs on each device's rows."""
+    unembedding = model.unembedding().astype(mtp_hidden.dtype)
+    impl = resolve_impl("auto")
+    draft = lambda hidden, seeds: draft_tokens(hidden, unembedding, seeds, temperature, impl=impl)
+    return draft(mtp_hidden, seeds) if impl == "chunked" else map_rows(draft, mtp_hidden, seeds)
+
+
+def _at(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
+    return jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
+
+
+def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingParams, speculation: Speculation, *, steps: int,
+                         kv_len: int, max_len: int, stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
     """`steps` speculative forwards (`speculative_step`) on every slot: the new state and the engine's `ResultTokens`
-    with `2 * steps` token columns per slot, (x, kept draft) per forward."""
-    step = lambda state, _: speculative_step(model, state, sampling, kv_len=kv_len, max_len=max_len, stops=stops)
-    state, (tokens, valid, log_probs) = jax.lax.scan(step, state, length=steps)
+    with `2 * steps` token columns per slot, (x, kept draft) per forward, and each forward's log q(d) - log p(d)."""
+    step = lambda state, _: speculative_step(model, state, sampling, speculation, kv_len=kv_len, max_len=max_len, stops=stops)
+    state, (tokens, valid, log_probs, kl) = jax.lax.scan(step, state, length=steps)
     pairs = lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)  # [steps, slots, 2] -> [slots, 2 * steps]
     k = 2 * steps
     data = jnp.concatenate([pairs(tokens), pairs(valid).astype(jnp.int32), state.generated[:, None]], axis=1)
-    return state, ResultTokens(data, pairs(log_probs), (0, k), (k, 2 * k), (2 * k, 2 * k + 1), drafts=True)
+    return state, ResultTokens(data, pairs(log_probs), (0, k), (k, 2 * k), (2 * k, 2 * k + 1), drafts=True, draft_kl=kl.T)
 
 
-def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams, *, kv_len: int, max_len: int,
-                     stops: jax.Array) -> tuple[DecodeState, tuple[jax.Array, jax.Array, jax.Array]]:
+def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams, speculation: Speculation, *, kv_len: int,
+                     max_len: int, stops: jax.Array) -> tuple[DecodeState, tuple[jax.Array, jax.Array, jax.Array, jax.Array]]:
     """One target forward on every slot of `state` (an engine `DecodeState` with a draft context): returns the new
-    state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2]): `x`, then the kept draft."""
+    state and, per slot, (tokens [B, 2], valid [B, 2], behaviour log-probs [B, 2], log q(d) - log p(d) [B], 0 if not live):
+    `x`, then the kept draft. The token after those is drawn here too, by one draw per row (from p after the kept
+    draft, or the replacement's distribution after x), and is the next forward's `x`."""
     context: DraftContext = state.draft
     key = jax.random.fold_in(state.key, state.step)
-    sample_key, draft_key, verify_key = jax.random.split(key, 3)
-    sampled, sampled_log_prob = sample_tokens(sample_key, state.logits, sampling)
+    sample_key, uniform_key, seed_key = jax.random.split(key, 3)
+    # All of this forward's uniforms in one call: the draft's two, the verify's one, the next token's two.
+    draft_outer, draft_inner, verify_uniform, next_outer, next_inner = jax.random.uniform(uniform_key, (5, state.index.shape[0]))
+    live = ~state.done & (state.index < max_len)
+    # Only rows fresh from insert, recompute or extend hold no drawn token: most forwards skip this draw.
+    sampled, sampled_log_prob = jax.lax.cond(jnp.any(live & ~context.has_pending), lambda: sample_tokens(sample_key, state.logits, sampling),
+                                             lambda: (context.pending, context.pending_log_prob))
     x = jnp.where(context.has_pending, context.pending, sampled)
     x_log_prob = jnp.where(context.has_pending, context.pending_log_prob, sampled_log_prob)
-    live = ~state.done & (state.index < max_len)
     column = jnp.minimum(state.index, max_len - 1)
 
     # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x).
     mtp_hidden, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
                                                 cache=state.cache, cache_index=column - 2, kv_len=kv_len)
-    draft_logits = model.logits(mtp_hidden[:, 1])
-    draft, _ = sample_tokens(draft_key, draft_logits, sampling)
+    if speculation.mode == "lossless":
+        draft_log_probs = scaled_log_probs(model.logits(mtp_hidden[:, 1]), sampling.temperature)
+        draft = draw_with_uniforms(draft_outer, draft_inner, draft_log_probs)
+        draft_q = _at(draft_log_probs, draft)
+    else:
+        seeds = jax.random.bits(seed_key, x.shape, jnp.uint32).astype(jnp.int32)
+        draft, draft_q = kernel_draft(model, mtp_hidden[:, 1], seeds, sampling.temperature)
 
     hidden, cache = model.hidden_states(jnp.stack([x, draft], axis=1), start=state.start, cache=cache, cache_index=column, kv_len=kv_len)
-    after_x = model.logits(hidden[:, 0])
-    kept, after_token, after_log_prob = lossless_verify(verify_key, scaled_log_probs(after_x, sampling.temperature),
-                                                        scaled_log_probs(draft_logits, sampling.temperature), draft)
+    logits = model.logits(hidden)  # [B, 2, V]: after x, after the draft
+    target_log_probs = scaled_log_probs(logits[:, 0], sampling.temperature)
+    if speculation.mode == "lossless":
+        kept, replacement_log_probs = lossless_verify(verify_uniform, target_log_probs, draft_log_probs, draft)
+        draft_log_prob = _at(target_log_probs, draft)
+    else:  # PIPO: no verification; a discarded draft is replaced by a draw of p
+        kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
+        replacement_log_probs, draft_log_prob = target_log_probs, draft_q
+    after_draft_log_probs = scaled_log_probs(logits[:, 1], sampling.temperature)
+    after = draw_with_uniforms(next_outer, next_inner, jnp.where(kept[:, None], after_draft_log_probs, replacement_log_probs))
+    # A replacement is recorded with log p: it is distributed as p (lossless), or drawn from p (confidence).
+    after_log_prob = jnp.where(kept, _at(after_draft_log_probs, after), _at(target_log_probs, after))
+
     x_stops = jnp.isin(x, stops)
-    kept = kept & live & ~x_stops & (state.index + 1 < max_len)
+    kept = kept & live & ~x_stops & (state.index + 1 < max_len)  # rows this turns off end here: `after` is never emitted
     done = state.done | ~live | x_stops | jnp.where(kept, jnp.isin(draft, stops) | (state.index + 2 >= max_len), state.index + 1 >= max_len)
     pick = lambda if_kept, otherwise: jnp.where(kept.reshape(-1, *([1] * (if_kept.ndim - 1))), if_kept, otherwise)
     new_context = DraftContext(
         hidden=pick(hidden, jnp.stack([context.hidden[:, 1], hidden[:, 0]], axis=1)),
         token=pick(draft, x),
-        pending=after_token,
+        pending=after,
         pending_log_prob=after_log_prob,
-        has_pending=~kept,
+        has_pending=jnp.ones_like(kept),
     )
-    state = dataclasses.replace(state, cache=cache, index=state.index + 1 + kept, logits=pick(model.logits(hidden[:, 1]), after_x),
+    state = dataclasses.replace(state, cache=cache, index=state.index + 1 + kept, logits=pick(logits[:, 1], logits[:, 0]),
                                 generated=state.generated + live + kept, done=done, step=state.step + 1, draft=new_context)
-    return state, (jnp.stack([x, draft], axis=1), jnp.stack([live, kept], axis=1), jnp.stack([x_log_prob, after_log_prob], axis=1))
+    outputs = jnp.stack([x, draft], axis=1), jnp.stack([live, kept], axis=1), jnp.stack([x_log_prob, draft_log_prob], axis=1)
+    return state, (*outputs, jnp.where(live, draft_q - _at(target_log_probs, draft), 0.0))

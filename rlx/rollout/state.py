@@ -87,15 +87,17 @@ class ResultTokens:
     # Speculative decoding: token columns come in pairs (the forward's token, then its draft if kept); an
     # invalid draft column is a rejected draft, not a full row.
     drafts: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    draft_kl: jax.Array | np.ndarray | None = None  # [slots, forwards] log q(d) - log p(d) of each forward's draft d (speculative)
 
     def copy_to_host_async(self) -> None:
-        for array in (self.data, self.log_probs, self.routes):
+        for array in (self.data, self.log_probs, self.routes, self.draft_kl):
             if isinstance(array, jax.Array):
                 array.copy_to_host_async()
 
     def convert_to_numpy(self) -> "ResultTokens":
-        routes = None if self.routes is None else np.asarray(self.routes)
-        return dataclasses.replace(self, data=np.asarray(self.data), log_probs=np.asarray(self.log_probs), routes=routes)
+        host = lambda array: None if array is None else np.asarray(array)
+        return dataclasses.replace(self, data=np.asarray(self.data), log_probs=np.asarray(self.log_probs), routes=host(self.routes),
+                                   draft_kl=host(self.draft_kl))
 
     @property
     def tokens(self) -> np.ndarray:

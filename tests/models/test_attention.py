@@ -79,6 +79,8 @@ def test_auto_choice_and_refusals():
     assert resolve_attention_impl("auto", 128, "cpu") == "chunked"
     assert resolve_attention_impl("auto", 128, "gpu") == "cudnn"
     assert resolve_attention_impl("auto", 1, "gpu") == "reference"  # one query per row: decode
+    assert resolve_attention_impl("auto", 2, "cpu") == "reference"  # a token and its draft: speculative decode
+    assert resolve_attention_impl("auto", 3, "cpu") == "chunked"
     with pytest.raises(ValueError, match="'cudnn' needs a GPU backend"):
         resolve_attention_impl("cudnn", 128, "cpu")
     with pytest.raises(ValueError, match="unknown attention impl 'flash'"):

@@ -1,5 +1,8 @@
-"""Lossless speculative decoding: the verify step keeps the target distribution (chi-square), and the engine's
-drafted samples are distributed as the model's own, with the model's log-probs recorded, through the driver too."""
+"""Speculative decoding. Lossless: the verify step keeps the target distribution (chi-square), and the engine's
+drafted samples are distributed as the model's own, with the model's log-probs recorded, through the driver too.
+Confidence (PIPO): drafts are kept exactly where the confidence head says so, every recorded log-prob is that of
+the distribution its token was drawn from (q for kept drafts, p otherwise, both recomputed teacher-forced), and the
+learner's off-policy correction weighs kept drafts by p / q."""
 
 import jax
 import jax.numpy as jnp
@@ -7,12 +10,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rlx.algorithms.config import AlgorithmConfig
+from rlx.algorithms.corrections import CORRECTIONS, CorrectionInputs
 from rlx.config import ConfigError, load_config
 from rlx.learner.logprobs import response_log_probs
 from rlx.models import ModelConfig, Qwen3
 from rlx.models.mtp_config import MTPConfig
 from rlx.rollout import Engine, RolloutDriver, SamplingParams
-from rlx.rollout.speculative import lossless_verify
+from rlx.rollout.sampling import _draw
+from rlx.rollout.speculative import Speculation, lossless_verify
 from tests.conftest import tiny_overrides
 from tests.rollout.conftest import PAD, prompt_batch
 
@@ -29,10 +35,10 @@ def test_verify_draws_the_target_distribution_whatever_the_draft():
     draft = jnp.log(jnp.array([0.3, 0.1, 0.3, 0.1, 0.2]))
     draft_key, verify_key = jax.random.split(jax.random.key(0))
     drafts = jax.random.categorical(draft_key, draft, shape=(rows,)).astype(jnp.int32)
-    kept, tokens, log_probs = lossless_verify(verify_key, jnp.tile(target, (rows, 1)), jnp.tile(draft, (rows, 1)), drafts)
+    kept, residual = lossless_verify(jax.random.uniform(verify_key, (rows,)), jnp.tile(target, (rows, 1)), jnp.tile(draft, (rows, 1)), drafts)
+    tokens = jnp.where(kept, drafts, _draw(jax.random.key(1), residual))
     observed = np.bincount(np.asarray(tokens), minlength=5)
     assert chi_square(observed, rows * np.exp(np.asarray(target))) < CHI2_999[4], observed
-    np.testing.assert_allclose(log_probs, target[tokens], rtol=1e-6)
     expected_kept = float(jnp.sum(jnp.minimum(jnp.exp(target), jnp.exp(draft))))  # sum_v min(p, q)
     assert abs(float(jnp.mean(kept)) - expected_kept) < 0.04
     assert bool(jnp.all(jnp.where(kept, tokens == drafts, True)))
@@ -50,10 +56,36 @@ def spec_engine():
                          max_seq_len=16, mtp=MTPConfig(enabled=True, confidence_width=8))
     model = Qwen3(config, rngs=nnx.Rngs(5))
     model.embed[...] = model.embed[...] * 10.0
+    # A confidence head that tells drafts apart (a fresh one says 0.5 for all).
+    model.mtp.confidence_out[...] = jax.random.normal(jax.random.key(1), model.mtp.confidence_out.shape) * 3.0
     graphdef, params = nnx.split(model)
     engine = Engine(graphdef, params, config, max_concurrent_decodes=256, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
-                    pad_id=PAD, steps_per_generate=2, speculative=True)
+                    pad_id=PAD, steps_per_generate=2, speculative=Speculation("lossless"))
     return engine, model
+
+
+@pytest.fixture(scope="module")
+def confidence_engine(spec_engine):
+    """A confidence-mode engine whose threshold splits the drafts after `PROMPT`'s first token: the first draft is
+    kept after some first tokens and discarded after others."""
+    _, model = spec_engine
+    _, _, confidence = teacher_forced(model, np.array([PROMPT + [x, 0] for x in range(VOCAB)]))
+    rated = np.sort(confidence[:, len(PROMPT) - 1])
+    threshold = float(rated[VOCAB // 2 - 1] + rated[VOCAB // 2]) / 2
+    graphdef, params = nnx.split(model)
+    return Engine(graphdef, params, model.config, max_concurrent_decodes=64, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
+                  pad_id=PAD, steps_per_generate=2, speculative=Speculation("confidence", threshold))
+
+
+def teacher_forced(model: Qwen3, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For right-padded `sequences [B, L]`: log p [B, L, V] of the token after each column, log q [B, L, V] of the MTP
+    draft made at each column (of the token two columns on), and the confidence [B, L] in that draft."""
+    ids = jnp.asarray(sequences, jnp.int32)
+    hidden, _ = model.hidden_states(ids)
+    drafted, _ = model.mtp_hidden_states(hidden[:, :-1], ids[:, 1:])
+    log_p = jax.nn.log_softmax(model.logits(hidden), axis=-1)
+    log_q = jax.nn.log_softmax(model.logits(drafted), axis=-1)
+    return np.asarray(log_p), np.asarray(log_q), np.asarray(model.mtp.confidence(hidden[:, :-1], drafted))
 
 
 def test_engine_samples_are_the_models_distribution_with_its_log_probs(spec_engine):
@@ -103,6 +135,8 @@ def test_driver_keeps_rejected_drafts_from_ending_samples_and_reports_acceptance
     (["rollout.speculative=lossless"], "model.mtp.enabled"),
     (["rollout.speculative=lossless", "model.mtp.enabled=true", "rollout.top_k=5"], "top_k: 0"),
     (["rollout.speculative=lossless", "model.mtp.enabled=true", "rollout.temperature=0"], "temperature > 0"),
+    (["rollout.speculative=confidence", "model.mtp.enabled=true"], "algorithm.correction"),
+    (["rollout.speculative=confidence", "model.mtp.enabled=true", "algorithm.correction=tis", "rollout.spec_threshold=1.5"], "spec_threshold"),
 ])
 def test_config_refuses_speculation_it_cannot_make_lossless(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -114,7 +148,10 @@ def test_engine_refuses_to_speculate_without_heads():
                          max_seq_len=16)
     abstract = nnx.split(nnx.eval_shape(lambda: Qwen3(config, rngs=nnx.Rngs(0))))
     with pytest.raises(ValueError, match="model.mtp.enabled"):
-        Engine(*abstract, config, max_concurrent_decodes=2, max_prefill_length=8, max_decode_length=8, stop_tokens=(), speculative=True)
+        Engine(*abstract, config, max_concurrent_decodes=2, max_prefill_length=8, max_decode_length=8, stop_tokens=(),
+               speculative=Speculation("lossless"))
+    with pytest.raises(ValueError, match="threshold"):
+        Speculation("confidence")
 
 
 def test_the_speculative_demo_config_loads():
@@ -134,3 +171,118 @@ def test_partial_rollouts_carry_drafted_samples_across_steps(spec_engine):
         recomputed, _ = response_log_probs(model, jnp.asarray(full), jnp.asarray(rollout.start), rollout.prompt_tokens.shape[1], 1.0)
         np.testing.assert_allclose(np.asarray(recomputed) * generation.mask, generation.log_probs * generation.mask, atol=1e-4)
         assert (generation.lengths == 7).all() and "spec/tokens_per_forward" in rollout.metrics
+
+
+BUCKET = 8  # PROMPT's prefill bucket: the cache column of its first generated token
+
+
+def check_confidence_call(model: Qwen3, result, before: list[list[int]], threshold: float, max_len: int) -> dict[str, int]:
+    """Checks one confidence-mode generate call against the model teacher-forced over each slot's tokens `before` it
+    then what it emitted: each forward's draft is kept iff the confidence head rates it >= `threshold` (and the row,
+    `max_len` cache columns, has room), x records log p and a kept draft log q. Returns counts of kept and discarded
+    drafts, and of kept ones whose q and p differ."""
+    last_position = len(PROMPT) + max_len - BUCKET - 1  # of a token in the sequence
+    result = result.convert_to_numpy()
+    tokens, valid, recorded = result.tokens, result.valid, result.log_probs
+    sequences = np.zeros((len(before), max(map(len, before)) + tokens.shape[1]), np.int32)
+    for slot, prefix in enumerate(before):
+        emitted = list(prefix) + list(tokens[slot, valid[slot]])
+        sequences[slot, :len(emitted)] = emitted
+    log_p, log_q, confidence = teacher_forced(model, sequences)
+    checked = {"kept": 0, "not kept": 0, "q far from p": 0}
+    for slot, prefix in enumerate(before):
+        position = len(prefix)  # of the forward's x
+        for forward in range(tokens.shape[1] // 2):
+            if not valid[slot, 2 * forward]:
+                break  # the row is full
+            x, draft = tokens[slot, 2 * forward: 2 * forward + 2]
+            kept = valid[slot, 2 * forward + 1]
+            np.testing.assert_allclose(recorded[slot, 2 * forward], log_p[slot, position - 1, x], atol=1e-4)  # x: drawn from p
+            rated = confidence[slot, position - 1]  # the draft of the token after x, from the hidden before x and x
+            if abs(rated - threshold) > 1e-3 and position + 1 <= last_position:
+                assert kept == (rated >= threshold), (slot, forward, rated)
+            if kept:  # drawn from q, recorded as q
+                np.testing.assert_allclose(recorded[slot, 2 * forward + 1], log_q[slot, position - 1, draft], atol=1e-4)
+                checked["q far from p"] += abs(log_q[slot, position - 1, draft] - log_p[slot, position, draft]) > 0.1
+            checked["kept" if kept else "not kept"] += 1
+            position += 1 + kept
+    return checked
+
+
+def test_confidence_mode_keeps_confident_drafts_and_records_the_distribution_each_token_came_from(spec_engine, confidence_engine):
+    _, model = spec_engine
+    engine = confidence_engine
+    slots, params, threshold = engine.max_concurrent_decodes, engine.load_params(), engine.speculative.threshold
+    state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(4)),
+                               rows=[0] * slots, slots=list(range(slots)))
+    _, result = engine.generate(params, state, SamplingParams(1.0))
+    checked = check_confidence_call(model, result, [PROMPT] * slots, threshold, engine.max_len)
+    assert min(checked.values()) > 5, checked  # both outcomes happen, and recording p instead of q would have failed
+
+
+def test_extend_refreshes_the_mtp_cache_and_draft_context(spec_engine, confidence_engine):
+    """After an observation is appended (`extend`), drafts are the MTP head's over the whole sequence, as checked
+    teacher-forced; with the MTP layer's columns or the draft context left stale they would not be."""
+    _, model = spec_engine
+    engine = confidence_engine
+    slots, params, threshold = engine.max_concurrent_decodes, engine.load_params(), engine.speculative.threshold
+    state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(6)),
+                               rows=[0] * slots, slots=list(range(slots)))
+    state, first = engine.generate(params, state, SamplingParams(1.0))
+    first = first.convert_to_numpy()
+    observation = [1, 2]
+    emitted = [list(first.tokens[slot, first.valid[slot]]) for slot in range(slots)]
+    state = engine.extend(params, state, list(range(slots)), [np.array(observation, np.int32)] * slots,
+                          [BUCKET + len(tokens) for tokens in emitted])
+    _, second = engine.generate(params, state, SamplingParams(1.0))
+    checked = check_confidence_call(model, second, [PROMPT + tokens + observation for tokens in emitted], threshold, engine.max_len)
+    assert checked["kept"] > 5, checked
+
+
+def test_learner_correction_weighs_kept_drafts_by_their_draft_log_probs(spec_engine, confidence_engine):
+    """Through the driver: the learner's recomputed log-probs differ from the recorded ones exactly at kept drafts,
+    whose recorded log-prob is log q; TIS then weighs them by p / q != 1 and every other token by 1."""
+    _, model = spec_engine
+    driver = RolloutDriver(confidence_engine, confidence_engine.load_params())
+    prompts = [np.array(p, np.int32) for p in ([1, 2, 3], [3, 3], [0, 1, 2, 3, 2])]
+    rollout = driver.generate_groups(prompt_batch(prompts), 4, jax.random.key(2), SamplingParams(1.0), max_new_tokens=7)
+    generation, prompt_len = rollout.generation, rollout.prompt_tokens.shape[1]
+    assert (generation.lengths == 7).all() and 0 < rollout.metrics["spec/confidence_kept"] < 1
+    assert rollout.metrics["spec/draft_kl"] > 0 and "spec/accept_rate" not in rollout.metrics
+    full = np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1)
+    learner, _ = response_log_probs(model, jnp.asarray(full), jnp.asarray(rollout.start), prompt_len, 1.0)
+    weights, _, _ = CORRECTIONS.get("tis")(CorrectionInputs(learner, jnp.asarray(generation.log_probs), jnp.asarray(generation.mask)),
+                                           AlgorithmConfig(correction="tis", tis_cap=float("inf")))
+    reweighted = np.abs(np.asarray(weights) - 1.0) > 1e-3
+    assert reweighted.sum() > 3
+    # Those tokens' recorded log-probs are the MTP head's q (teacher-forced over the left-padded rows, from the first real column).
+    hidden, _ = model.hidden_states(jnp.asarray(full), start=jnp.asarray(rollout.start))
+    drafted, _ = model.mtp_hidden_states(hidden[:, :-1], jnp.asarray(full[:, 1:]), start=jnp.asarray(rollout.start))
+    log_q = np.asarray(jax.nn.log_softmax(model.logits(drafted[:, prompt_len - 2:]), axis=-1))  # response token r is drafted at column r
+    rows, columns = np.nonzero(reweighted)
+    assert (columns >= 1).all()  # a response's first token is never a draft
+    np.testing.assert_allclose(generation.log_probs[rows, columns], log_q[rows, columns, generation.tokens[rows, columns]], atol=1e-4)
+    np.testing.assert_allclose(np.asarray(weights)[rows, columns], np.exp(np.asarray(learner)[rows, columns] - generation.log_probs[rows, columns]),
+                               rtol=1e-4)
+
+
+def test_recompute_refreshes_drafts_under_the_new_weights(spec_engine, confidence_engine):
+    """A weight swap with `recompute`: the next call's drafts and log-probs are the new model's over the whole sequence."""
+    _, model = spec_engine
+    engine = confidence_engine
+    slots, threshold = engine.max_concurrent_decodes, engine.speculative.threshold
+    graphdef, old = nnx.split(model)
+    new = jax.tree.map(lambda x: x * 1.2, old)
+    state = engine.insert_rows(engine.prefill_batch(engine.load_params(), [np.array(PROMPT, np.int32)]),
+                               engine.decode_state(jax.random.key(7)), rows=[0] * slots, slots=list(range(slots)))
+    state, first = engine.generate(engine.load_params(), state, SamplingParams(1.0))
+    first = first.convert_to_numpy()
+    emitted = [list(first.tokens[slot, first.valid[slot]]) for slot in range(slots)]
+    sequences = np.full((slots, engine.max_len), PAD, np.int32)
+    for slot, tokens in enumerate(emitted):
+        sequences[slot, BUCKET - len(PROMPT):BUCKET + len(tokens)] = PROMPT + tokens
+    params = engine.publish(new)
+    state = engine.recompute(params, state, sequences, np.arange(slots))
+    _, second = engine.generate(params, state, SamplingParams(1.0))
+    checked = check_confidence_call(nnx.merge(graphdef, new), second, [PROMPT + tokens for tokens in emitted], threshold, engine.max_len)
+    assert checked["kept"] > 5, checked
