@@ -4,12 +4,12 @@ it is ready, and draws the steps its parent assigns, one at a time, each admitte
 
 Messages, parent -> child: `("weights", version, SharedArrays)` (the published weights, host copy in shared memory),
 `("admit", version)` (the learner published `version`), `("draw", step, data_state, skip)` (draw `step`: its prompts
-begin `skip` batches after the prompt-stream position `data_state`), `("stop",)`. Child -> parent: `("ready",)` once
-built, `("group", step, SharedArrays, meta)` per prompt group, `("seal", step, meta)`, `("failed", step, kind, text)`
-(`kind`: `user` for bad input, else `error`, with the traceback; `step` None before a step). A heartbeat thread writes
-the time into a shared value every `heartbeat_s / 2` and exits the process at once when the parent is gone, so a killed
-run leaves no generator behind. When the parent closes the pipe (`stop`, or a replica removed mid-step) the child ends
-after the step in progress without sending it.
+begin `skip` batches after the prompt-stream position `data_state`), `("stop",)`, `("done",)` (every step is sealed).
+Child -> parent: `("ready",)` once built, `("group", step, SharedArrays, meta)` per prompt group, `("seal", step, meta)`,
+`("failed", step, kind, text)` (`kind`: `user` for bad input, else `error`, with the traceback; `step` None before a
+step). A heartbeat thread writes the time into a shared value every `heartbeat_s / 2` and exits the process at once
+when the parent is gone, so a killed run leaves no generator behind. When the parent closes the pipe (a replica removed
+mid-step) the child ends after the step in progress without sending it.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class _Child:
         self._blocks = itertools.count()
         self._assigned: queue.Queue = queue.Queue()  # (step, data_state, skip) from the parent; None: stop
         self._receive_error: str | None = None  # a traceback from the receiving thread, which ends the process's work
+        self._ending = "stopped"  # the status it ends with: `done` once told every step is sealed
 
     def _set_status(self, text: str) -> None:
         self.status.value = text.encode()[:31]
@@ -86,7 +87,7 @@ class _Child:
                 self._set_status("idle")
             if self._receive_error is not None:
                 raise BusClosed("the receiving thread failed")
-            self._set_status("stopped")
+            self._set_status(self._ending)
         except BusClosed:
             if self._receive_error is None:
                 self._set_status("stopped")
@@ -151,7 +152,9 @@ class _Child:
             gate.publish(message[1])
         elif message[0] == "draw":
             self._assigned.put(message[1:])
-        return message[0] != "stop"
+        elif message[0] == "done":
+            self._ending = "done"
+        return message[0] not in ("stop", "done")
 
     def _draw(self, generation: Generation, gate: StalenessGate, step: int) -> None:
         began = time.perf_counter()

@@ -195,7 +195,7 @@ class ProcessGeneratorRole:
                 self._rescale(take_request(self._run_dir))
             with self._lock:
                 for replica in self.replicas.values():
-                    replica.send(("stop",))  # every step is sealed
+                    replica.send(("done",))  # every step is sealed
         except BusClosed:
             pass  # shut down while putting
         except BaseException as err:  # handed to the learner's thread, which re-raises it

@@ -8,7 +8,9 @@ draws step 4 again and step 5 while `generator-1` restarts; after step 5 it asks
 `local` run with one generator thread: the same (step, prompt) rows, each `n_samples` times, with the same responses.
 """
 
+import contextlib
 import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -52,12 +54,28 @@ def elastic(tmp_path_factory):
         patch.setenv("RLX_TEST_FAULTS", f"{KILL_AT_CALL}:SIGKILL")
         patch.setenv("RLX_TEST_SCALE_RUN", str(out))  # read by the hook
         patch.setenv("RLX_TEST_SCALE_PLAN", PLAN)
-        train(elastic_config(out, "services.backend=process", "run.hooks=[tests.services.elastic_plan:rescale_on_cue]"))
-    return out, signalled(faults)
+        with role_log() as records:
+            train(elastic_config(out, "services.backend=process", "run.hooks=[tests.services.elastic_plan:rescale_on_cue]"))
+    return out, signalled(faults), [record.getMessage() for record in records]
+
+
+@contextlib.contextmanager
+def role_log():
+    """The generator role's log records (INFO and up) while inside."""
+    records, logger = [], logging.getLogger("rlx.services.generator_process")
+    handler, level = logging.Handler(logging.INFO), logger.level
+    handler.emit = records.append
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def test_rescaled_and_killed_generators_train_what_one_generator_does(local, elastic):
-    out, signals = elastic
+    out, _, _ = elastic
     assert rollouts(out) == rollouts(local)  # same prompts, responses and rewards at the same steps
     counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
     assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # none lost or repeated
@@ -67,14 +85,16 @@ def test_rescaled_and_killed_generators_train_what_one_generator_does(local, ela
 
 
 def test_a_replica_is_added_killed_restarted_and_removed_while_the_learner_trains(elastic):
-    out, signals = elastic
+    out, signals, log = elastic
     assert [(call, name) for call, name, _ in signals] == [(str(KILL_AT_CALL), "SIGKILL")]
+    assert [line.split(" (")[0] for line in log if "goes back" in line] == ["step 4 goes back to be drawn again",  # killed
+                                                                            "step 6 goes back to be drawn again"]  # removed
     rows = read_metrics(out / "metrics.jsonl")[1:]
     assert [row.get("services/restarts/generator-1") for row in rows] == [None, 0, 0, 1, 1, None]  # added after 1, removed after 5
     assert [row["services/restarts/generator"] for row in rows] == [0] * STEPS  # the other kept going
     roles = json.loads((out / "services.json").read_text())
     assert sorted(name for name in roles if name.startswith("generator")) == ["generator"]
-    assert roles["generator"]["status"] == "stopped"
+    assert roles["generator"]["status"] == "done"
     killed = int(signals[0][2])
     with pytest.raises(ProcessLookupError):
         os.kill(killed, 0)
@@ -97,12 +117,12 @@ def test_a_generator_that_missed_publishes_generates_with_the_latest_weights(tmp
             publishes.append((weights, version))
             role.advance(version)
         assert role.replicas[0].version == 0  # it was starting: the publishes skipped it
-        groups, _ = bus.take_batch(3, ("versions", "mask"), timeout=120)
+        groups, _ = bus.take_batch(3, ("versions", "mask"), timeout=60)
     finally:
         role.stop()
-    assert role.error is None and role.replicas[0].version == 2
     versions = np.concatenate([group.fields["versions"][group.fields["versions"] >= 0] for group in groups])
     assert versions.size and set(versions.tolist()) == {2}
+    assert role.error is None and role.replicas[0].version == 2
 
 
 def test_scaling_is_refused_without_a_live_process_run(tmp_path, local, capsys):
@@ -115,7 +135,7 @@ def test_scaling_is_refused_without_a_live_process_run(tmp_path, local, capsys):
 
 
 def test_scaling_a_finished_process_run_is_refused(elastic, capsys):
-    out, _ = elastic
+    out, _, _ = elastic
     assert scale_main(["--run", str(out), "--generators", "2"]) == 2
     assert "no live run in" in capsys.readouterr().err
     assert not (out / "scale_request.json").exists()
