@@ -6,6 +6,8 @@ step 4, where it is SIGKILLed mid-step by its reward plug-in (`tests/services/pr
 draws step 4 again and step 5 while `generator-1` restarts; after step 5 it asks for one generator while the restarted
 `generator-1` holds step 6 (still compiling), which `generator` draws again. The run trains the same rollouts as a
 `local` run with one generator thread: the same (step, prompt) rows, each `n_samples` times, with the same responses.
+Two generators started together (the role alone, no learner) miss two publishes while starting and still draw with the
+latest weights, each step from where it begins in the prompt stream.
 """
 
 import contextlib
@@ -21,7 +23,7 @@ from flax import nnx
 
 from rlx.bus import StalenessGate, TransferQueue
 from rlx.config import ConfigError
-from rlx.data import load_task
+from rlx.data import PromptStream, load_task
 from rlx.models import Qwen3
 from rlx.scale import main as scale_main
 from rlx.services import train
@@ -101,28 +103,33 @@ def test_a_replica_is_added_killed_restarted_and_removed_while_the_learner_train
     assert not list(Path("/dev/shm").glob(f"rlx-{os.getpid()}-*"))  # no shared memory left by removed or killed children
 
 
-def test_a_generator_that_missed_publishes_generates_with_the_latest_weights(tmp_path):
-    """Versions 1 and 2 are published while the only generator process is still starting: it is skipped, then caught up
-    when it is ready, so it draws step 3 with version 2 (every token says so)."""
-    run_config = elastic_config(tmp_path / "run", "services.backend=process")
-    vocab = load_task(run_config.data, None).tokenizer.vocab_size
-    weights = nnx.split(Qwen3(run_config.model.with_vocab(vocab), rngs=nnx.Rngs(0)))[1]
+def test_generators_that_missed_publishes_draw_with_the_latest_weights_from_where_their_steps_begin(tmp_path):
+    """Two generator processes start while versions 1 and 2 are published: the publishes skip them, and each is caught
+    up when it is ready. At `bus.max_staleness: 1` steps 3 and 4 are both admitted, so they are drawn concurrently (step
+    4 from where step 3 begins, one batch on, when it is handed out before step 3 is sealed): each draws the prompts one
+    stream draws for it, every token of version 2."""
+    run_config = elastic_config(tmp_path / "run", "services.backend=process", "services.generators=2", "bus.max_staleness=1")
+    task = load_task(run_config.data, None)
+    weights = nnx.split(Qwen3(run_config.model.with_vocab(task.tokenizer.vocab_size), rngs=nnx.Rngs(0)))[1]
     publishes = [(weights, 0)]
-    bus, gate = TransferQueue(8), StalenessGate(0)
-    role = ProcessGeneratorRole(run_config, bus, gate, 3, 3, lambda: publishes.pop() if publishes else None, {"next_index": 0},
+    bus, gate = TransferQueue(2 * PROMPTS), StalenessGate(1)
+    stream = PromptStream(task.train, task.tokenizer, PROMPTS, run_config.data.max_prompt_len, run_config.data.seed)
+    role = ProcessGeneratorRole(run_config, bus, gate, 3, 4, lambda: publishes.pop() if publishes else None, stream.get_state(),
                                 max_restarts=0, heartbeat_s=1.0)
     role.start()
     try:
         for version in (1, 2):
             publishes.append((weights, version))
             role.advance(version)
-        assert role.replicas[0].version == 0  # it was starting: the publishes skipped it
-        groups, _ = bus.take_batch(3, ("versions", "mask"), timeout=60)
+        assert [replica.version for replica in role.replicas.values()] == [0, 0]  # starting: the publishes skipped them
+        steps = [bus.take_batch(step, ("versions",), timeout=60) for step in (3, 4)]
     finally:
         role.stop()
-    versions = np.concatenate([group.fields["versions"][group.fields["versions"] >= 0] for group in groups])
-    assert versions.size and set(versions.tolist()) == {2}
-    assert role.error is None and role.replicas[0].version == 2
+    for groups, _ in steps:
+        versions = np.concatenate([group.fields["versions"][group.fields["versions"] >= 0] for group in groups])
+        assert versions.size and set(versions.tolist()) == {2}
+        assert [record.id for group in groups for record in group.meta["records"][::SAMPLES]] == [record.id for record in next(stream).records]
+    assert role.error is None
 
 
 def test_scaling_is_refused_without_a_live_process_run(tmp_path, local, capsys):
