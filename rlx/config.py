@@ -68,18 +68,22 @@ class ServicesConfig:
     backend. `heartbeat_s`: how
     often `<output_dir>/services.json` is rewritten and an idle reward worker is checked. `max_restarts`: how often
     a failed role is restarted before the run stops naming it (the generator draws its unfinished step again;
-    0: stop at once).
+    0: stop at once). `generators`: how many generator processes share the steps (`process` only; a live run is
+    rescaled with `python -m rlx.scale`).
     """
 
     backend: Literal["local", "process"] = "local"
     heartbeat_s: float = 5.0
     max_restarts: int = 3
+    generators: int = 1
 
     def __post_init__(self) -> None:
         if not self.heartbeat_s > 0:
             raise ValueError(f"heartbeat_s must be > 0 seconds, got {self.heartbeat_s}")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0 (0: a failing role stops the run), got {self.max_restarts}")
+        if self.generators < 1:
+            raise ValueError(f"generators must be >= 1 (generator processes), got {self.generators}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +215,12 @@ def _check_processes(config: Config) -> None:
 
 def _check_services(config: Config) -> None:
     """What a generator in its own process (`services.backend: process`) does not do yet is refused here."""
+    generators = config.services.generators
+    if generators > 1 and config.services.backend != "process":
+        raise ValueError(f"services.generators={generators} runs generator processes; it needs services.backend: process")
+    if generators > 1 and config.algorithm.dynamic_sampling:
+        raise ValueError(f"services.generators={generators} splits steps between generators by where each begins in the prompt "
+                         "stream, which algorithm.dynamic_sampling (more rounds per step) does not know in advance; use one generator")
     if config.services.backend != "process":
         return
     unsupported = {"rollout.token_budget (partial rollouts)": config.rollout.token_budget is not None,

@@ -4,8 +4,8 @@
 numbers); `k` lets it draw up to `k` steps ahead. A group holding a token staler than the
 bound is dropped and counted (`bus/groups_dropped_stale`), never trained on silently.
 A resumed run puts the batches its checkpoint drew ahead (`Trainer.drawn_ahead`) back on the
-bus, sealed, and the generator continues after them. `services.backend: process` draws in a child process
-(`rlx.services.generator_process`) instead of a thread, into the same bus.
+bus, sealed, and the generator continues after them. `services.backend: process` draws in child processes
+(`services.generators`, `rlx.services.generator_process`) instead of a thread, into the same bus.
 """
 
 from __future__ import annotations

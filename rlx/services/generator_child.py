@@ -1,12 +1,15 @@
-"""The generator role's process (`services.backend: process`): spawned by `ProcessGeneratorRole`, it builds what
-generation needs from the config alone (`Generation`: task, prompt stream, rollout engine, reward; no learner, no
-optimizer state) and draws steps `first..last` as the thread role does, admitted by its own staleness gate.
+"""A generator process (`services.backend: process`): spawned by `ProcessGeneratorRole`, it builds what generation needs
+from the config alone (`Generation`: task, prompt stream, rollout engine, reward; no learner, no optimizer state), says
+it is ready, and draws the steps its parent assigns, one at a time, each admitted by its own staleness gate.
 
 Messages, parent -> child: `("weights", version, SharedArrays)` (the published weights, host copy in shared memory),
-`("admit", version)` (the learner published `version`), `("stop",)`. Child -> parent: `("group", step, SharedArrays,
-meta)` per prompt group, `("seal", step, meta)`, `("failed", step, kind, text)` (`kind`: `user` for bad input, else
-`error`, with the traceback), `("done",)`. A heartbeat thread writes the time into a shared value every
-`heartbeat_s / 2` and exits the process at once when the parent is gone, so a killed run leaves no generator behind.
+`("admit", version)` (the learner published `version`), `("draw", step, data_state, skip)` (draw `step`: its prompts
+begin `skip` batches after the prompt-stream position `data_state`), `("stop",)`, `("done",)` (every step is sealed).
+Child -> parent: `("ready",)` once built, `("group", step, SharedArrays, meta)` per prompt group, `("seal", step, meta)`,
+`("failed", step, kind, text)` (`kind`: `user` for bad input, else `error`, with the traceback; `step` None before a
+step). A heartbeat thread writes the time into a shared value every `heartbeat_s / 2` and exits the process at once
+when the parent is gone, so a killed run leaves no generator behind. When the parent closes the pipe (a replica removed
+mid-step) the child ends after the step in progress without sending it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import queue
 import threading
 import time
 import traceback
@@ -33,9 +37,6 @@ from rlx.services.transfer import to_groups
 @dataclasses.dataclass(frozen=True)
 class ChildStart:
     config: Config
-    first: int  # the first step to draw
-    last: int
-    data_state: dict[str, Any]  # the prompt stream's position before step `first`
     published: int  # the version the learner had published when this child started
     cpu_devices: int  # the parent's CPU device count (0: the parent does not run on CPU devices)
     parent_pid: int
@@ -61,10 +62,12 @@ def _beat_while_parent_lives(start: ChildStart, beat: Any) -> None:
 class _Child:
     def __init__(self, start: ChildStart, conn: Connection, status: Any):
         self.start, self.conn, self.status = start, conn, status
-        self.step = start.first
+        self.step: int | None = None
         self.published = start.published  # the latest version admitted before the gate exists
         self._blocks = itertools.count()
+        self._assigned: queue.Queue = queue.Queue()  # (step, data_state, skip) from the parent; None: stop
         self._receive_error: str | None = None  # a traceback from the receiving thread, which ends the process's work
+        self._ending = "stopped"  # the status it ends with: `done` once told every step is sealed
 
     def _set_status(self, text: str) -> None:
         self.status.value = text.encode()[:31]
@@ -74,10 +77,17 @@ class _Child:
         try:
             self._set_status("starting")
             generation, gate = self._build()
-            for self.step in range(self.start.first, self.start.last + 1):
+            self._set_status("ready")  # the parent makes it `idle` once it has taken the message
+            self.conn.send(("ready",))
+            while (assignment := self._assigned.get()) is not None:
+                self.step, data_state, skip = assignment
+                _position(generation, data_state, skip)
                 self._draw(generation, gate, self.step)
-            self._set_status("done")
-            self.conn.send(("done",))
+                self.step = None
+                self._set_status("idle")
+            if self._receive_error is not None:
+                raise BusClosed("the receiving thread failed")
+            self._set_status(self._ending)
         except BusClosed:
             if self._receive_error is None:
                 self._set_status("stopped")
@@ -96,12 +106,11 @@ class _Child:
         try:
             self.conn.send(("failed", self.step, kind, text))
         except OSError:
-            pass  # the parent is gone
+            pass  # the parent is gone, or no longer listens to this replica
 
     def _build(self):
         config = self.start.config
         generation, load = standalone_generation(config, self._first_weights)
-        generation.prompts.set_state(self.start.data_state)
         gate = StalenessGate(config.bus.max_staleness, published=self.published)
         threading.Thread(target=self._receive, args=(generation, gate, load), name="rlx-generator-receive", daemon=True).start()
         return generation, gate
@@ -119,8 +128,8 @@ class _Child:
                     continue  # superseded: newer weights follow
 
     def _receive(self, generation: Generation, gate: StalenessGate, load) -> None:
-        """Publishes and admissions from the parent, in order: the weights of version `v` are in the mailbox before `v` is
-        admitted. A failure here (e.g. weights that do not fit) closes the gate, and the main thread reports it."""
+        """Publishes, admissions and assignments from the parent, in order: the weights of version `v` are in the mailbox
+        before `v` is admitted. A failure here (e.g. weights that do not fit) closes the gate, and the main thread reports it."""
         try:
             while self._apply(self.conn.recv(), generation, gate, load):
                 pass
@@ -129,9 +138,9 @@ class _Child:
         except BaseException:
             self._receive_error = traceback.format_exc()
         gate.close()
+        self._assigned.put(None)
 
-    @staticmethod
-    def _apply(message: tuple, generation: Generation, gate: StalenessGate, load) -> bool:
+    def _apply(self, message: tuple, generation: Generation, gate: StalenessGate, load) -> bool:
         """Applies one message from the parent; False after `stop`."""
         if message[0] == "weights":
             _, version, shared = message
@@ -141,7 +150,11 @@ class _Child:
                 pass  # superseded: the parent removed it after sending newer weights, which follow
         elif message[0] == "admit":
             gate.publish(message[1])
-        return message[0] != "stop"
+        elif message[0] == "draw":
+            self._assigned.put(message[1:])
+        elif message[0] == "done":
+            self._ending = "done"
+        return message[0] not in ("stop", "done")
 
     def _draw(self, generation: Generation, gate: StalenessGate, step: int) -> None:
         began = time.perf_counter()
@@ -156,6 +169,16 @@ class _Child:
             shared = share(fields, f"{self.start.block_prefix}{next(self._blocks)}")
             self.conn.send(("group", step, shared, group_meta))
         self.conn.send(("seal", step, meta))
+
+
+def _position(generation: Generation, data_state: dict[str, Any], skip: int) -> None:
+    """Puts the prompt stream where the assigned step begins: `skip` batches after `data_state` (a replica that drew the
+    step before stays where it is)."""
+    if skip == 0 and generation.prompts.get_state() == data_state:
+        return
+    generation.prompts.set_state(data_state)
+    for _ in range(skip):
+        next(generation.prompts)
 
 
 def _close(generation: Generation) -> None:

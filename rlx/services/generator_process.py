@@ -1,18 +1,27 @@
-"""The generator role in its own OS process (`services.backend: process`), supervised from the learner's process.
+"""The generator role in OS processes of its own (`services.backend: process`), supervised from the learner's process.
 
-The child (`rlx.services.generator_child`, started with `multiprocessing`'s spawn) builds its own `Generation` and
-draws steps as the thread role does. Group arrays come back through shared memory (`rlx.services.shared_arrays`),
-their records and responses and each step's metadata over a pipe; a thread here puts them into the run's
-`TransferQueue` and seals the steps, so the learner's side of the bus (`RolloutFeed`) is the same for both backends.
-Each `advance` sends the published weights (a host copy in one shared-memory block, kept until newer weights replace
-it) and the admitted version.
+`services.generators` replicas (`rlx.services.generator_replica`: `generator`, `generator-1`, ...) each build their own
+`Generation` (`rlx.services.generator_child`). The role hands out whole steps: an admitted step goes to the replica idle
+longest, with the prompt-stream position where the step begins (known once the step before it is sealed; else the
+last known position and how many batches to skip), and each step samples with its own key (from `run.seed` and the
+step). So which replica draws a step does not change what it draws: the run trains the same (step, prompt) rows for
+any number of replicas, and the same rollouts where the weights' versions match (`bus.max_staleness: 0`).
 
-Health: the child writes a heartbeat time into shared memory every `heartbeat_s / 2`. A child that exits (killed,
-crashed, or reporting a failed step with its traceback) or stops beating for `2 * heartbeat_s` is killed and
-replaced: the groups of its unsealed step are dropped from the bus (`bus.discard`) and a fresh child draws from that
-step on, from the prompt-stream position after the last sealed step, with the latest published weights. Past
-`services.max_restarts` the run stops (`RunStopped`) naming the step and the last error. A child that has not beaten
-yet (importing and building, before its heartbeat starts) is allowed `STARTUP_S` before it counts as hung.
+Group arrays come back through shared memory (`rlx.services.shared_arrays`), their records and responses and each
+step's metadata over a pipe; a thread here puts them into the run's `TransferQueue` and seals the steps, so the
+learner's side of the bus (`RolloutFeed`) is the same for both backends. Each `advance` takes the published weights
+into one shared-memory block (kept until newer weights replace it) and sends it and the admitted version to the
+replicas that are up; a replica that is down then gets the latest weights when its fresh child starts.
+
+Health: a child that exits (killed, crashed, or reporting a failed step with its traceback) or stops beating for
+`2 * heartbeat_s` is killed and replaced: the groups of its unsealed step are dropped from the bus (`bus.discard`)
+and the step goes back to be drawn by the next idle replica. Past `services.max_restarts` restarts of one replica the
+run stops (`RunStopped`) naming it, the step and the last error.
+
+Scaling: at every tick (a quarter second at most) the role takes a request written by `python -m rlx.scale`
+(`rlx.services.scaling`) and starts or removes replicas (the highest-numbered first). A removed replica's pipe is
+closed at once: its unsealed step, if any, is discarded and drawn again by another replica, and its child ends after
+the step in progress (killed after `LEAVE_GRACE_S`).
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 import time
+from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -31,17 +41,18 @@ from flax import nnx
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.config import Config
 from rlx.errors import RunStopped, UserError
-from rlx.services import generator_child
 from rlx.services.generation import host_weights
-from rlx.services.shared_arrays import SharedArrays, read, share, unlink, unlink_leftovers
+from rlx.services.generator_replica import Replica
+from rlx.services.scaling import take_request
+from rlx.services.shared_arrays import SharedArrays, read, share, unlink
 
 log = logging.getLogger(__name__)
-STARTUP_S = 300.0  # seconds a new child may take to import and start beating (JAX import, engine build)
+LEAVE_GRACE_S = 30.0  # a removed replica's child may finish its step this long before it is killed
 Published = Callable[[], tuple[nnx.State, int] | None]  # the weight mailbox's `take`
 
 
 class ProcessGeneratorRole:
-    """Draws steps `first..last` in a child process; the same interface as the thread role (`GeneratorRole`)."""
+    """Draws steps `first..last` in `config.services.generators` child processes; the thread role's interface (`GeneratorRole`)."""
 
     def __init__(self, config: Config, bus: TransferQueue, gate: StalenessGate, first: int, last: int, published: Published,
                  data_state: dict[str, Any], max_restarts: int, heartbeat_s: float):
@@ -49,17 +60,19 @@ class ProcessGeneratorRole:
         self.first, self.last = first, last
         self.published, self.max_restarts, self.heartbeat_s = published, max_restarts, heartbeat_s
         self.error: BaseException | None = None
-        self.restarts = 0
-        self._next_step, self._data_state = first, data_state  # the first unsealed step, and the stream position before it
+        self.replicas: dict[int, Replica] = {}  # by index; changed by the supervising thread only
+        self._undrawn = set(range(first, last + 1))  # steps not sealed and not assigned to a replica
+        self._sealed: set[int] = set()  # sealed steps past `_frontier`
+        self._frontier = first  # the first step not sealed
+        self._positions = {first: data_state}  # the prompt stream's position where a step begins, where known
+        self._run_dir = Path(config.run.output_dir)
         self._context = multiprocessing.get_context("spawn")
-        self._beat = self._context.Value("d", 0.0, lock=False)  # the child's last heartbeat (time.time()); 0 before its first
-        self._status = self._context.Array("c", 32, lock=False)
-        self._lock = threading.Lock()  # the pipe's sending end and the weights block, shared by the learner's and this thread
+        self._lock = threading.Lock()  # the pipes' sending ends, the weights block, assignments; shared with the learner's thread
         self._weights: tuple[SharedArrays, int] | None = None
-        self._children = 0
-        self._process: Any = None
-        self._conn: Any = None
-        self._spawned_at = 0.0
+        self._retired: list[tuple[SharedArrays, int]] = []  # superseded weights that a starting child may still read
+        self._serial = 0  # replicas made, for their shared-memory names
+        self._failures: dict[int, str] = {}  # replica index -> why it failed, found while reading its messages
+        self._leaving: list[threading.Thread] = []  # removed replicas' children ending
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="rlx-generator-supervisor", daemon=True)
         self._post_weights()
@@ -67,180 +80,221 @@ class ProcessGeneratorRole:
     # -- the role's interface ------------------------------------------------------------------
     def start(self) -> "ProcessGeneratorRole":
         with self._lock:
-            self._spawn()
+            for index in range(self.config.services.generators):
+                self._add(index)
         self._thread.start()
         return self
 
     def advance(self, version: int) -> None:
-        """The learner published `version`: send its weights, then admit it."""
-        self.gate.publish(version)
+        """The learner published `version`: its weights and admission go to the replicas that are up."""
         with self._lock:
-            if self._post_weights():
-                self._send(("weights", self._weights[1], self._weights[0]))
-            self._send(("admit", version))
+            posted = self._post_weights()
+            self.gate.publish(version)
+            for replica in self.replicas.values():
+                if replica.up():  # one that is down or starting is caught up when it is ready
+                    if posted:
+                        replica.send_weights(self._weights)
+                    replica.send(("admit", version))
+            self._dispatch()
 
     def health(self) -> dict[str, dict]:
-        process = self._process
-        beat = self._beat.value or self._spawned_at
-        return {"generator": {"pid": process.pid if process is not None else os.getpid(), "status": self._status.value.decode(),
-                              "restarts": self.restarts, "last_heartbeat": beat}}
+        return {name: state for replica in list(self.replicas.values()) for name, state in replica.health().items()}
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Stops the child (asked first, killed after a few seconds) and the supervising thread; removes the shared memory."""
+        """Stops the children (asked first, killed after a few seconds) and the supervising thread; removes the shared memory."""
         self._stopping.set()
         self.gate.close()
         self.bus.close()
-        if self._conn is not None:
-            with self._lock:
-                self._send(("stop",))
+        with self._lock:
+            for replica in self.replicas.values():
+                replica.send(("stop",))
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise RuntimeError(f"generator supervisor still running {timeout} s after shutdown")
-        self._end_child(grace_s=5.0)
-        if self._weights is not None:
-            unlink(self._weights[0].name)
+        for replica in self.replicas.values():
+            replica.end(grace_s=5.0)
+        for leaving in self._leaving:
+            leaving.join()
+        for shared, _ in self._retired + ([self._weights] if self._weights is not None else []):
+            unlink(shared.name)
 
     # -- weights ---------------------------------------------------------------------------------
     def _post_weights(self) -> bool:
-        """Takes newly published weights into a fresh shared-memory block (the previous one is removed); False if none."""
+        """Takes newly published weights into a fresh shared-memory block; False if none. The previous block is removed
+        once no starting child still has to read it (`_drop_retired`)."""
         taken = self.published()
         if taken is None:
             return False
         weights, version = taken
-        previous = self._weights
+        if self._weights is not None:
+            self._retired.append(self._weights)
         arrays = host_weights(jax.block_until_ready(weights))
         self._weights = share(arrays, f"{self._prefix()}w{version}-{time.monotonic_ns()}"), version
-        if previous is not None:
-            unlink(previous[0].name)  # a child reading it finds it gone and takes the newer block sent after
+        self._drop_retired()
         return True
+
+    def _drop_retired(self) -> None:
+        """Removes superseded weights no starting child was given first (a running child reading one finds it gone and
+        takes the newer block sent after)."""
+        starting = {replica.version for replica in self.replicas.values() if not replica.ready}
+        for shared, version in self._retired:
+            if version not in starting:
+                unlink(shared.name)
+        self._retired = [(shared, version) for shared, version in self._retired if version in starting]
 
     def _prefix(self) -> str:
         return f"rlx-{os.getpid()}-{id(self)}-"
 
-    # -- the child -------------------------------------------------------------------------------
-    def _spawn(self) -> None:
-        """A fresh child drawing from the first unsealed step; it gets the latest weights, then the published version."""
-        if self._weights is None:
-            raise RuntimeError("no published weights to start the generator process from (the trainer posts its first ones)")
-        self._children += 1
-        parent_end, child_end = self._context.Pipe()
-        cpu = jax.default_backend() == "cpu"
-        start = generator_child.ChildStart(self.config, self._next_step, self.last, self._data_state, self.gate.published,
-                                           jax.device_count() if cpu else 0, os.getpid(), f"{self._prefix()}c{self._children}-")
-        self._beat.value, self._status.value = 0.0, b"starting"
-        process = self._context.Process(target=generator_child.run, args=(start, child_end, self._beat, self._status),
-                                        name=f"rlx-generator-{self._children}")
-        process.start()
-        child_end.close()  # the child holds it: its death closes the pipe
-        self._process, self._conn, self._spawned_at = process, parent_end, time.time()
-        self._send(("weights", self._weights[1], self._weights[0]))
-        self._send(("admit", self.gate.published))
+    # -- replicas and steps (under the lock) -----------------------------------------------------
+    def _add(self, index: int) -> None:
+        self._serial += 1
+        replica = Replica(index, self._context, f"{self._prefix()}r{self._serial}-")
+        replica.spawn(self.config, self._weights, self.gate.published)
+        self.replicas[index] = replica
 
-    def _send(self, message: tuple) -> None:
-        try:
-            self._conn.send(message)
-        except (OSError, ValueError):
-            pass  # the child is gone; the supervisor replaces it and sends the latest state again
+    def _dispatch(self) -> None:
+        """Gives each admitted undrawn step, lowest first, to an idle replica, the one that drew fewest steps first."""
+        idle = sorted((r for r in self.replicas.values() if r.step is None and r.up()), key=lambda r: (r.drawn, r.index))
+        for replica in idle:
+            step = min(self._undrawn, default=None)
+            if step is None or not self.gate.admits(step):
+                return
+            self._undrawn.remove(step)
+            known = max(begins for begins in self._positions if begins <= step)
+            replica.assign(step, self._positions[known], step - known)
 
+    def _release(self, replica: Replica) -> int | None:
+        """Takes back the replica's unsealed step (its groups dropped from the bus), to be drawn again; returns it."""
+        step = replica.step
+        replica.step = None
+        if step is not None:
+            dropped = self.bus.discard(step)
+            self._undrawn.add(step)
+            log.info("step %d goes back to be drawn again (%s had put %d of its groups: dropped)", step, replica.name, dropped)
+        return step
+
+    def _sealed_step(self, replica: Replica, step: int, data_state: dict[str, Any]) -> None:
+        replica.sealed()
+        self._positions[step + 1] = data_state
+        self._sealed.add(step)
+        while self._frontier in self._sealed:
+            self._sealed.remove(self._frontier)
+            self._frontier += 1
+        self._positions = {begins: state for begins, state in self._positions.items() if begins >= self._frontier}
+        self._dispatch()
+
+    # -- the supervising thread ----------------------------------------------------------------------
     def _supervise(self) -> None:
         try:
-            while True:
-                outcome = self._watch()
-                if outcome is None:
-                    return  # stopped
-                if outcome == "done":
-                    self._end_child(grace_s=10.0)
-                    return
-                if not self._replace(outcome):
-                    return  # it had sealed every step before it died
+            while not self._stopping.is_set() and self._frontier <= self.last:
+                self._receive(tick=min(self.heartbeat_s / 4, 0.25))
+                for replica in list(self.replicas.values()):
+                    reason = self._failures.pop(replica.index, None) or self._exited_or_hung(replica)
+                    if reason is not None:
+                        self._replace(replica, reason)
+                self._rescale(take_request(self._run_dir))
+            with self._lock:
+                for replica in self.replicas.values():
+                    replica.send(("done",))  # every step is sealed
         except BusClosed:
             pass  # shut down while putting
         except BaseException as err:  # handed to the learner's thread, which re-raises it
             log.error("generator role failed: %s", err)
             self.error = err
-            self._status.value = b"failed"
             self.bus.close()
 
-    def _watch(self) -> str | None:
-        """Handles the child's messages until it finishes (`done`), fails (the reason) or the role stops (None)."""
-        tick = min(self.heartbeat_s / 4, 0.25)
-        while not self._stopping.is_set():
-            try:
-                while self._conn.poll(tick):
-                    outcome = self._handle(self._conn.recv())
-                    if outcome is not None:
-                        return outcome
-            except (EOFError, OSError):
-                self._process.join(self.heartbeat_s)  # the child closed its end: it is exiting
-            if self._process.exitcode is not None:
-                return self._last_words() or f"the generator process exited with {_exit_reason(self._process.exitcode)}"
-            silent = time.time() - (self._beat.value or self._spawned_at)
-            if silent > (2 * self.heartbeat_s if self._beat.value else STARTUP_S):
-                return f"no heartbeat from the generator process for {silent:.1f} s (services.heartbeat_s={self.heartbeat_s})"
-        return None
+    def _receive(self, tick: float) -> None:
+        """Handles the messages that arrive within `tick` seconds."""
+        listening = {replica.conn: replica for replica in self.replicas.values() if not replica.conn.closed}
+        if not listening:
+            time.sleep(tick)
+            return
+        for conn in wait(list(listening), tick):
+            self._read(listening[conn])
 
-    def _last_words(self) -> str | None:
-        """What an exited child sent after the last poll (its `done`, or the traceback of its failure)."""
+    def _read(self, replica: Replica) -> None:
+        """Handles what the replica's child has sent so far; a failure it reports is kept for `_replace`."""
         try:
-            while self._conn.poll(0):
-                outcome = self._handle(self._conn.recv())
-                if outcome is not None:
-                    return outcome
+            while replica.index not in self._failures and replica.conn.poll(0):
+                reason = self._handle(replica, replica.conn.recv())
+                if reason is not None:
+                    self._failures[replica.index] = reason
         except (EOFError, OSError):
-            pass
-        return None
+            replica.process.join(self.heartbeat_s)  # the child closed its end: it is exiting
 
-    def _handle(self, message: tuple) -> str | None:
+    def _exited_or_hung(self, replica: Replica) -> str | None:
+        if replica.process.exitcode is not None:
+            self._read(replica)  # its last words: the traceback of a failure, or groups sent before it was killed
+            return self._failures.pop(replica.index, None) or replica.exit_reason()
+        return replica.silence(self.heartbeat_s)
+
+    def _handle(self, replica: Replica, message: tuple) -> str | None:
         kind = message[0]
         if kind == "group":
             _, step, shared, meta = message
-            self.bus.put(step, read(shared, unlink=True), meta, producer="generator")
+            self.bus.put(step, read(shared, unlink=True), meta, producer=replica.name)
         elif kind == "seal":
             _, step, meta = message
+            meta["metrics"]["services/generator_replica"] = float(replica.index)
             self.bus.seal(step, meta)
-            self._next_step, self._data_state = step + 1, meta["data_state"]
+            with self._lock:
+                self._sealed_step(replica, step, meta["data_state"])
+        elif kind == "ready":
+            with self._lock:
+                replica.ready = True
+                replica.set_status("idle")
+                if replica.version < self._weights[1]:  # published while it was starting: catch it up
+                    replica.send_weights(self._weights)
+                    replica.send(("admit", self.gate.published))
+                self._drop_retired()
+                self._dispatch()
         elif kind == "failed":
             _, step, what, text = message
             if what == "user":
-                raise UserError(f"generator process, step {step}: {text}")
-            return f"step {step} failed in the generator process:\n{text}"
-        elif kind == "done":
-            return "done"
+                raise UserError(f"{replica.name} process, step {step}: {text}")
+            return f"{'starting' if step is None else f'step {step}'} failed in {replica.name}'s process:\n{text}"
         return None
 
-    def _replace(self, reason: str) -> bool:
-        """Kills the failed child, drops its unsealed groups, and starts a fresh one from the first unsealed step (False:
-        nothing left to draw)."""
-        self._end_child(grace_s=0.0)
-        if self._next_step > self.last:
-            return False
-        step = self._next_step
-        dropped = self.bus.discard(step)
-        if self.restarts >= self.max_restarts:
-            raise RunStopped(f"the generator role failed at step {step} after {self.restarts} restarts (services.max_restarts="
-                             f"{self.max_restarts}); its last error: {reason}")
-        self.restarts += 1
-        log.warning("generator process failed at step %d (%s); restart %d of %d draws from step %d again (%d groups it had put dropped)",
-                    step, reason, self.restarts, self.max_restarts, step, dropped)
-        self._status.value = b"restarting"
+    def _replace(self, replica: Replica, reason: str) -> None:
+        """Kills the failed child, takes back its unsealed step and starts a fresh one (none once every step is sealed)."""
+        replica.end(grace_s=0.0)
         with self._lock:
-            self._spawn()
-        return True
+            step = self._release(replica)
+            if self._frontier > self.last:
+                return
+            where = "while starting" if step is None and not replica.ready else ("between steps" if step is None else f"at step {step}")
+            if replica.restarts >= self.max_restarts:
+                raise RunStopped(f"the {replica.name} role failed {where} after {replica.restarts} restarts (services.max_restarts="
+                                 f"{self.max_restarts}); its last error: {reason}")
+            replica.restarts += 1
+            log.warning("%s failed %s (%s); restart %d of %d", replica.name, where, reason, replica.restarts, self.max_restarts)
+            replica.spawn(self.config, self._weights, self.gate.published)
+            replica.set_status("restarting")
+            self._drop_retired()
+            self._dispatch()  # its step, to a replica that is ready
 
-    def _end_child(self, grace_s: float) -> None:
-        """Waits `grace_s` for the child to exit, kills it (SIGKILL also ends a stopped one), removes what it left in shared memory."""
-        process = self._process
-        if process is None:
+    def _rescale(self, wanted: int | None) -> None:
+        """Starts or removes replicas so that `wanted` run (None: no request)."""
+        if wanted is None:
             return
-        process.join(grace_s)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
-        self._conn.close()
-        unlink_leftovers(f"{self._prefix()}c{self._children}-")
+        if wanted > 1 and self.config.algorithm.dynamic_sampling:
+            log.error("ignored the request for %d generators: algorithm.dynamic_sampling runs with one", wanted)
+            return
+        log.info("generators: %d -> %d", len(self.replicas), wanted)
+        with self._lock:
+            for index in range(wanted):
+                if index not in self.replicas:
+                    self._add(index)
+            for index in sorted(self.replicas, reverse=True):
+                if index >= wanted:
+                    self._remove(self.replicas.pop(index))
+            self._drop_retired()
+            self._dispatch()
 
-
-def _exit_reason(exitcode: int) -> str:
-    if exitcode < 0:
-        return f"signal {signal.Signals(-exitcode).name}"
-    return f"exit code {exitcode}"
+    def _remove(self, replica: Replica) -> None:
+        replica.close_pipe()
+        self._failures.pop(replica.index, None)
+        self._release(replica)
+        leaving = threading.Thread(target=replica.end, args=(LEAVE_GRACE_S,), name=f"rlx-{replica.name}-leaving", daemon=True)
+        leaving.start()
+        self._leaving.append(leaving)

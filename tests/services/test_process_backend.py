@@ -103,11 +103,9 @@ def test_a_killed_or_hung_generator_process_is_replaced(faulted):
 
 
 def test_a_generator_process_failing_past_max_restarts_stops_the_run(tmp_path):
-    """Weights of another model make the child fail at its start; with `max_restarts=0` the role stops the run, naming it,
-    after dropping the groups put for the step it failed (two, as a killed child would have left them)."""
+    """Weights of another model make the child fail at its start; with `max_restarts=0` the role stops the run, naming it
+    and the child's traceback."""
     bus, gate = TransferQueue(8), StalenessGate(0)
-    for _ in range(2):
-        bus.put(1, {"tokens": np.zeros((SAMPLES, 3), np.int32)})
     wrong = ({"not_the_model": np.zeros(3, np.float32)}, 0)
     role = ProcessGeneratorRole(config(tmp_path / "run"), bus, gate, 1, STEPS, lambda: wrong, data_state={}, max_restarts=0, heartbeat_s=1.0)
     role.start()
@@ -118,9 +116,8 @@ def test_a_generator_process_failing_past_max_restarts_stops_the_run(tmp_path):
     finally:
         role.stop()
     assert isinstance(role.error, RunStopped) and time.monotonic() - began < 120
-    assert bus.pending() == [] and bus.metrics()["bus/groups_discarded"] == 2
     message = str(role.error)
-    assert "generator role failed at step 1 after 0 restarts" in message
+    assert "generator role failed while starting after 0 restarts" in message
     assert "published weights do not fit the generator's model" in message and "not_the_model" in message  # the child's traceback
 
 

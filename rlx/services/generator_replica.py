@@ -1,0 +1,122 @@
+"""One generator process as the learner's process sees it: `generator`, `generator-1`, ... (`services.generators`).
+
+A `Replica` keeps its name, restart count and the step it draws across the child processes it starts
+(`rlx.services.generator_child`, with `multiprocessing`'s spawn): a fresh child gets the latest weights and the
+published version before anything else. The child's heartbeat and status live in shared values that outlast it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+
+from rlx.config import Config
+from rlx.services import generator_child
+from rlx.services.shared_arrays import SharedArrays, unlink_leftovers
+
+STARTUP_S = 300.0  # seconds a new child may take to import and start beating (JAX import, engine build)
+
+
+def replica_name(index: int) -> str:
+    return "generator" if index == 0 else f"generator-{index}"
+
+
+class Replica:
+    def __init__(self, index: int, context: Any, prefix: str):
+        self.index, self.name = index, replica_name(index)
+        self.restarts = 0
+        self.step: int | None = None  # the step assigned to its child, until sealed
+        self.ready = False  # the child is built and takes assignments (and the latest weights)
+        self.drawn = 0  # steps its child sealed: the replica that drew fewest gets the next step
+        self.version = -1  # the weights' version its child has (or gets first)
+        self.process: Any = None
+        self.conn: Any = None
+        self._context, self._prefix = context, prefix
+        self._beat = context.Value("d", 0.0, lock=False)  # the child's last heartbeat (time.time()); 0 before its first
+        self._status = context.Array("c", 32, lock=False)
+        self._children = 0
+        self._spawned_at = 0.0
+
+    def spawn(self, config: Config, weights: tuple[SharedArrays, int], published: int) -> None:
+        """Starts a fresh child; it gets `weights` (the latest) and the `published` version first."""
+        self._children += 1
+        self.step, self.ready, self.drawn = None, False, 0
+        parent_end, child_end = self._context.Pipe()
+        cpu = jax.default_backend() == "cpu"
+        start = generator_child.ChildStart(config, published, jax.device_count() if cpu else 0, os.getpid(), self._blocks())
+        self._beat.value, self._status.value = 0.0, b"starting"
+        process = self._context.Process(target=generator_child.run, args=(start, child_end, self._beat, self._status),
+                                        name=f"rlx-{self.name}-{self._children}")
+        process.start()
+        child_end.close()  # the child holds it: its death closes the pipe
+        self.process, self.conn, self._spawned_at = process, parent_end, time.time()
+        self.send_weights(weights)
+        self.send(("admit", published))
+
+    def _blocks(self) -> str:
+        return f"{self._prefix}c{self._children}-"
+
+    def send(self, message: tuple) -> None:
+        try:
+            self.conn.send(message)
+        except (OSError, ValueError):
+            pass  # the child is gone; its supervisor replaces it and sends the latest state again
+
+    def send_weights(self, weights: tuple[SharedArrays, int]) -> None:
+        self.send(("weights", weights[1], weights[0]))
+        self.version = weights[1]
+
+    def up(self) -> bool:
+        """Its child runs, is built and listens (a child that is starting gets the latest weights once ready)."""
+        return self.ready and self.process.exitcode is None and not self.conn.closed
+
+    def assign(self, step: int, data_state: dict[str, Any], skip: int) -> None:
+        self.step = step
+        self.send(("draw", step, data_state, skip))
+
+    def sealed(self) -> None:
+        self.step = None
+        self.drawn += 1
+
+    def silence(self, heartbeat_s: float) -> str | None:
+        """Why the child counts as hung (no heartbeat for `2 * heartbeat_s`, or `STARTUP_S` before its first), or None."""
+        silent = time.time() - (self._beat.value or self._spawned_at)
+        if silent > (2 * heartbeat_s if self._beat.value else STARTUP_S):
+            return f"no heartbeat from {self.name}'s process for {silent:.1f} s (services.heartbeat_s={heartbeat_s})"
+        return None
+
+    def exit_reason(self) -> str | None:
+        exitcode = self.process.exitcode
+        if exitcode is None:
+            return None
+        how = f"signal {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exit code {exitcode}"
+        return f"{self.name}'s process exited with {how}"
+
+    def set_status(self, text: str) -> None:
+        self._status.value = text.encode()[:31]
+
+    def health(self) -> dict[str, dict]:
+        pid = self.process.pid if self.process is not None else os.getpid()
+        return {self.name: {"pid": pid, "status": self._status.value.decode(), "restarts": self.restarts,
+                            "last_heartbeat": self._beat.value or self._spawned_at}}
+
+    def close_pipe(self) -> None:
+        """Stops listening: the child ends after the step in progress, which it cannot send any more."""
+        self.send(("stop",))
+        self.conn.close()
+
+    def end(self, grace_s: float) -> None:
+        """Waits `grace_s` for the child to exit, kills it (SIGKILL also ends a stopped one), removes what it left in shared memory."""
+        process = self.process
+        if process is None:
+            return
+        process.join(grace_s)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+        self.conn.close()
+        unlink_leftovers(self._blocks())
