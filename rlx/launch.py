@@ -53,8 +53,10 @@ def _launch(args: argparse.Namespace) -> int:
     from rlx.parallel.distributed import fail_fast
     from rlx.services import train  # after config checks, so a typo fails before JAX starts
     from rlx.services.preflight import check_run
-    from rlx.services.supervisor import child_command, supervise, supervised
+    from rlx.services.supervisor import child_command, die_with_supervisor, supervise, supervised
 
+    if supervised():
+        die_with_supervisor()
     check_run(config)  # output directory and plug-ins, before any model is built
     if config.services.backend == "process" and not supervised():
         return supervise(child_command(args.config, args.overrides, args.debug), config.services.max_restarts)

@@ -24,6 +24,7 @@ from rlx.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, EXIT_USER_ERROR, RunS
 log = logging.getLogger(__name__)
 ENV_SUPERVISED = "RLX_SUPERVISED"
 ENV_LEARNER_RESTARTS = "RLX_LEARNER_RESTARTS"
+ENV_SUPERVISOR_PID = "RLX_SUPERVISOR_PID"
 # The child said why it ended (done, bad input, run stopped, interrupted): starting it again would not help.
 FINAL_EXITS = (0, EXIT_USER_ERROR, EXIT_RUN_STOPPED, EXIT_INTERRUPTED)
 _PR_SET_PDEATHSIG = 1
@@ -56,9 +57,9 @@ def supervise(command: Sequence[str], max_restarts: int) -> int:
 
 
 def _run_child(command: Sequence[str], restarts: int) -> int:
-    environment = {**os.environ, ENV_SUPERVISED: "1", ENV_LEARNER_RESTARTS: str(restarts)}
+    environment = {**os.environ, ENV_SUPERVISED: "1", ENV_LEARNER_RESTARTS: str(restarts), ENV_SUPERVISOR_PID: str(os.getpid())}
     # Its own process group, so a terminal's Ctrl-C reaches it once (forwarded from here), not twice.
-    child = subprocess.Popen(list(command), env=environment, process_group=0, preexec_fn=_die_with_parent)
+    child = subprocess.Popen(list(command), env=environment, process_group=0)
     forwarded: list[int] = []
 
     def forward(signum: int, frame) -> None:
@@ -74,10 +75,12 @@ def _run_child(command: Sequence[str], restarts: int) -> int:
     return EXIT_INTERRUPTED if forwarded and code not in FINAL_EXITS else code  # stopped on purpose: never restarted
 
 
-def _die_with_parent() -> None:
-    """In the child before it starts: a supervisor killed outright takes its run with it (Linux), leaving no orphan."""
+def die_with_supervisor() -> None:
+    """Called first in a supervised run: a supervisor killed outright takes its run with it (Linux), leaving no orphan."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(os.environ[ENV_SUPERVISOR_PID]):
+        sys.exit("the supervisor of this run has already exited")  # it died before the line above took effect
 
 
 def describe_exit(code: int) -> str:

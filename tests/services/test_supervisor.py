@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,35 @@ def test_a_learner_killed_between_checkpoints_resumes_and_writes_each_step_once(
     killed = rows(output_dir / "metrics.jsonl.before_kill")[3]
     assert killed["step"] == 3 and metrics[3]["reward/mean"] == killed["reward/mean"]
     assert metrics[3]["actor/pg_loss"] == pytest.approx(killed["actor/pg_loss"], abs=1e-6)
+
+
+def test_a_supervisor_killed_outright_takes_its_run_with_it(tmp_path):
+    run = ("import time; from rlx.services.supervisor import die_with_supervisor; die_with_supervisor(); "
+           f"open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(120)")
+    supervisor = subprocess.Popen([sys.executable, "-c", "import sys; from rlx.services.supervisor import supervise; "
+                                   "supervise([sys.executable, '-c', sys.argv[1]], 0)", run], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists():
+        assert time.monotonic() < deadline and supervisor.poll() is None, "the supervised run never started"
+        time.sleep(0.1)
+    child = next(int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _parent(int(pid)) == supervisor.pid)
+    supervisor.kill()
+    supervisor.wait()
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}") and _state(child) != "Z":
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{child}") or _state(child) == "Z"  # gone (or a zombie awaiting its reaper)
+
+
+def _stat(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return ["X", "0"]
+
+
+def _parent(pid: int) -> int:
+    return int(_stat(pid)[1])
+
+
+def _state(pid: int) -> str:
+    return _stat(pid)[0]
