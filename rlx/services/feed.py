@@ -41,9 +41,6 @@ class RolloutFeed:
         else:
             self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last, trainer.timeline, max_restarts=restarts,
                                            heartbeat_s=config.services.heartbeat_s)
-        if config.bus.interrupt != "off":
-            trainer.rollout.weight_source = trainer.mailbox.take
-            trainer.rollout.interrupt = config.bus.interrupt
         self.take_timeout_s = take_timeout_s
         self._partial = getattr(trainer.rollout, "partial", None)
         self._data_state: dict[str, Any] | None = None

@@ -124,6 +124,8 @@ class Generation:
         if getattr(self.rollout, "partial", None) is not None:
             self.rollout.partial.draw = lambda: next(self.prompts)  # partial rollouts keep slots busy with later prompts
         self.mailbox = WeightMailbox()
+        if config.bus.interrupt != "off":  # weights published mid-step reach the rollouts between generate calls
+            self.rollout.weight_source, self.rollout.interrupt = self.mailbox.take, config.bus.interrupt
         self.prompts = prompt_stream(config, task.tokenizer, media, processes, task.train, config.data.prompts_per_step, config.data.seed,
                                      "data.prompts_per_step")
         self._base_key = jax.random.key(config.run.seed)
