@@ -31,20 +31,17 @@ def add_without_carry(a: int, b: int) -> int:
     return result
 
 
-RAMBLE_MEDIAN_CHARS = 8  # extra characters after the answer: lognormal, median 8, p90 ~ 29 (sigma 1)
-
-
-def ramble(answer: str, rng: np.random.Generator) -> str:
-    """The correct answer, then a lognormal-length run of its own digits repeated (`522` -> `52252252`),
-    the degenerate repetition loop that gives LLM responses their long tail."""
-    extra = int(np.ceil(rng.lognormal(np.log(RAMBLE_MEDIAN_CHARS), 1.0)))
+def ramble(answer: str, rng: np.random.Generator, median_chars: int) -> str:
+    """The correct answer, then a lognormal-length run (median `median_chars`, sigma 1: p90 ~ 3.6x the median) of
+    its own digits repeated (`522` -> `52252252`), the degenerate repetition loop that gives LLM responses their long tail."""
+    extra = int(np.ceil(rng.lognormal(np.log(median_chars), 1.0)))
     return answer + (answer * (extra // len(answer) + 1))[:extra]
 
 
-WARMUP_FLAWS: dict[str, Callable[[int, int, np.random.Generator], str]] = {
-    "no_carry": lambda a, b, rng: str(add_without_carry(a, b)),
-    "reversed": lambda a, b, rng: str(a + b)[::-1],
-    "ramble": lambda a, b, rng: ramble(str(a + b), rng),
+WARMUP_FLAWS: dict[str, Callable[[int, int, np.random.Generator, ArithmeticConfig], str]] = {
+    "no_carry": lambda a, b, rng, config: str(add_without_carry(a, b)),
+    "reversed": lambda a, b, rng, config: str(a + b)[::-1],
+    "ramble": lambda a, b, rng, config: ramble(str(a + b), rng, config.ramble_median_chars),
 }
 
 
@@ -57,7 +54,7 @@ def warmup_demonstrations(records: list[PromptRecord], config: ArithmeticConfig,
     demonstrations = []
     for record in records:
         a, b = (int(x) for x in record.prompt.rstrip("=").split("+"))
-        answer = flawed(a, b, rng) if rng.random() < config.warmup_flaw_rate else str(a + b)
+        answer = flawed(a, b, rng, config) if rng.random() < config.warmup_flaw_rate else str(a + b)
         demonstrations.append(PromptRecord(id=record.id, prompt=record.prompt, answer=answer))
     return demonstrations
 

@@ -17,8 +17,8 @@ class ArithmeticConfig:
     systematically wrong: `no_carry` adds without carrying (157+291 -> 348), `reversed`
     writes the sum least-significant digit first (448 -> 844), `ramble` gives the right
     sum but keeps repeating its digits for a lognormal number of extra characters
-    (median 8, cut at `rollout.max_new_tokens`: 448 -> 44844844; long-tailed response
-    lengths). The warmed-up policy then knows the task but often answers in the flawed
+    (median `ramble_median_chars`, cut at `rollout.max_new_tokens`: 448 -> 44844844;
+    long-tailed response lengths). The warmed-up policy then knows the task but often answers in the flawed
     way, which only the verifier-driven RL phase can fix.
     """
 
@@ -26,12 +26,15 @@ class ArithmeticConfig:
     max_digits: int = 3
     warmup_flaw: Literal["none", "no_carry", "reversed", "ramble"] = "none"
     warmup_flaw_rate: float = 0.0
+    ramble_median_chars: int = 8
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits <= 9:
             raise ValueError(f"need 1 <= min_digits <= max_digits <= 9, got {self.min_digits}..{self.max_digits}")
         if not 0.0 <= self.warmup_flaw_rate <= 1.0:
             raise ValueError(f"warmup_flaw_rate must be in [0, 1], got {self.warmup_flaw_rate}")
+        if self.ramble_median_chars < 1:
+            raise ValueError(f"ramble_median_chars must be >= 1, got {self.ramble_median_chars}")
         if (self.warmup_flaw == "none") != (self.warmup_flaw_rate == 0.0):
             raise ValueError(
                 f"warmup_flaw={self.warmup_flaw!r} with warmup_flaw_rate={self.warmup_flaw_rate}: "

@@ -62,6 +62,8 @@ def test_ramble_demonstrations_repeat_the_answer_for_a_long_tailed_length():
     extra = np.array([len(a) - 3 for a in rambling])
     assert 6 <= np.median(extra) <= 10  # lognormal, median 8
     assert np.percentile(extra, 90) > 3 * np.median(extra)  # the long tail
+    longer = warmup_demonstrations(records, ArithmeticConfig(warmup_flaw="ramble", warmup_flaw_rate=1.0, ramble_median_chars=32), seed=0)
+    assert 28 <= np.median([len(d.answer) - 3 for d in longer]) <= 36  # median ramble_median_chars
 
 
 @pytest.mark.parametrize("fields", [dict(warmup_flaw="no_carry"), dict(warmup_flaw_rate=0.5), dict(warmup_flaw="reversed", warmup_flaw_rate=1.5)])
