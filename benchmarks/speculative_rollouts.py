@@ -40,11 +40,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 from benchmarks.results_table import machine_description, report
 from rlx.config import load_config
-from rlx.models import Qwen3
 from rlx.rollout import Engine, RolloutDriver, SamplingParams, build_engine, sampling_params
 from rlx.rollout.speculative import Speculation
 from rlx.services.trainer import Trainer
