@@ -1,4 +1,4 @@
-"""`rlx train | eval | export | serve | plan | warmstart`: one command beside the `python -m` forms.
+"""`rlx train | eval | export | serve | plan | warmstart | scale`: one command beside the `python -m` forms.
 
 Each subcommand hands its arguments to the module's own `main` (`rlx train ...` is
 `python -m rlx.launch ...`, `rlx plan ...` is `python -m rlx.launch --dry-run ...`).
@@ -18,6 +18,7 @@ COMMANDS = {
     "serve": ("rlx.serve", "serve a run's policy over JetStream's gRPC protocol: rlx serve --config configs/demo.yaml"),
     "plan": ("rlx.launch", "compile a config on abstract arrays over a simulated mesh and print the plan: rlx plan --config ..."),
     "warmstart": ("rlx.warmstart", "rebuild a config's stored warm-up weights: rlx warmstart --config configs/demo.yaml"),
+    "scale": ("rlx.scale", "add or remove generator processes of a live run: rlx scale --run runs/demo --generators 2"),
 }
 
 

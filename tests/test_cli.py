@@ -36,7 +36,8 @@ def test_launch_help_names_the_config_sections(capsys):
 
 @pytest.mark.parametrize("command, module, expected", [("train", "rlx.launch", ["--config", "c.yaml", "run.steps=3"]),
                                                        ("plan", "rlx.launch", ["--config", "c.yaml", "--dry-run"]),
-                                                       ("eval", "rlx.eval", ["--run", "r"])])
+                                                       ("eval", "rlx.eval", ["--run", "r"]),
+                                                       ("scale", "rlx.scale", ["--run", "r", "--generators", "2"])])
 def test_subcommands_hand_their_arguments_to_the_module(monkeypatch, command, module, expected):
     seen = []
     monkeypatch.setattr(importlib.import_module(module), "main", lambda argv: seen.append(argv) or 7)
