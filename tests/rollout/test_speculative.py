@@ -77,6 +77,13 @@ def confidence_engine(spec_engine):
                   pad_id=PAD, steps_per_generate=2, speculative=Speculation("confidence", threshold))
 
 
+def every_slot_on_the_prompt(engine, params, seed: int):
+    """A decode state whose every slot continues PROMPT (one prefill, inserted into all slots)."""
+    slots = engine.max_concurrent_decodes
+    return engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(seed)),
+                              rows=[0] * slots, slots=list(range(slots)))
+
+
 def teacher_forced(model: Qwen3, sequences: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For right-padded `sequences [B, L]`: log p [B, L, V] of the token after each column, log q [B, L, V] of the MTP
     draft made at each column (of the token two columns on), and the confidence [B, L] in that draft."""
@@ -92,8 +99,7 @@ def test_engine_samples_are_the_models_distribution_with_its_log_probs(spec_engi
     engine, model = spec_engine
     slots = engine.max_concurrent_decodes
     params = engine.load_params()
-    state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(3)),
-                               rows=[0] * slots, slots=list(range(slots)))
+    state = every_slot_on_the_prompt(engine, params, seed=3)
     _, result = engine.generate(params, state, SamplingParams(1.0))
     result = result.convert_to_numpy()
     tokens, valid, log_probs = result.tokens, result.valid, result.log_probs
@@ -213,8 +219,7 @@ def test_confidence_mode_keeps_confident_drafts_and_records_the_distribution_eac
     _, model = spec_engine
     engine = confidence_engine
     slots, params, threshold = engine.max_concurrent_decodes, engine.load_params(), engine.speculative.threshold
-    state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(4)),
-                               rows=[0] * slots, slots=list(range(slots)))
+    state = every_slot_on_the_prompt(engine, params, seed=4)
     _, result = engine.generate(params, state, SamplingParams(1.0))
     checked = check_confidence_call(model, result, [PROMPT] * slots, threshold, engine.max_len)
     assert min(checked.values()) > 5, checked  # both outcomes happen, and recording p instead of q would have failed
@@ -226,8 +231,7 @@ def test_extend_refreshes_the_mtp_cache_and_draft_context(spec_engine, confidenc
     _, model = spec_engine
     engine = confidence_engine
     slots, params, threshold = engine.max_concurrent_decodes, engine.load_params(), engine.speculative.threshold
-    state = engine.insert_rows(engine.prefill_batch(params, [np.array(PROMPT, np.int32)]), engine.decode_state(jax.random.key(6)),
-                               rows=[0] * slots, slots=list(range(slots)))
+    state = every_slot_on_the_prompt(engine, params, seed=6)
     state, first = engine.generate(params, state, SamplingParams(1.0))
     first = first.convert_to_numpy()
     observation = [1, 2]
