@@ -45,8 +45,10 @@ def warmup_key(config: Config, params: nnx.State, demonstrations: Sequence[Promp
     """A hex digest of everything the warm-up's result depends on (`params`: the initial weights)."""
     digest = hashlib.sha256()
     warmup = {k: v for k, v in to_dict(config.warmup).items() if k not in ("cache", "cache_dir")}
-    # `max_image_pixels` acts only through which records are kept, and the records are hashed below.
+    # `max_image_pixels` acts only through which records are kept, the rambling length only through the demonstrations'
+    # answers, and the records are hashed below.
     data = {k: v for k, v in to_dict(config.data).items() if k != "max_image_pixels"}
+    data["arithmetic"] = {k: v for k, v in data["arithmetic"].items() if k != "ramble_median_chars"}
     model = to_dict(config.model)
     if not config.model.mtp.enabled:
         del model["mtp"]  # settings of heads that do not exist change nothing (and keep keys from before heads existed)
