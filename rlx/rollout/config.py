@@ -70,8 +70,6 @@ class RolloutConfig:
             raise ValueError(f"stop_strings must be non-empty strings, got {list(self.stop_strings)!r}")
         if self.stop_strings and self.backend != "engine":
             raise ValueError(f"stop_strings are matched by rlx's driver; they need backend: engine, got backend: {self.backend}")
-        if self.speculative not in ("off", "lossless", "confidence"):
-            raise ValueError(f"speculative must be off, lossless or confidence, got {self.speculative!r}")
         if not 0.0 <= self.spec_threshold <= 1.0:
             raise ValueError(f"spec_threshold is the least confidence (a probability in [0, 1]) of a kept draft, got {self.spec_threshold}")
         if self.speculative != "off" and (self.temperature == 0 or self.top_k or self.top_p < 1 or self.backend != "engine"):

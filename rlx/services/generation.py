@@ -130,6 +130,12 @@ class Generation:
                                      "data.prompts_per_step")
         self._base_key = jax.random.key(config.run.seed)
 
+    def close(self) -> None:
+        """Stops the reward's worker pool and the prompt stream's loaders."""
+        if self.reward_pool is not None:
+            self.reward_fn.close()
+        self.prompts.close()
+
     def produce(self, step: int) -> tuple[ScoredBatch, dict]:
         """The generator role's work for step `step`: rollouts, rewards, the algorithm's batch shaping.
 

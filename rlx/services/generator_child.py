@@ -99,7 +99,7 @@ class _Child:
             self._send_failure("error", traceback.format_exc())
         finally:
             if generation is not None:
-                _close(generation)
+                generation.close()
 
     def _send_failure(self, kind: str, text: str) -> None:
         self._set_status("failed")
@@ -180,8 +180,3 @@ def _position(generation: Generation, data_state: dict[str, Any], skip: int) -> 
     for _ in range(skip):
         next(generation.prompts)
 
-
-def _close(generation: Generation) -> None:
-    if generation.reward_pool is not None:
-        generation.reward_fn.close()
-    generation.prompts.close()

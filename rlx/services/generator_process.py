@@ -57,7 +57,7 @@ class ProcessGeneratorRole:
     def __init__(self, config: Config, bus: TransferQueue, gate: StalenessGate, first: int, last: int, published: Published,
                  data_state: dict[str, Any], max_restarts: int, heartbeat_s: float):
         self.config, self.bus, self.gate = config, bus, gate
-        self.first, self.last = first, last
+        self.last = last
         self.published, self.max_restarts, self.heartbeat_s = published, max_restarts, heartbeat_s
         self.error: BaseException | None = None
         self.replicas: dict[int, Replica] = {}  # by index; changed by the supervising thread only

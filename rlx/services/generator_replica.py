@@ -8,7 +8,6 @@ published version before anything else. The child's heartbeat and status live in
 from __future__ import annotations
 
 import os
-import signal
 import time
 from typing import Any
 
@@ -17,6 +16,7 @@ import jax
 from rlx.config import Config
 from rlx.services import generator_child
 from rlx.services.shared_arrays import SharedArrays, unlink_leftovers
+from rlx.services.supervisor import describe_exit
 
 STARTUP_S = 300.0  # seconds a new child may take to import and start beating (JAX import, engine build)
 
@@ -91,10 +91,7 @@ class Replica:
 
     def exit_reason(self) -> str | None:
         exitcode = self.process.exitcode
-        if exitcode is None:
-            return None
-        how = f"signal {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exit code {exitcode}"
-        return f"{self.name}'s process exited with {how}"
+        return None if exitcode is None else f"{self.name}'s process {describe_exit(exitcode)}"
 
     def set_status(self, text: str) -> None:
         self._status.value = text.encode()[:31]

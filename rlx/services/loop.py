@@ -58,6 +58,7 @@ def train(config: Config) -> Path:
 def health(trainer: Trainer) -> Health:
     """The roles' health (`rlx.services.health`), the reward workers' among them; process 0 writes `<output_dir>/services.json`."""
     roles = Health(trainer.output_dir / "services.json" if trainer.processes.primary else None, trainer.config.services.heartbeat_s)
-    if trainer.reward_pool is not None:
-        roles.watch(trainer.reward_pool.health)
+    pool = trainer.generation.reward_pool
+    if pool is not None:
+        roles.watch(pool.health)
     return roles

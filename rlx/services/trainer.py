@@ -85,7 +85,6 @@ class Trainer:
         self._publish_weights = lambda params: engine.publish(local_copy(params))
         published = engine.load_params()
         self.reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
-        self.reward_pool = getattr(self.reward_fn, "pool", None)  # owned by the reward (`WeightedSum`), which closes it
         turns = self._multi_turn(tokenizer)
         self.timeline = Timeline(self.output_dir / "trace.json" if config.run.trace and processes.primary else None)
         # Training rollouts (the generator role) and validation (the learner's latest weights) share the engine.
@@ -330,9 +329,7 @@ class Trainer:
                          f"positions (dynamic sampling draws per process); resume it with {len(states)} processes")
 
     def close(self) -> Path:
-        if self.reward_pool is not None:
-            self.reward_fn.close()
-        self.prompts.close()
+        self.generation.close()
         self.checkpointer.wait()
         self.checkpointer.close()
         self.timeline.close()
