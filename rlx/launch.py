@@ -45,9 +45,9 @@ def _launch(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     configure_logging(config.run.log_level)
     if args.dry_run:
-        from rlx.services.plan import dry_run, simulate_cpu_devices
+        from rlx.services.plan import dry_run, prepare_planning_backend
 
-        simulate_cpu_devices(config.parallel.num_devices)  # before anything starts a JAX backend
+        prepare_planning_backend(config.parallel.num_devices)  # before anything starts a JAX backend
         print(dry_run(config).render())
         return 0
     from rlx.parallel.distributed import fail_fast

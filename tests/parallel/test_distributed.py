@@ -1,6 +1,5 @@
 """Two local processes form one jax.distributed CPU cluster and run a sharded step together."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from flax import nnx
 
 from rlx.models import Qwen3
 from rlx.parallel import DistributedConfig, initialize_distributed
+from tests.conftest import fast_compile_env
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
@@ -25,7 +25,7 @@ def _free_port() -> int:
 
 def test_two_processes_share_one_mesh_and_agree_with_one_process():
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    env = {k: v for k, v in fast_compile_env().items() if k != "JAX_PLATFORMS"}  # each process simulates its own devices
     env.update(RLX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", RLX_NUM_PROCESSES="2")
     procs = [subprocess.Popen([sys.executable, str(WORKER)], env={**env, "RLX_PROCESS_ID": str(rank)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]

@@ -84,8 +84,8 @@ def test_big_configs_describe_the_real_models(name, billions):
 
 PLAN_EVERY_CONFIG = """
 import json, sys
-from rlx.services.plan import dry_run, simulate_cpu_devices
-simulate_cpu_devices(32)
+from rlx.services.plan import dry_run, prepare_planning_backend
+prepare_planning_backend(32)
 from rlx.config import load_config
 checkpoint_dir = sys.argv[1]
 for path in sys.argv[2:]:

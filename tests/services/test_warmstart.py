@@ -1,6 +1,8 @@
 """Warm starts: stored once, reused only for exactly the same warm-up, and the shipped demo one matches a fresh warm-up."""
 
 import dataclasses
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,7 +15,8 @@ from rlx.models import Qwen3
 from rlx.services import warmstart
 from rlx.services.trainer import Trainer
 from rlx.services.tracking import read_metrics
-from tests.conftest import tiny_overrides
+from rlx.warmstart import main as warmstart_main
+from tests.conftest import REPO, default_compile_env, tiny_overrides
 
 
 def warmed_up(out, cache_dir, *extra):
@@ -82,24 +85,20 @@ def test_a_warm_start_of_another_model_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("demo_config", ["configs/demo.yaml", "configs/demo_moe.yaml"])
-def test_the_shipped_demo_warm_start_is_what_this_code_warms_up(tmp_path, demo_config):
+def test_the_shipped_demo_warm_start_is_what_this_code_warms_up(demo_config):
     """The demos' 800 warm-up steps ship in rlx/warmstarts/ (the dense demo's and the MoE demo's). Each one's key is this
     code's key for its demo config (same settings, initial weights, demonstrations, tokenizer), and the Trainer's own
     warm-up path reproduces its stored losses (same data order, loss and optimizer): the first 25 steps, run afresh, match them.
+    Checked as a user's run compiles (the tests' faster compile changes initial weights' last bits, hence the key).
     If this fails after a deliberate change, rebuild: python -m rlx.warmstart --config <the demo config> --ship"""
-    demo = load_config(demo_config)
-    config = load_config(demo_config, [f"run.output_dir={tmp_path}", "run.progress=false", "warmup.sft_steps=25",
-                                       "warmup.cache=none"])
-    trainer = Trainer(config)
-    try:
-        key = warmstart.warmup_key(demo, trainer.learner.params, trainer.task.demonstrations, trainer.task.tokenizer)
-        shipped = warmstart.SHIPPED_DIR / f"{key}.safetensors"
-        assert shipped.is_file(), f"no shipped warm start for {demo_config} (key {key})"
-        trainer.resume_or_warm_start()
-    finally:
-        trainer.close()
-    stored = warmstart.stored_losses(shipped)
-    fresh = read_metrics(tmp_path / "metrics.jsonl")[0]
-    assert len(stored) == 800
-    assert fresh["warmup/sft_loss_first"] == pytest.approx(stored[0], rel=1e-5)
-    assert fresh["warmup/sft_loss_last"] == pytest.approx(stored[24], rel=1e-3)
+    done = subprocess.run([sys.executable, "-m", "rlx.warmstart", "--config", demo_config, "--check", "25"], cwd=REPO,
+                          env=default_compile_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert f"is this code's warm start for {demo_config} (25 steps reproduce its losses)" in done.stdout
+
+
+def test_a_warm_start_check_names_the_missing_key_and_the_rebuild(capsys):
+    assert warmstart_main(["--config", "configs/demo.yaml", "--check", "0", "warmup.sft_steps=7"]) == 1
+    out = capsys.readouterr().out
+    assert "no shipped warm start for configs/demo.yaml under this code's key" in out
+    assert "python -m rlx.warmstart --config configs/demo.yaml --ship" in out
