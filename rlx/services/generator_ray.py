@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 import types
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
@@ -224,7 +225,7 @@ class RayTransport:
         services = config.services
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(address=services.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+            start_ray(address=services.ray_address)
         options = {"num_cpus": services.ray_generator_cpus, "num_gpus": services.ray_generator_gpus, "max_concurrency": 4,
                    "runtime_env": {"env_vars": actor_env()}}
         self._actor_class = ray.remote(GeneratorActor).options(**options)
@@ -254,6 +255,14 @@ class RayTransport:
     def close(self) -> None:
         if self._started:
             ray.shutdown()
+
+
+def start_ray(**init_args: Any) -> None:
+    """`ray.init(**init_args)` without the dashboard and Ray's info lines. Ray starts its daemons with fork + exec, which
+    is safe beside JAX's threads: the warning Python gives for it is dropped."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, **init_args)
 
 
 def actor_env() -> dict[str, str]:

@@ -7,7 +7,6 @@ that keeps failing stops the run naming the role, the step and the child's trace
 
 import importlib.util
 import json
-import logging
 import os
 import signal
 import threading
@@ -142,18 +141,25 @@ def test_what_the_process_backend_does_not_do_yet_is_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_killed(tmp_path_factory):
-    """A ray run whose generator actor is killed (SIGKILL) at step 2's first reward; Ray's daemons before and after."""
+    """A ray run whose generator actor is killed (SIGKILL) at step 2's first reward. The run starts its local Ray cluster
+    (of 2 CPUs here) and stops it; returns the cluster's daemons and those still running after the run."""
     ray = pytest.importorskip("ray")
+    from rlx.services import generator_ray
+
     out, faults = tmp_path_factory.mktemp("ray") / "run", tmp_path_factory.mktemp("faults")
-    before = ray_daemons()
+    before, started, start_ray = ray_daemons(), set(), generator_ray.start_ray
+
+    def start_on_2_cpus(**init_args):
+        start_ray(num_cpus=2, **init_args)
+        started.update(ray_daemons() - before)
+
     with pytest.MonkeyPatch.context() as patch:
         inject_faults(patch, faults, f"{FIRST_CALL_OF_STEP_2}:SIGKILL")
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        patch.setattr(generator_ray, "start_ray", start_on_2_cpus)
         try:
-            started = ray_daemons() - before
             train(config(out, "services.backend=ray", "services.max_restarts=1"))
         finally:
-            ray.shutdown()
+            ray.shutdown()  # a no-op unless the run failed before stopping its cluster
     return out, signalled(faults), started, ray_daemons() & started
 
 
