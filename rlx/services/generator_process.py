@@ -7,10 +7,12 @@ last known position and how many batches to skip), and each step samples with it
 step). So which replica draws a step does not change what it draws: the run trains the same (step, prompt) rows for
 any number of replicas, and the same rollouts where the weights' versions match (`bus.max_staleness: 0`).
 
-Group arrays come back through shared memory (`rlx.services.shared_arrays`), their records and responses and each
-step's metadata over a pipe; a thread here puts them into the run's `TransferQueue` and seals the steps, so the
-learner's side of the bus (`RolloutFeed`) is the same for both backends. Each `advance` takes the published weights
-into one shared-memory block (kept until newer weights replace it) and sends it and the admitted version to the
+Where replicas run and how arrays move is a `Transport`: with `ProcessTransport` (the default) each replica is a spawned
+child process and group arrays come back through shared memory (`rlx.services.shared_arrays`), their records and
+responses and each step's metadata over a pipe (`services.backend: ray`: `rlx.services.generator_ray`, Ray actors);
+a thread here puts them into the run's `TransferQueue` and seals the steps, so the learner's side of the bus
+(`RolloutFeed`) is the same for every backend. Each `advance` takes the published weights into one block of the
+transport (shared memory, Ray's object store; kept until newer weights replace it) and sends it and the admitted version to the
 replicas that are up; a replica that is down then gets the latest weights when its fresh child starts.
 
 Health: a child that exits (killed, crashed, or reporting a failed step with its traceback) or stops beating for
