@@ -34,6 +34,7 @@ import ray
 from ray.exceptions import RayError
 
 from rlx.config import Config
+from rlx.errors import UserError
 from rlx.services.generator_child import ArrayLink, Child, cpu_devices, use_cpu_devices
 from rlx.services.generator_replica import STARTUP_S, replica_name
 
@@ -226,6 +227,11 @@ class RayTransport:
         self._started = not ray.is_initialized()
         if self._started:
             start_ray(address=services.ray_address)
+        try:
+            _check_resources(services.ray_generator_cpus, services.ray_generator_gpus)
+        except UserError:
+            self.close()
+            raise
         options = {"num_cpus": services.ray_generator_cpus, "num_gpus": services.ray_generator_gpus, "max_concurrency": 4,
                    "runtime_env": {"env_vars": actor_env()}}
         self._actor_class = ray.remote(GeneratorActor).options(**options)
@@ -263,6 +269,15 @@ def start_ray(**init_args: Any) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
         ray.init(include_dashboard=False, logging_level=logging.WARNING, **init_args)
+
+
+def _check_resources(cpus: float, gpus: float) -> None:
+    """A generator actor's resources exist in the cluster (else it would wait unscheduled until its start times out)."""
+    cluster = ray.cluster_resources()
+    for name, setting, wanted in (("CPU", "ray_generator_cpus", cpus), ("GPU", "ray_generator_gpus", gpus)):
+        if wanted > cluster.get(name, 0):
+            raise UserError(f"services.{setting}={wanted} asks more {name}s per generator actor than the Ray cluster has "
+                            f"({cluster.get(name, 0):g}); lower it or add nodes")
 
 
 def actor_env() -> dict[str, str]:

@@ -19,7 +19,7 @@ import pytest
 
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.config import ConfigError, load_config
-from rlx.errors import RunStopped
+from rlx.errors import RunStopped, UserError
 from rlx.services import train
 from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.tracking import read_metrics
@@ -203,3 +203,16 @@ def test_the_ray_backend_needs_ray(tmp_path, monkeypatch):
 def test_bad_ray_settings_are_refused(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         config(tmp_path, override)
+
+
+def test_a_generator_actor_asking_for_more_than_the_cluster_has_is_refused(tmp_path):
+    ray = pytest.importorskip("ray")
+    from rlx.services import generator_ray
+
+    generator_ray.start_ray(num_cpus=1)  # a cluster the transport finds started: it leaves it running
+    try:
+        with pytest.raises(UserError, match=r"services.ray_generator_gpus=1.0 asks more GPUs per generator actor than the Ray cluster has \(0\)"):
+            generator_ray.RayTransport(config(tmp_path, "services.backend=ray", "services.ray_generator_gpus=1"))
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
