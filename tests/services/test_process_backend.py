@@ -118,9 +118,14 @@ def test_a_killed_or_hung_generator_process_is_replaced(faulted):
 def test_a_generator_process_failing_past_max_restarts_stops_the_run(tmp_path):
     """Weights of another model make the child fail at its start; with `max_restarts=0` the role stops the run, naming it
     and the child's traceback."""
+    assert_stops_on_wrong_weights(config(tmp_path / "run"))
+
+
+def assert_stops_on_wrong_weights(run_config, transport=None) -> None:
     bus, gate = TransferQueue(8), StalenessGate(0)
     wrong = ({"not_the_model": np.zeros(3, np.float32)}, 0)
-    role = ProcessGeneratorRole(config(tmp_path / "run"), bus, gate, 1, STEPS, lambda: wrong, data_state={}, max_restarts=0, heartbeat_s=1.0)
+    role = ProcessGeneratorRole(run_config, bus, gate, 1, STEPS, lambda: wrong, data_state={}, max_restarts=0, heartbeat_s=1.0,
+                                transport=transport)
     role.start()
     began = time.monotonic()
     try:
@@ -214,14 +219,19 @@ def test_bad_ray_settings_are_refused(tmp_path, override, message):
         config(tmp_path, override)
 
 
-def test_a_generator_actor_asking_for_more_than_the_cluster_has_is_refused(tmp_path):
+def test_a_ray_cluster_too_small_or_weights_of_another_model_stop_the_run(tmp_path):
+    """On a cluster of 1 CPU: an actor asking for a GPU is refused at start; weights of another model make the actor
+    fail at its start, and its traceback comes back through Ray."""
     ray = pytest.importorskip("ray")
     from rlx.services import generator_ray
 
     generator_ray.start_ray(num_cpus=1)  # a cluster the transport finds started: it leaves it running
     try:
-        with pytest.raises(UserError, match=r"services.ray_generator_gpus=1.0 asks more GPUs per generator actor than the Ray cluster has \(0\)"):
+        message = r"services.ray_generator_gpus=1.0 asks more GPUs per generator actor than the Ray cluster has \(0\)"
+        with pytest.raises(UserError, match=message):
             generator_ray.RayTransport(config(tmp_path, "services.backend=ray", "services.ray_generator_gpus=1"))
         assert ray.is_initialized()
+        run_config = config(tmp_path / "run", "services.backend=ray")
+        assert_stops_on_wrong_weights(run_config, generator_ray.RayTransport(run_config))
     finally:
         ray.shutdown()
