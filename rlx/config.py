@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import re
 import types
@@ -65,17 +66,22 @@ class ServicesConfig:
     every role as a thread of one process; `process` runs the learner under a supervisor that restarts it from its
     latest checkpoint when it dies (`rlx.services.supervisor`, through `rlx.launch`) and the generator role in a
     child process of its own (`rlx.services.generator_process`); the reward workers are processes with either
-    backend. `heartbeat_s`: how
+    backend; `ray` runs the learner as `process` does and the generators as Ray actors
+    (`rlx.services.generator_ray`, `pip install 'rlx[ray]'`) on a local Ray cluster, or on the one at `ray_address`
+    (e.g. `ray://head:10001` or `auto`), each with `ray_generator_cpus` CPUs and `ray_generator_gpus` GPUs. `heartbeat_s`: how
     often `<output_dir>/services.json` is rewritten and an idle reward worker is checked. `max_restarts`: how often
     a failed role is restarted before the run stops naming it (the generator draws its unfinished step again;
-    0: stop at once). `generators`: how many generator processes share the steps (`process` only; a live run is
+    0: stop at once). `generators`: how many generator processes share the steps (`process` and `ray`; a live run is
     rescaled with `python -m rlx.scale`).
     """
 
-    backend: Literal["local", "process"] = "local"
+    backend: Literal["local", "process", "ray"] = "local"
     heartbeat_s: float = 5.0
     max_restarts: int = 3
     generators: int = 1
+    ray_address: str | None = None
+    ray_generator_cpus: float = 1.0
+    ray_generator_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.heartbeat_s > 0:
@@ -84,6 +90,13 @@ class ServicesConfig:
             raise ValueError(f"max_restarts must be >= 0 (0: a failing role stops the run), got {self.max_restarts}")
         if self.generators < 1:
             raise ValueError(f"generators must be >= 1 (generator processes), got {self.generators}")
+        if self.ray_generator_cpus < 0 or self.ray_generator_gpus < 0:
+            raise ValueError(f"ray_generator_cpus and ray_generator_gpus are a generator actor's share of a node's CPUs and GPUs "
+                             f"(>= 0, fractions allowed), got {self.ray_generator_cpus} and {self.ray_generator_gpus}")
+        ray_settings = (self.ray_address, self.ray_generator_cpus, self.ray_generator_gpus) != (None, 1.0, 0.0)
+        if ray_settings and self.backend != "ray":
+            raise ValueError(f"ray_address, ray_generator_cpus and ray_generator_gpus place Ray actors; they need backend: ray, "
+                             f"not {self.backend}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,21 +227,23 @@ def _check_processes(config: Config) -> None:
 
 
 def _check_services(config: Config) -> None:
-    """What a generator in its own process (`services.backend: process`) does not do yet is refused here."""
-    generators = config.services.generators
-    if generators > 1 and config.services.backend != "process":
-        raise ValueError(f"services.generators={generators} runs generator processes; it needs services.backend: process")
+    """What a generator in its own process (`services.backend: process` or `ray`) does not do yet is refused here."""
+    generators, backend = config.services.generators, config.services.backend
+    if generators > 1 and backend == "local":
+        raise ValueError(f"services.generators={generators} runs generator processes; it needs services.backend: process or ray")
     if generators > 1 and config.algorithm.dynamic_sampling:
         raise ValueError(f"services.generators={generators} splits steps between generators by where each begins in the prompt "
                          "stream, which algorithm.dynamic_sampling (more rounds per step) does not know in advance; use one generator")
-    if config.services.backend != "process":
+    if backend == "local":
         return
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise ValueError("services.backend=ray needs Ray, which is not installed here: pip install 'rlx[ray]'")
     unsupported = {"rollout.token_budget (partial rollouts)": config.rollout.token_budget is not None,
                    f"bus.interrupt={config.bus.interrupt}": config.bus.interrupt != "off",
                    f"parallel.distributed.mode={config.parallel.distributed.mode}": config.parallel.distributed.mode != "off"}
     named = [name for name, used in unsupported.items() if used]
     if named:
-        raise ValueError(f"services.backend=process does not support {', '.join(named)} yet; use services.backend: local for them")
+        raise ValueError(f"services.backend={backend} does not support {', '.join(named)} yet; use services.backend: local for them")
 
 
 def _check_minibatches(config: Config) -> None:

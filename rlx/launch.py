@@ -58,7 +58,7 @@ def _launch(args: argparse.Namespace) -> int:
     if supervised():
         die_with_supervisor()
     check_run(config)  # output directory and plug-ins, before any model is built
-    if config.services.backend == "process" and not supervised():
+    if config.services.backend != "local" and not supervised():
         return supervise(child_command(args.config, args.overrides, args.debug), config.services.max_restarts)
     start_devices(config)
     with fail_fast():  # several processes: one that fails stops the others instead of leaving them in a collective

@@ -59,9 +59,9 @@ def _check_config(run: Path, generators: int) -> None:
         config = from_dict(Config, {**raw, "services": services})
     except ConfigError as err:
         raise ConfigError(f"{run}: {err}") from None
-    if config.services.backend != "process":
-        raise UserError(f"the run in {run} uses services.backend: {config.services.backend}; only a process run's generators can be "
-                        "rescaled (start it with services.backend: process)")
+    if config.services.backend == "local":
+        raise UserError(f"the run in {run} uses services.backend: local; only a process or ray run's generators can be "
+                        "rescaled (start it with services.backend: process or ray)")
 
 
 def _check_live(run: Path) -> None:

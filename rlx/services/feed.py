@@ -5,7 +5,7 @@ numbers); `k` lets it draw up to `k` steps ahead. A group holding a token staler
 bound is dropped and counted (`bus/groups_dropped_stale`), never trained on silently.
 A resumed run puts the batches its checkpoint drew ahead (`Trainer.drawn_ahead`) back on the
 bus, sealed, and the generator continues after them. `services.backend: process` draws in child processes
-(`services.generators`, `rlx.services.generator_process`) instead of a thread, into the same bus.
+(`services.generators`, `rlx.services.generator_process`) instead of a thread, into the same bus; `ray` in Ray actors.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import time
 from typing import Any
 
 from rlx.bus import BusClosed, StalenessGate, TransferQueue, stale_rows, staleness_metrics, token_staleness
+from rlx.config import Config
 from rlx.services.bus_checkpoint import DrawnBatch
 from rlx.services.generator import GeneratorRole
-from rlx.services.generator_process import ProcessGeneratorRole
+from rlx.services.generator_process import ProcessGeneratorRole, Transport
 from rlx.services.trainer import Trainer
 from rlx.services.transfer import TRAIN_FIELDS, ScoredBatch, from_groups
 
@@ -35,9 +36,10 @@ class RolloutFeed:
         # Partial rollouts keep samples in the driver across steps: a failed step cannot be drawn again from where it began.
         restarts = config.services.max_restarts if config.rollout.token_budget is None else 0
         first += len(restored)
-        if config.services.backend == "process":
+        if config.services.backend != "local":
             self.generator = ProcessGeneratorRole(config, self.bus, self.gate, first, last, trainer.mailbox.take, trainer.prompts.get_state(),
-                                                  max_restarts=restarts, heartbeat_s=config.services.heartbeat_s)
+                                                  max_restarts=restarts, heartbeat_s=config.services.heartbeat_s,
+                                                  transport=_ray_transport(config) if config.services.backend == "ray" else None)
         else:
             self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last, trainer.timeline, max_restarts=restarts,
                                            heartbeat_s=config.services.heartbeat_s)
@@ -87,3 +89,9 @@ class RolloutFeed:
         drawn = [DrawnBatch(step, [(dict(g.fields), dict(g.meta)) for g in groups], meta) for step, groups, meta in sealed]
         carried = self._partial.carried_groups if self._partial is not None else 0
         return {"data_state": self._data_state, "bus_groups": unsealed, "carried_groups": carried, "drawn_ahead": drawn}
+
+
+def _ray_transport(config: Config) -> Transport:
+    from rlx.services.generator_ray import RayTransport  # Ray is optional: imported for its backend only
+
+    return RayTransport(config)

@@ -1,4 +1,5 @@
-"""A generator process (`services.backend: process`): spawned by `ProcessGeneratorRole`, it builds what generation needs
+"""A generator process (`services.backend: process`; `Child` also runs in the Ray backend's actors,
+`rlx.services.generator_ray`): spawned by `ProcessGeneratorRole`, it builds what generation needs
 from the config alone (`Generation`: task, prompt stream, rollout engine, reward; no learner, no optimizer state), says
 it is ready, and draws the steps its parent assigns, one at a time, each admitted by its own staleness gate.
 
@@ -21,10 +22,10 @@ import queue
 import threading
 import time
 import traceback
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import jax
+import numpy as np
 
 from rlx.bus import BusClosed, StalenessGate
 from rlx.config import Config
@@ -43,12 +44,43 @@ class ChildStart:
     block_prefix: str  # shared-memory blocks this child writes are named `<block_prefix><n>`
 
 
-def run(start: ChildStart, conn: Connection, beat: Any, status: Any) -> None:
+class Channel(Protocol):
+    """The child's end of its link to the learner's process: a `multiprocessing` pipe, or a Ray actor's queues."""
+
+    def send(self, message: tuple) -> None: ...
+    def recv(self) -> tuple: ...  # blocks; EOFError once the learner's side is gone
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayLink:
+    """How group arrays leave a child (`put`: what its `group` message carries) and published weights reach it
+    (`get`: the host arrays a `weights` message names; FileNotFoundError when they were superseded meanwhile)."""
+
+    put: Callable[[dict[str, np.ndarray]], Any]
+    get: Callable[[Any], dict[str, np.ndarray]]
+
+
+def shared_memory_link(block_prefix: str) -> ArrayLink:
+    blocks = itertools.count()
+    return ArrayLink(put=lambda fields: share(fields, f"{block_prefix}{next(blocks)}"), get=lambda shared: read(shared, unlink=False))
+
+
+def cpu_devices() -> int:
+    """This process's CPU device count, for a child to use the same (0: it does not run on CPU devices)."""
+    return jax.device_count() if jax.default_backend() == "cpu" else 0
+
+
+def use_cpu_devices(count: int) -> None:
+    """Before JAX starts: the parent's CPU devices (`cpu_devices`), so the generator mesh is the same."""
+    if count:
+        jax.config.update("jax_num_cpu_devices", count)
+
+
+def run(start: ChildStart, conn: Channel, beat: Any, status: Any) -> None:
     """The child's entry point (`multiprocessing` spawn target)."""
     threading.Thread(target=_beat_while_parent_lives, args=(start, beat), name="rlx-generator-beat", daemon=True).start()
-    if start.cpu_devices:
-        jax.config.update("jax_num_cpu_devices", start.cpu_devices)  # the parent's devices, so the generator mesh is the same
-    _Child(start, conn, status).run()
+    use_cpu_devices(start.cpu_devices)
+    Child(start.config, start.published, conn, status, shared_memory_link(start.block_prefix)).run()
 
 
 def _beat_while_parent_lives(start: ChildStart, beat: Any) -> None:
@@ -59,12 +91,14 @@ def _beat_while_parent_lives(start: ChildStart, beat: Any) -> None:
         time.sleep(start.config.services.heartbeat_s / 2)
 
 
-class _Child:
-    def __init__(self, start: ChildStart, conn: Connection, status: Any):
-        self.start, self.conn, self.status = start, conn, status
+class Child:
+    """Draws the steps the learner's process assigns (the role code of both backends' generators); `status.value` is
+    what it does, as bytes."""
+
+    def __init__(self, config: Config, published: int, conn: Channel, status: Any, arrays: ArrayLink):
+        self.config, self.conn, self.status, self.arrays = config, conn, status, arrays
         self.step: int | None = None
-        self.published = start.published  # the latest version admitted before the gate exists
-        self._blocks = itertools.count()
+        self.published = published  # the latest version admitted before the gate exists
         self._assigned: queue.Queue = queue.Queue()  # (step, data_state, skip) from the parent; None: stop
         self._receive_error: str | None = None  # a traceback from the receiving thread, which ends the process's work
         self._ending = "stopped"  # the status it ends with: `done` once told every step is sealed
@@ -109,7 +143,7 @@ class _Child:
             pass  # the parent is gone, or no longer listens to this replica
 
     def _build(self):
-        config = self.start.config
+        config = self.config
         generation, load = standalone_generation(config, self._first_weights)
         gate = StalenessGate(config.bus.max_staleness, published=self.published)
         threading.Thread(target=self._receive, args=(generation, gate, load), name="rlx-generator-receive", daemon=True).start()
@@ -123,7 +157,7 @@ class _Child:
                 self.published = max(self.published, message[1])
             elif message[0] == "weights":
                 try:
-                    return read(message[2], unlink=False), message[1]
+                    return self.arrays.get(message[2]), message[1]
                 except FileNotFoundError:
                     continue  # superseded: newer weights follow
 
@@ -145,7 +179,7 @@ class _Child:
         if message[0] == "weights":
             _, version, shared = message
             try:
-                generation.mailbox.post(load(read(shared, unlink=False)), version)
+                generation.mailbox.post(load(self.arrays.get(shared)), version)
             except FileNotFoundError:
                 pass  # superseded: the parent removed it after sending newer weights, which follow
         elif message[0] == "admit":
@@ -166,8 +200,7 @@ class _Child:
         meta["metrics"]["timing_s/gen_wait_admission"] = admitted - began
         self._set_status("putting")
         for fields, group_meta in to_groups(batch):
-            shared = share(fields, f"{self.start.block_prefix}{next(self._blocks)}")
-            self.conn.send(("group", step, shared, group_meta))
+            self.conn.send(("group", step, self.arrays.put(fields), group_meta))
         self.conn.send(("seal", step, meta))
 
 

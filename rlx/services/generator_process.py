@@ -7,10 +7,12 @@ last known position and how many batches to skip), and each step samples with it
 step). So which replica draws a step does not change what it draws: the run trains the same (step, prompt) rows for
 any number of replicas, and the same rollouts where the weights' versions match (`bus.max_staleness: 0`).
 
-Group arrays come back through shared memory (`rlx.services.shared_arrays`), their records and responses and each
-step's metadata over a pipe; a thread here puts them into the run's `TransferQueue` and seals the steps, so the
-learner's side of the bus (`RolloutFeed`) is the same for both backends. Each `advance` takes the published weights
-into one shared-memory block (kept until newer weights replace it) and sends it and the admitted version to the
+Where replicas run and how arrays move is a `Transport`: with `ProcessTransport` (the default) each replica is a spawned
+child process and group arrays come back through shared memory (`rlx.services.shared_arrays`), their records and
+responses and each step's metadata over a pipe (`services.backend: ray`: `rlx.services.generator_ray`, Ray actors);
+a thread here puts them into the run's `TransferQueue` and seals the steps, so the learner's side of the bus
+(`RolloutFeed`) is the same for every backend. Each `advance` takes the published weights into one block of the
+transport (shared memory, Ray's object store; kept until newer weights replace it) and sends it and the admitted version to the
 replicas that are up; a replica that is down then gets the latest weights when its fresh child starts.
 
 Health: a child that exits (killed, crashed, or reporting a failed step with its traceback) or stops beating for
@@ -27,35 +29,44 @@ the step in progress (killed after `LEAVE_GRACE_S`).
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import threading
 import time
-from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.config import Config
 from rlx.errors import RunStopped, UserError
 from rlx.services.generation import host_weights
-from rlx.services.generator_replica import Replica
+from rlx.services.generator_replica import ProcessTransport, Replica
 from rlx.services.scaling import take_request
-from rlx.services.shared_arrays import SharedArrays, read, share, unlink
 
 log = logging.getLogger(__name__)
 LEAVE_GRACE_S = 30.0  # a removed replica's child may finish its step this long before it is killed
 Published = Callable[[], tuple[nnx.State, int] | None]  # the weight mailbox's `take`
 
 
+class Transport(Protocol):
+    """Where the replicas run and how arrays reach them: child processes and shared memory (`ProcessTransport`), or
+    Ray actors and Ray's object store (`rlx.services.generator_ray.RayTransport`). Its replicas have `Replica`'s methods."""
+
+    def replica(self, index: int) -> Replica: ...  # not started yet: `spawn` starts it
+    def share_weights(self, arrays: dict[str, np.ndarray], version: int) -> Any: ...  # what a `weights` message carries
+    def drop_weights(self, handle: Any) -> None: ...  # superseded weights no starting replica still reads
+    def read_group(self, handle: Any) -> dict[str, np.ndarray]: ...  # the arrays a `group` message carries
+    def wait(self, replicas: Sequence[Replica], timeout: float) -> list[Replica]: ...  # those with a message within timeout s
+    def close(self) -> None: ...
+
+
 class ProcessGeneratorRole:
     """Draws steps `first..last` in `config.services.generators` child processes; the thread role's interface (`GeneratorRole`)."""
 
     def __init__(self, config: Config, bus: TransferQueue, gate: StalenessGate, first: int, last: int, published: Published,
-                 data_state: dict[str, Any], max_restarts: int, heartbeat_s: float):
+                 data_state: dict[str, Any], max_restarts: int, heartbeat_s: float, transport: Transport | None = None):
         self.config, self.bus, self.gate = config, bus, gate
         self.last = last
         self.published, self.max_restarts, self.heartbeat_s = published, max_restarts, heartbeat_s
@@ -66,11 +77,10 @@ class ProcessGeneratorRole:
         self._frontier = first  # the first step not sealed
         self._positions = {first: data_state}  # the prompt stream's position where a step begins, where known
         self._run_dir = Path(config.run.output_dir)
-        self._context = multiprocessing.get_context("spawn")
+        self._transport = transport or ProcessTransport()
         self._lock = threading.Lock()  # the pipes' sending ends, the weights block, assignments; shared with the learner's thread
-        self._weights: tuple[SharedArrays, int] | None = None
-        self._retired: list[tuple[SharedArrays, int]] = []  # superseded weights that a starting child may still read
-        self._serial = 0  # replicas made, for their shared-memory names
+        self._weights: tuple[Any, int] | None = None  # the latest weights as the transport shares them, and their version
+        self._retired: list[tuple[Any, int]] = []  # superseded weights that a starting child may still read
         self._failures: dict[int, str] = {}  # replica index -> why it failed, found while reading its messages
         self._leaving: list[threading.Thread] = []  # removed replicas' children ending
         self._stopping = threading.Event()
@@ -116,7 +126,8 @@ class ProcessGeneratorRole:
         for leaving in self._leaving:
             leaving.join()
         for shared, _ in self._retired + ([self._weights] if self._weights is not None else []):
-            unlink(shared.name)
+            self._transport.drop_weights(shared)
+        self._transport.close()
 
     # -- weights ---------------------------------------------------------------------------------
     def _post_weights(self) -> bool:
@@ -129,7 +140,7 @@ class ProcessGeneratorRole:
         if self._weights is not None:
             self._retired.append(self._weights)
         arrays = host_weights(jax.block_until_ready(weights))
-        self._weights = share(arrays, f"{self._prefix()}w{version}-{time.monotonic_ns()}"), version
+        self._weights = self._transport.share_weights(arrays, version), version
         self._drop_retired()
         return True
 
@@ -139,16 +150,12 @@ class ProcessGeneratorRole:
         starting = {replica.version for replica in self.replicas.values() if not replica.ready}
         for shared, version in self._retired:
             if version not in starting:
-                unlink(shared.name)
+                self._transport.drop_weights(shared)
         self._retired = [(shared, version) for shared, version in self._retired if version in starting]
-
-    def _prefix(self) -> str:
-        return f"rlx-{os.getpid()}-{id(self)}-"
 
     # -- replicas and steps (under the lock) -----------------------------------------------------
     def _add(self, index: int) -> None:
-        self._serial += 1
-        replica = Replica(index, self._context, f"{self._prefix()}r{self._serial}-")
+        replica = self._transport.replica(index)
         replica.spawn(self.config, self._weights, self.gate.published)
         self.replicas[index] = replica
 
@@ -205,25 +212,25 @@ class ProcessGeneratorRole:
 
     def _receive(self, tick: float) -> None:
         """Handles the messages that arrive within `tick` seconds."""
-        listening = {replica.conn: replica for replica in self.replicas.values() if not replica.conn.closed}
+        listening = [replica for replica in self.replicas.values() if replica.listening()]
         if not listening:
             time.sleep(tick)
             return
-        for conn in wait(list(listening), tick):
-            self._read(listening[conn])
+        for replica in self._transport.wait(listening, tick):
+            self._read(replica)
 
     def _read(self, replica: Replica) -> None:
         """Handles what the replica's child has sent so far; a failure it reports is kept for `_replace`."""
         try:
-            while replica.index not in self._failures and replica.conn.poll(0):
-                reason = self._handle(replica, replica.conn.recv())
+            while replica.index not in self._failures and replica.poll():
+                reason = self._handle(replica, replica.recv())
                 if reason is not None:
                     self._failures[replica.index] = reason
         except (EOFError, OSError):
-            replica.process.join(self.heartbeat_s)  # the child closed its end: it is exiting
+            replica.join(self.heartbeat_s)  # the child closed its end: it is exiting
 
     def _exited_or_hung(self, replica: Replica) -> str | None:
-        if replica.process.exitcode is not None:
+        if replica.exited():
             self._read(replica)  # its last words: the traceback of a failure, or groups sent before it was killed
             return self._failures.pop(replica.index, None) or replica.exit_reason()
         return replica.silence(self.heartbeat_s)
@@ -232,7 +239,7 @@ class ProcessGeneratorRole:
         kind = message[0]
         if kind == "group":
             _, step, shared, meta = message
-            self.bus.put(step, read(shared, unlink=True), meta, producer=replica.name)
+            self.bus.put(step, self._transport.read_group(shared), meta, producer=replica.name)
         elif kind == "seal":
             _, step, meta = message
             meta["metrics"]["services/generator_replica"] = float(replica.index)

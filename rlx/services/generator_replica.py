@@ -3,19 +3,22 @@
 A `Replica` keeps its name, restart count and the step it draws across the child processes it starts
 (`rlx.services.generator_child`, with `multiprocessing`'s spawn): a fresh child gets the latest weights and the
 published version before anything else. The child's heartbeat and status live in shared values that outlast it.
+`ProcessTransport` makes them and moves the arrays (shared memory) for `ProcessGeneratorRole`.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
-from typing import Any
+from multiprocessing.connection import wait
+from typing import Any, Sequence
 
-import jax
+import numpy as np
 
 from rlx.config import Config
 from rlx.services import generator_child
-from rlx.services.shared_arrays import SharedArrays, unlink_leftovers
+from rlx.services.shared_arrays import SharedArrays, read, share, unlink, unlink_leftovers
 from rlx.services.supervisor import describe_exit
 
 STARTUP_S = 300.0  # seconds a new child may take to import and start beating (JAX import, engine build)
@@ -46,8 +49,7 @@ class Replica:
         self._children += 1
         self.step, self.ready, self.drawn = None, False, 0
         parent_end, child_end = self._context.Pipe()
-        cpu = jax.default_backend() == "cpu"
-        start = generator_child.ChildStart(config, published, jax.device_count() if cpu else 0, os.getpid(), self._blocks())
+        start = generator_child.ChildStart(config, published, generator_child.cpu_devices(), os.getpid(), self._blocks())
         self._beat.value, self._status.value = 0.0, b"starting"
         process = self._context.Process(target=generator_child.run, args=(start, child_end, self._beat, self._status),
                                         name=f"rlx-{self.name}-{self._children}")
@@ -65,6 +67,22 @@ class Replica:
             self.conn.send(message)
         except (OSError, ValueError):
             pass  # the child is gone; its supervisor replaces it and sends the latest state again
+
+    def poll(self) -> bool:
+        """Whether a message waits (raises EOFError or OSError once the child closed its end)."""
+        return self.conn.poll(0)
+
+    def recv(self) -> tuple:
+        return self.conn.recv()
+
+    def listening(self) -> bool:
+        return not self.conn.closed
+
+    def exited(self) -> bool:
+        return self.process.exitcode is not None
+
+    def join(self, timeout: float) -> None:
+        self.process.join(timeout)
 
     def send_weights(self, weights: tuple[SharedArrays, int]) -> None:
         self.send(("weights", weights[1], weights[0]))
@@ -117,3 +135,33 @@ class Replica:
             process.join()
         self.conn.close()
         unlink_leftovers(self._blocks())
+
+
+class ProcessTransport:
+    """Replicas as spawned child processes; arrays through shared memory blocks named after this transport."""
+
+    def __init__(self):
+        self._context = multiprocessing.get_context("spawn")
+        self._prefix = f"rlx-{os.getpid()}-{id(self)}-"
+        self._serial = 0  # replicas made, for their shared-memory names
+
+    def replica(self, index: int) -> Replica:
+        self._serial += 1
+        return Replica(index, self._context, f"{self._prefix}r{self._serial}-")
+
+    def share_weights(self, arrays: dict[str, np.ndarray], version: int) -> SharedArrays:
+        return share(arrays, f"{self._prefix}w{version}-{time.monotonic_ns()}")
+
+    def drop_weights(self, shared: SharedArrays) -> None:
+        unlink(shared.name)
+
+    def read_group(self, shared: SharedArrays) -> dict[str, np.ndarray]:
+        return read(shared, unlink=True)
+
+    def wait(self, replicas: Sequence[Replica], timeout: float) -> list[Replica]:
+        """The replicas among `replicas` (listening) with a message, or whose child closed its end, within `timeout` s."""
+        by_conn = {replica.conn: replica for replica in replicas}
+        return [by_conn[conn] for conn in wait(list(by_conn), timeout)]
+
+    def close(self) -> None:
+        pass  # every block is removed by the role and the replicas

@@ -1,4 +1,4 @@
-"""The learner as a supervised process (`services.backend: process`).
+"""The learner as a supervised process (`services.backend: process` or `ray`).
 
 `rlx.launch` stays in a small supervising process and runs the run itself (the learner and the roles it
 starts) in a child process. A child that dies without saying why (killed by a signal, out of memory, an
