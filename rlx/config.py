@@ -69,17 +69,24 @@ class ServicesConfig:
     often `<output_dir>/services.json` is rewritten and an idle reward worker is checked. `max_restarts`: how often
     a failed role is restarted before the run stops naming it (the generator draws its unfinished step again;
     0: stop at once). `generators`: how many generator processes share the steps (`process` only; a live run is
-    rescaled with `python -m rlx.scale`).
+    rescaled with `python -m rlx.scale`). `hang_timeout_s` (`process` only): a role that is alive but makes no
+    progress for this long while working (a generator inside a step, the learner training, evaluating or saving)
+    counts as hung and is restarted like a dead one; generous, since a compile or a long step on a real model
+    is progress the role cannot report (a dead or stopped process is found within `2 * heartbeat_s`).
     """
 
     backend: Literal["local", "process"] = "local"
     heartbeat_s: float = 5.0
     max_restarts: int = 3
     generators: int = 1
+    hang_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not self.heartbeat_s > 0:
             raise ValueError(f"heartbeat_s must be > 0 seconds, got {self.heartbeat_s}")
+        if not self.hang_timeout_s > 2 * self.heartbeat_s:
+            raise ValueError(f"hang_timeout_s must be > 2 * heartbeat_s = {2 * self.heartbeat_s:g} s (the bound for a dead process), "
+                             f"got {self.hang_timeout_s}; make it longer than the longest compile or step")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0 (0: a failing role stops the run), got {self.max_restarts}")
         if self.generators < 1:

@@ -8,7 +8,9 @@ begin `skip` batches after the prompt-stream position `data_state`), `("stop",)`
 Child -> parent: `("ready",)` once built, `("group", step, SharedArrays, meta)` per prompt group, `("seal", step, meta)`,
 `("failed", step, kind, text)` (`kind`: `user` for bad input, else `error`, with the traceback; `step` None before a
 step). A heartbeat thread writes the time into a shared value every `heartbeat_s / 2` and exits the process at once
-when the parent is gone, so a killed run leaves no generator behind. When the parent closes the pipe (a replica removed
+when the parent is gone, so a killed run leaves no generator behind: it says the process lives. That it works is told by
+a second shared value, a progress count the main thread advances at each status change, each finished sample and each
+group sent, so the parent can tell a child stuck inside a step (its heartbeat thread still beating) from a busy one. When the parent closes the pipe (a replica removed
 mid-step) the child ends after the step in progress without sending it.
 """
 
@@ -43,12 +45,12 @@ class ChildStart:
     block_prefix: str  # shared-memory blocks this child writes are named `<block_prefix><n>`
 
 
-def run(start: ChildStart, conn: Connection, beat: Any, status: Any) -> None:
+def run(start: ChildStart, conn: Connection, beat: Any, status: Any, progress: Any) -> None:
     """The child's entry point (`multiprocessing` spawn target)."""
     threading.Thread(target=_beat_while_parent_lives, args=(start, beat), name="rlx-generator-beat", daemon=True).start()
     if start.cpu_devices:
         jax.config.update("jax_num_cpu_devices", start.cpu_devices)  # the parent's devices, so the generator mesh is the same
-    _Child(start, conn, status).run()
+    _Child(start, conn, status, progress).run()
 
 
 def _beat_while_parent_lives(start: ChildStart, beat: Any) -> None:
@@ -60,8 +62,8 @@ def _beat_while_parent_lives(start: ChildStart, beat: Any) -> None:
 
 
 class _Child:
-    def __init__(self, start: ChildStart, conn: Connection, status: Any):
-        self.start, self.conn, self.status = start, conn, status
+    def __init__(self, start: ChildStart, conn: Connection, status: Any, progress: Any):
+        self.start, self.conn, self.status, self.progress = start, conn, status, progress
         self.step: int | None = None
         self.published = start.published  # the latest version admitted before the gate exists
         self._blocks = itertools.count()
@@ -71,6 +73,10 @@ class _Child:
 
     def _set_status(self, text: str) -> None:
         self.status.value = text.encode()[:31]
+        self._advance()
+
+    def _advance(self) -> None:
+        self.progress.value += 1  # only this thread writes it
 
     def run(self) -> None:
         generation = None
@@ -110,7 +116,7 @@ class _Child:
 
     def _build(self):
         config = self.start.config
-        generation, load = standalone_generation(config, self._first_weights)
+        generation, load = standalone_generation(config, self._first_weights, on_progress=self._advance)
         gate = StalenessGate(config.bus.max_staleness, published=self.published)
         threading.Thread(target=self._receive, args=(generation, gate, load), name="rlx-generator-receive", daemon=True).start()
         return generation, gate
@@ -168,6 +174,7 @@ class _Child:
         for fields, group_meta in to_groups(batch):
             shared = share(fields, f"{self.start.block_prefix}{next(self._blocks)}")
             self.conn.send(("group", step, shared, group_meta))
+            self._advance()
         self.conn.send(("seal", step, meta))
 
 

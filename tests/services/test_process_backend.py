@@ -1,10 +1,13 @@
 """The generator role in its own process (`services.backend: process`) against the thread role (`local`), at
-`bus.max_staleness: 0`: a process run whose generator is SIGKILLed mid-step 2 and whose replacement is SIGSTOPped
-mid-step 2 (its reward plug-in signals it on cue, `tests/services/process_faults.py`) restarts it twice and trains the
-same rollouts with the same numbers as an uninterrupted local run; a child that keeps failing stops the run naming the
+`bus.max_staleness: 0`: a process run whose generator hangs inside step 1 (its heartbeat thread alive), whose replacement
+is SIGKILLed mid-step 2 and whose next replacement is SIGSTOPped mid-step 2 (faults injected by
+`tests/services/process_faults.py`) restarts it three times and trains the same rollouts with the same numbers as an
+uninterrupted local run; a child that keeps failing stops the run naming the
 role, the step and the child's traceback."""
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -17,14 +20,16 @@ import pytest
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.config import ConfigError, load_config
 from rlx.errors import RunStopped
-from rlx.services import train
+from rlx.services import generator_child, train
 from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.tracking import read_metrics
 from tests.conftest import tiny_overrides
+from tests.services import process_faults
 
 SAMPLES, PROMPTS, STEPS = 2, 4, 2  # tiny_overrides' rollout.n_samples and data.prompts_per_step; steps run
 FIRST_CALL_OF_STEP_2 = SAMPLES * PROMPTS  # reward calls in the generator process are numbered from 0
-CONTINUE_AFTER_S = 60.0  # a generator the role failed to find hung is continued then, so the test fails instead of hanging
+CONTINUE_AFTER_S = 60.0  # a generator the role failed to find stopped is continued then, so the test fails instead of hanging
+HANG_TIMEOUT_S = 10.0  # longer than the tiny model's compiles here, so only the injected hang counts as one
 TIMING = ("timing_s/", "perf/", "services/", "bus/wait_s/", "bus/groups_discarded", "rollout/compiles")  # differ run to run
 
 
@@ -46,19 +51,36 @@ def local(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def faulted(tmp_path_factory):
-    """A process run whose generator is killed (SIGKILL) at step 2's first reward, and its replacement stopped (SIGSTOP) at its first."""
+    """A process run whose generator hangs at step 1, its replacement is killed (SIGKILL) at step 2's first reward, and the next
+    replacement stopped (SIGSTOP) at its first."""
     out, faults = tmp_path_factory.mktemp("process") / "run", tmp_path_factory.mktemp("faults")
     with pytest.MonkeyPatch.context() as patch:  # read by the plug-in in the generator's reward workers
         patch.setenv("RLX_TEST_PID", str(os.getpid()))
         patch.setenv("RLX_TEST_FAULT_DIR", str(faults))
         patch.setenv("RLX_TEST_FAULTS", f"{FIRST_CALL_OF_STEP_2}:SIGKILL,{FIRST_CALL_OF_STEP_2 + 1}:SIGSTOP")
+        patch.setenv("RLX_TEST_HANG_STEP", "1")
+        patch.setattr(generator_child, "run", process_faults.hanging_generator)  # the spawned children run it
         resume = threading.Timer(CONTINUE_AFTER_S, continue_stopped, (faults,))  # a hang the role misses ends as a failed test
         resume.start()
         try:
-            train(config(out, "services.backend=process", "services.max_restarts=2"))
+            with warnings_of("rlx.services.generator_process") as restarts:
+                train(config(out, "services.backend=process", "services.max_restarts=3", f"services.hang_timeout_s={HANG_TIMEOUT_S}"))
         finally:
             resume.cancel()
-    return out, signalled(faults)
+    return out, signalled(faults), int((faults / "hung").read_text()), restarts
+
+
+@contextlib.contextmanager
+def warnings_of(logger: str):
+    """The messages of the warnings `logger` logs inside the block."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
 
 
 def signalled(faults) -> list[list[str]]:
@@ -75,7 +97,7 @@ def continue_stopped(faults) -> None:
 
 
 def test_a_process_generator_trains_what_the_thread_does(local, faulted):
-    out, _ = faulted
+    out, *_ = faulted
     assert rollouts(out) == rollouts(local)  # same prompts, responses and rewards at the same steps
     counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
     assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # each prompt n_samples times: none lost or repeated
@@ -86,18 +108,21 @@ def test_a_process_generator_trains_what_the_thread_does(local, faulted):
         assert {name: have[name] for name in numbers} == pytest.approx(numbers, rel=1e-5, abs=1e-6)
 
 
-def test_a_killed_or_hung_generator_process_is_replaced(faulted):
-    out, signals = faulted
+def test_a_hung_killed_or_stopped_generator_process_is_replaced(faulted):
+    out, signals, hung, restarts = faulted
     assert [(call, name) for call, name, _ in signals][:1] == [(str(FIRST_CALL_OF_STEP_2), "SIGKILL")]  # mid-step 2
     assert [name for _, name, _ in signals] == ["SIGKILL", "SIGSTOP"]  # the second at the replacement's first reward
     killed, stopped = (int(pid) for _, _, pid in signals)
+    assert len(restarts) == 3 and "generator's process is hung: no progress for 1" in restarts[0]  # 10.x s, HANG_TIMEOUT_S
+    assert "while generating step 1, its heartbeat alive (services.hang_timeout_s=10.0)); restart 1 of 3" in restarts[0]
+    assert "no heartbeat from generator's process" in restarts[2]  # the stopped one
     rows = read_metrics(out / "metrics.jsonl")
-    assert [row["services/restarts/generator"] for row in rows[1:]] == [0, 2]
+    assert [row["services/restarts/generator"] for row in rows[1:]] == [1, 3]  # the hang at step 1, the kill and stop at 2
     roles = json.loads((out / "services.json").read_text())
     generator = roles["generator"]
-    assert (generator["status"], generator["restarts"]) == ("done", 2)
-    assert generator["pid"] not in (os.getpid(), killed, stopped) and killed != stopped  # the third child's own process
-    for pid in (killed, stopped):  # replaced children are gone, not left stopped or orphaned
+    assert (generator["status"], generator["restarts"]) == ("done", 3)
+    assert len({generator["pid"], os.getpid(), hung, killed, stopped}) == 5  # the fourth child's own process
+    for pid in (hung, killed, stopped):  # replaced children are gone, not left hung, stopped or orphaned
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
