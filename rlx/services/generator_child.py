@@ -82,6 +82,7 @@ class _Child:
         generation = None
         try:
             self._set_status("starting")
+            _pin(self.start.config.services.generator_cpus)
             generation, gate = self._build()
             self._set_status("ready")  # the parent makes it `idle` once it has taken the message
             self.conn.send(("ready",))
@@ -176,6 +177,17 @@ class _Child:
             self.conn.send(("group", step, shared, group_meta))
             self._advance()
         self.conn.send(("seal", step, meta))
+
+
+def _pin(cpus: tuple[int, ...]) -> None:
+    """Runs this process's threads started from now on (XLA's among them) on `cpus` (`services.generator_cpus`; empty: as it is)."""
+    if not cpus:
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as err:
+        raise UserError(f"services.generator_cpus={list(cpus)}: cannot run on these cores here ({err}); "
+                        f"this process may use {sorted(os.sched_getaffinity(0))}") from None
 
 
 def _position(generation: Generation, data_state: dict[str, Any], skip: int) -> None:

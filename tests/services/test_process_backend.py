@@ -149,3 +149,5 @@ def test_a_generator_process_failing_past_max_restarts_stops_the_run(tmp_path):
 def test_what_the_process_backend_does_not_do_yet_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="services.backend=process does not support rollout.token_budget"):
         config(tmp_path, "services.backend=process", "rollout.token_budget=40")
+    with pytest.raises(ConfigError, match=r"generator_cpus \[0, 0\]: name distinct cores in 0\.\."):
+        config(tmp_path, "services.backend=process", "services.generator_cpus=[0, 0]")
