@@ -320,7 +320,9 @@ def main() -> None:
     if "colocate" not in args.variants:
         args.variants.insert(0, "colocate")
     if any(is_process(name) for name in args.variants) and SEQUENTIAL_PROCESSES not in args.variants:
-        args.variants.insert(1, SEQUENTIAL_PROCESSES)  # the roles' standalone times
+        args.variants.append(SEQUENTIAL_PROCESSES)  # the roles' standalone times
+    # Process variants last: a thread XLA starts while one runs stays on the learner's core.
+    args.variants = sorted(args.variants, key=lambda name: (is_process(name), VARIANTS[name][1] if is_process(name) else 0))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     results = {}
     with tempfile.TemporaryDirectory() as root:
