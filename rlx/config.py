@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import importlib.util
 import math
+import os
 import re
 import types
 from pathlib import Path
@@ -72,7 +73,13 @@ class ServicesConfig:
     often `<output_dir>/services.json` is rewritten and an idle reward worker is checked. `max_restarts`: how often
     a failed role is restarted before the run stops naming it (the generator draws its unfinished step again;
     0: stop at once). `generators`: how many generator processes share the steps (`process` and `ray`; a live run is
-    rescaled with `python -m rlx.scale`).
+    rescaled with `python -m rlx.scale`). `hang_timeout_s` (`process` and `ray`): a role that is alive but makes no
+    progress for this long while working (a generator inside a step, the learner training, evaluating or saving)
+    counts as hung and is restarted like a dead one; generous, since a compile or a long step on a real model
+    is progress the role cannot report (a dead or stopped process is found within `2 * heartbeat_s`).
+    `generator_cpus` (`process` only): the CPU cores the generator processes run on (`os.sched_setaffinity`; empty:
+    those of the learner's process), e.g. to keep generation off the learner's cores; pin the learner with
+    `taskset -c CORES python -m rlx.launch ...`.
     """
 
     backend: Literal["local", "process", "ray"] = "local"
@@ -82,10 +89,20 @@ class ServicesConfig:
     ray_address: str | None = None
     ray_generator_cpus: float = 1.0
     ray_generator_gpus: float = 0.0
+    hang_timeout_s: float = 600.0
+    generator_cpus: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.heartbeat_s > 0:
             raise ValueError(f"heartbeat_s must be > 0 seconds, got {self.heartbeat_s}")
+        if not self.hang_timeout_s > 2 * self.heartbeat_s:
+            raise ValueError(f"hang_timeout_s must be > 2 * heartbeat_s = {2 * self.heartbeat_s:g} s (the bound for a dead process), "
+                             f"got {self.hang_timeout_s}; make it longer than the longest compile or step")
+        if self.generator_cpus and self.backend != "process":
+            raise ValueError(f"generator_cpus pins generator processes: it needs backend process, got backend {self.backend}")
+        cores = os.cpu_count() or 1
+        if len(set(self.generator_cpus)) != len(self.generator_cpus) or not all(0 <= cpu < cores for cpu in self.generator_cpus):
+            raise ValueError(f"generator_cpus {list(self.generator_cpus)}: name distinct cores in 0..{cores - 1} (this machine has {cores})")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0 (0: a failing role stops the run), got {self.max_restarts}")
         if self.generators < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from rlx.config import Config, load_config
 from rlx.errors import add_debug_flag, run_guarded
@@ -53,13 +54,14 @@ def _launch(args: argparse.Namespace) -> int:
     from rlx.parallel.distributed import fail_fast
     from rlx.services import train  # after config checks, so a typo fails before JAX starts
     from rlx.services.preflight import check_run
-    from rlx.services.supervisor import child_command, die_with_supervisor, supervise, supervised
+    from rlx.services.supervisor import HangWatch, child_command, die_with_supervisor, supervise, supervised
 
     if supervised():
         die_with_supervisor()
     check_run(config)  # output directory and plug-ins, before any model is built
     if config.services.backend != "local" and not supervised():
-        return supervise(child_command(args.config, args.overrides, args.debug), config.services.max_restarts)
+        watch = HangWatch(Path(config.run.output_dir) / "services.json", config.services.hang_timeout_s)
+        return supervise(child_command(args.config, args.overrides, args.debug), config.services.max_restarts, watch)
     start_devices(config)
     with fail_fast():  # several processes: one that fails stops the others instead of leaving them in a collective
         curve = train(config)

@@ -80,11 +80,12 @@ def engine_weights(engine: Engine, abstract: nnx.State, arrays: HostWeights) -> 
     return engine.publish(weights)
 
 
-def standalone_generation(config: Config, first_weights: Callable[[], tuple[HostWeights, int]]
+def standalone_generation(config: Config, first_weights: Callable[[], tuple[HostWeights, int]], on_progress: Callable[[], None] = lambda: None,
                           ) -> tuple["Generation", Callable[[HostWeights], nnx.State]]:
     """The generator role built from `config` alone (a process without the learner): the task, an engine on the generator
     mesh built from the model's shapes, the reward; its first weights (`first_weights()`: host arrays and version) are
-    in its mailbox. Also returns the function that makes later host weights the engine's (`engine_weights`)."""
+    in its mailbox. Also returns the function that makes later host weights the engine's (`engine_weights`).
+    `on_progress` is called as each sample finishes (`Generation`)."""
     processes = Processes.current(config.parallel.distributed.timeout_s)
     media = media_spec(config.model)
     task = load_task(config.data, media)
@@ -101,7 +102,7 @@ def standalone_generation(config: Config, first_weights: Callable[[], tuple[Host
     reward_fn = resolve_reward_fn(config.reward.fn, config.reward)
     try:
         turns = multi_turn(config, load_environments(config.env, tokenizer, reward_fn), tokenizer)
-        generation = Generation(config, task, media, processes, engine, weights, reward_fn, turns)
+        generation = Generation(config, task, media, processes, engine, weights, reward_fn, turns, on_progress=on_progress)
     except BaseException:
         getattr(reward_fn, "close", lambda: None)()  # its worker pool
         raise
@@ -110,11 +111,14 @@ def standalone_generation(config: Config, first_weights: Callable[[], tuple[Host
 
 
 class Generation:
-    """One process's generator role: `produce(step)` draws, scores and shapes a step's batch with the weights last posted to `mailbox`."""
+    """One process's generator role: `produce(step)` draws, scores and shapes a step's batch with the weights last posted to `mailbox`.
+    `on_progress()` is called as each sample finishes (rlx's engine backend, single-turn): a process that generates reports
+    progress with it, so that one stuck inside a step is told apart from one that works (`services.hang_timeout_s`)."""
 
     def __init__(self, config: Config, task: TaskData, media: Any, processes: Processes, engine: Engine, params: nnx.State, reward_fn: RewardFn,
-                 turns: MultiTurn | None, timeline: Timeline = NO_TIMELINE):
+                 turns: MultiTurn | None, timeline: Timeline = NO_TIMELINE, on_progress: Callable[[], None] = lambda: None):
         self.config, self.task, self.processes, self.timeline = config, task, processes, timeline
+        self.on_progress = on_progress
         self.prompts_per_process = processes.share(config.data.prompts_per_step, "data.prompts_per_step")
         self.reward_fn = reward_fn
         # Rewards in the worker pool start as each sample finishes, overlapping the rest of the generation.
@@ -203,11 +207,13 @@ class Generation:
         # Partial rollouts carry samples across steps: none may hold a token staler than the bus allows at `step`.
         oldest = {"min_version": step - 1 - self.config.bus.max_staleness} if rollout_config.token_budget is not None else {}
         # rlx's driver reports each sample as it finishes (JetStream's orchestrator does not): its reward starts then.
-        streamed = {"on_sample": self._start_reward} if self._early is not None and rollout_config.backend == "engine" else {}
+        streamed = {"on_sample": self._sample_finished} if rollout_config.backend == "engine" else {}
         return self.rollout.generate_groups(
             next(self.prompts), rollout_config.n_samples, key, sampling_params(rollout_config), rollout_config.max_new_tokens, **oldest,
             **streamed,
         )
 
-    def _start_reward(self, record: PromptRecord, tokens: np.ndarray) -> None:
-        self._early.start(self.task.tokenizer.decode(tokens), record)
+    def _sample_finished(self, record: PromptRecord, tokens: np.ndarray) -> None:
+        self.on_progress()
+        if self._early is not None:
+            self._early.start(self.task.tokenizer.decode(tokens), record)

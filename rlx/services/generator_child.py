@@ -9,7 +9,9 @@ begin `skip` batches after the prompt-stream position `data_state`), `("stop",)`
 Child -> parent: `("ready",)` once built, `("group", step, SharedArrays, meta)` per prompt group, `("seal", step, meta)`,
 `("failed", step, kind, text)` (`kind`: `user` for bad input, else `error`, with the traceback; `step` None before a
 step). A heartbeat thread writes the time into a shared value every `heartbeat_s / 2` and exits the process at once
-when the parent is gone, so a killed run leaves no generator behind. When the parent closes the pipe (a replica removed
+when the parent is gone, so a killed run leaves no generator behind: it says the process lives. That it works is told by
+a second shared value, a progress count the main thread advances at each status change, each finished sample and each
+group sent, so the parent can tell a child stuck inside a step (its heartbeat thread still beating) from a busy one. When the parent closes the pipe (a replica removed
 mid-step) the child ends after the step in progress without sending it.
 """
 
@@ -76,11 +78,11 @@ def use_cpu_devices(count: int) -> None:
         jax.config.update("jax_num_cpu_devices", count)
 
 
-def run(start: ChildStart, conn: Channel, beat: Any, status: Any) -> None:
+def run(start: ChildStart, conn: Channel, beat: Any, status: Any, progress: Any) -> None:
     """The child's entry point (`multiprocessing` spawn target)."""
     threading.Thread(target=_beat_while_parent_lives, args=(start, beat), name="rlx-generator-beat", daemon=True).start()
     use_cpu_devices(start.cpu_devices)
-    Child(start.config, start.published, conn, status, shared_memory_link(start.block_prefix)).run()
+    Child(start.config, start.published, conn, status, progress, shared_memory_link(start.block_prefix)).run()
 
 
 def _beat_while_parent_lives(start: ChildStart, beat: Any) -> None:
@@ -93,10 +95,10 @@ def _beat_while_parent_lives(start: ChildStart, beat: Any) -> None:
 
 class Child:
     """Draws the steps the learner's process assigns (the role code of both backends' generators); `status.value` is
-    what it does, as bytes."""
+    what it does, as bytes; `progress.value` counts what it has done (status changes, finished samples, groups sent)."""
 
-    def __init__(self, config: Config, published: int, conn: Channel, status: Any, arrays: ArrayLink):
-        self.config, self.conn, self.status, self.arrays = config, conn, status, arrays
+    def __init__(self, config: Config, published: int, conn: Channel, status: Any, progress: Any, arrays: ArrayLink):
+        self.config, self.conn, self.status, self.progress, self.arrays = config, conn, status, progress, arrays
         self.step: int | None = None
         self.published = published  # the latest version admitted before the gate exists
         self._assigned: queue.Queue = queue.Queue()  # (step, data_state, skip) from the parent; None: stop
@@ -105,11 +107,16 @@ class Child:
 
     def _set_status(self, text: str) -> None:
         self.status.value = text.encode()[:31]
+        self._advance()
+
+    def _advance(self) -> None:
+        self.progress.value += 1  # only this thread writes it
 
     def run(self) -> None:
         generation = None
         try:
             self._set_status("starting")
+            _pin(self.config.services.generator_cpus)
             generation, gate = self._build()
             self._set_status("ready")  # the parent makes it `idle` once it has taken the message
             self.conn.send(("ready",))
@@ -144,7 +151,7 @@ class Child:
 
     def _build(self):
         config = self.config
-        generation, load = standalone_generation(config, self._first_weights)
+        generation, load = standalone_generation(config, self._first_weights, on_progress=self._advance)
         gate = StalenessGate(config.bus.max_staleness, published=self.published)
         threading.Thread(target=self._receive, args=(generation, gate, load), name="rlx-generator-receive", daemon=True).start()
         return generation, gate
@@ -201,7 +208,19 @@ class Child:
         self._set_status("putting")
         for fields, group_meta in to_groups(batch):
             self.conn.send(("group", step, self.arrays.put(fields), group_meta))
+            self._advance()
         self.conn.send(("seal", step, meta))
+
+
+def _pin(cpus: tuple[int, ...]) -> None:
+    """Runs this process's threads started from now on (XLA's among them) on `cpus` (`services.generator_cpus`; empty: as it is)."""
+    if not cpus:
+        return
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as err:
+        raise UserError(f"services.generator_cpus={list(cpus)}: cannot run on these cores here ({err}); "
+                        f"this process may use {sorted(os.sched_getaffinity(0))}") from None
 
 
 def _position(generation: Generation, data_state: dict[str, Any], skip: int) -> None:

@@ -15,8 +15,8 @@ a thread here puts them into the run's `TransferQueue` and seals the steps, so t
 transport (shared memory, Ray's object store; kept until newer weights replace it) and sends it and the admitted version to the
 replicas that are up; a replica that is down then gets the latest weights when its fresh child starts.
 
-Health: a child that exits (killed, crashed, or reporting a failed step with its traceback) or stops beating for
-`2 * heartbeat_s` is killed and replaced: the groups of its unsealed step are dropped from the bus (`bus.discard`)
+Health: a child that exits (killed, crashed, or reporting a failed step with its traceback), stops beating for
+`2 * heartbeat_s` or makes no progress inside a step for `services.hang_timeout_s` (hung) is killed and replaced: the groups of its unsealed step are dropped from the bus (`bus.discard`)
 and the step goes back to be drawn by the next idle replica. Past `services.max_restarts` restarts of one replica the
 run stops (`RunStopped`) naming it, the step and the last error.
 
@@ -233,7 +233,7 @@ class ProcessGeneratorRole:
         if replica.exited():
             self._read(replica)  # its last words: the traceback of a failure, or groups sent before it was killed
             return self._failures.pop(replica.index, None) or replica.exit_reason()
-        return replica.silence(self.heartbeat_s)
+        return replica.silence(self.heartbeat_s, self.config.services.hang_timeout_s)
 
     def _handle(self, replica: Replica, message: tuple) -> str | None:
         kind = message[0]

@@ -36,7 +36,7 @@ from ray.exceptions import RayError
 from rlx.config import Config
 from rlx.errors import UserError
 from rlx.services.generator_child import ArrayLink, Child, cpu_devices, use_cpu_devices
-from rlx.services.generator_replica import STARTUP_S, replica_name
+from rlx.services.generator_replica import STARTUP_S, ProgressWatch, replica_name
 
 FORWARDED_ENV = ("JAX_", "XLA_", "RLX_")  # prefixes of the environment variables the actors get
 
@@ -46,8 +46,8 @@ class GeneratorActor:
 
     def __init__(self, config: Config, published: int, cpu_device_count: int):
         use_cpu_devices(cpu_device_count)
-        self._status = types.SimpleNamespace(value=b"starting")
-        self._child = Child(config, published, self, self._status, ArrayLink(put=dict, get=ray.get))
+        self._status, self._progress = types.SimpleNamespace(value=b"starting"), types.SimpleNamespace(value=0)
+        self._child = Child(config, published, self, self._status, self._progress, ArrayLink(put=dict, get=ray.get))
         self._outbox: queue.Queue = queue.Queue()
         self._arrived = threading.Condition()
         self._numbered: dict[int, tuple] = {}  # delivered messages by number
@@ -63,8 +63,8 @@ class GeneratorActor:
             self._numbered[number] = message
             self._arrived.notify_all()
 
-    def receive(self, wait_s: float) -> tuple[int, bytes, list[tuple]]:
-        """The child's messages so far (waiting up to `wait_s` for a first one), with its pid and status."""
+    def receive(self, wait_s: float) -> tuple[int, bytes, int, list[tuple]]:
+        """The child's messages so far (waiting up to `wait_s` for a first one), with its pid, status and progress count."""
         messages = []
         try:
             messages.append(self._outbox.get(timeout=wait_s))
@@ -72,7 +72,7 @@ class GeneratorActor:
                 messages.append(self._outbox.get_nowait())
         except queue.Empty:
             pass
-        return os.getpid(), self._status.value, messages
+        return os.getpid(), self._status.value, self._progress.value, messages
 
     # -- the child's channel ----------------------------------------------------------------------
     def send(self, message: tuple) -> None:
@@ -106,6 +106,7 @@ class RayReplica:
         self._sent = 0
         self._pid, self._status, self._reported = 0, "starting", b""
         self._heard = self._spawned_at = 0.0
+        self._progress, self._watch = 0, ProgressWatch()
 
     def spawn(self, config: Config, weights: tuple[Any, int], published: int) -> None:
         """Starts a fresh actor; it gets `weights` (the latest) and the `published` version first."""
@@ -117,6 +118,7 @@ class RayReplica:
         self._gone, self._listening, self._sent = None, True, 0
         self._pid, self._status, self._reported = 0, "starting", b""
         self._heard, self._spawned_at = 0.0, time.time()
+        self._progress, self._watch = 0, ProgressWatch()
         self.send_weights(weights)
         self.send(("admit", published))
 
@@ -143,7 +145,7 @@ class RayReplica:
 
     def _take_reply(self) -> None:
         try:
-            self._pid, status, messages = ray.get(self._reply)
+            self._pid, status, self._progress, messages = ray.get(self._reply)
         except RayError as err:
             self._gone = f"{self.name}'s Ray actor died: {str(err).strip().splitlines()[0]}"
             return
@@ -180,12 +182,13 @@ class RayReplica:
         self.step = None
         self.drawn += 1
 
-    def silence(self, heartbeat_s: float) -> str | None:
-        """Why the actor counts as hung (no answer for `2 * heartbeat_s`, or `STARTUP_S` before its first), or None."""
+    def silence(self, heartbeat_s: float, hang_timeout_s: float) -> str | None:
+        """Why the actor counts as dead or hung (no answer for `2 * heartbeat_s`, or `STARTUP_S` before its first; no
+        progress for `hang_timeout_s` while it works), or None."""
         silent = time.time() - (self._heard or self._spawned_at)
         if silent > (2 * heartbeat_s if self._heard else STARTUP_S):
             return f"no heartbeat from {self.name}'s Ray actor for {silent:.1f} s (services.heartbeat_s={heartbeat_s})"
-        return None
+        return self._watch.stuck(f"{self.name}'s Ray actor", self._progress, self._status, self.step, hang_timeout_s)
 
     def exit_reason(self) -> str | None:
         if self._gone is not None:

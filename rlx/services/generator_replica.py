@@ -2,7 +2,9 @@
 
 A `Replica` keeps its name, restart count and the step it draws across the child processes it starts
 (`rlx.services.generator_child`, with `multiprocessing`'s spawn): a fresh child gets the latest weights and the
-published version before anything else. The child's heartbeat and status live in shared values that outlast it.
+published version before anything else. The child's heartbeat, status and progress count live in shared values that
+outlast it: a child is dead or stopped when its heartbeat is `2 * heartbeat_s` old, hung when it works (starting, or
+inside a step) and its progress count has not moved for `services.hang_timeout_s` (`ProgressWatch`).
 `ProcessTransport` makes them and moves the arrays (shared memory) for `ProcessGeneratorRole`.
 """
 
@@ -22,6 +24,7 @@ from rlx.services.shared_arrays import SharedArrays, read, share, unlink, unlink
 from rlx.services.supervisor import describe_exit
 
 STARTUP_S = 300.0  # seconds a new child may take to import and start beating (JAX import, engine build)
+WORKING = ("starting", "generating", "putting")  # statuses in which a child advances its progress count as it works
 
 
 def replica_name(index: int) -> str:
@@ -41,6 +44,8 @@ class Replica:
         self._context, self._prefix = context, prefix
         self._beat = context.Value("d", 0.0, lock=False)  # the child's last heartbeat (time.time()); 0 before its first
         self._status = context.Array("c", 32, lock=False)
+        self._progress = context.Value("Q", 0, lock=False)  # advanced by the child as it works
+        self._watch = ProgressWatch()
         self._children = 0
         self._spawned_at = 0.0
 
@@ -50,8 +55,9 @@ class Replica:
         self.step, self.ready, self.drawn = None, False, 0
         parent_end, child_end = self._context.Pipe()
         start = generator_child.ChildStart(config, published, generator_child.cpu_devices(), os.getpid(), self._blocks())
-        self._beat.value, self._status.value = 0.0, b"starting"
-        process = self._context.Process(target=generator_child.run, args=(start, child_end, self._beat, self._status),
+        self._beat.value, self._status.value, self._progress.value = 0.0, b"starting", 0
+        self._watch = ProgressWatch()
+        process = self._context.Process(target=generator_child.run, args=(start, child_end, self._beat, self._status, self._progress),
                                         name=f"rlx-{self.name}-{self._children}")
         process.start()
         child_end.close()  # the child holds it: its death closes the pipe
@@ -100,12 +106,16 @@ class Replica:
         self.step = None
         self.drawn += 1
 
-    def silence(self, heartbeat_s: float) -> str | None:
-        """Why the child counts as hung (no heartbeat for `2 * heartbeat_s`, or `STARTUP_S` before its first), or None."""
+    def silence(self, heartbeat_s: float, hang_timeout_s: float) -> str | None:
+        """Why the child counts as dead or hung, or None: no heartbeat for `2 * heartbeat_s` (`STARTUP_S` before its first),
+        or no progress for `hang_timeout_s` while it works (`STARTUP_S` at least while starting)."""
         silent = time.time() - (self._beat.value or self._spawned_at)
         if silent > (2 * heartbeat_s if self._beat.value else STARTUP_S):
             return f"no heartbeat from {self.name}'s process for {silent:.1f} s (services.heartbeat_s={heartbeat_s})"
-        return None
+        return self._watch.stuck(f"{self.name}'s process", self._progress.value, self.status(), self.step, hang_timeout_s)
+
+    def status(self) -> str:
+        return self._status.value.decode()
 
     def exit_reason(self) -> str | None:
         exitcode = self.process.exitcode
@@ -116,7 +126,7 @@ class Replica:
 
     def health(self) -> dict[str, dict]:
         pid = self.process.pid if self.process is not None else os.getpid()
-        return {self.name: {"pid": pid, "status": self._status.value.decode(), "restarts": self.restarts,
+        return {self.name: {"pid": pid, "status": self.status(), "restarts": self.restarts,
                             "last_heartbeat": self._beat.value or self._spawned_at}}
 
     def close_pipe(self) -> None:
@@ -135,6 +145,25 @@ class Replica:
             process.join()
         self.conn.close()
         unlink_leftovers(self._blocks())
+
+
+class ProgressWatch:
+    """Tells a hung replica from a busy one by its progress count: one that works (`WORKING`) with a count that has not
+    moved for `hang_timeout_s` (`STARTUP_S` at least while starting) is hung."""
+
+    def __init__(self):
+        self._seen = (0, time.monotonic())  # the count last seen to move, and when
+
+    def stuck(self, who: str, count: int, status: str, step: int | None, hang_timeout_s: float) -> str | None:
+        now = time.monotonic()
+        if count != self._seen[0] or status not in WORKING:
+            self._seen = (count, now)
+            return None
+        still = now - self._seen[1]
+        if still > (max(hang_timeout_s, STARTUP_S) if status == "starting" else hang_timeout_s):
+            where = "starting" if status == "starting" else f"{status} step {step}"
+            return f"{who} is hung: no progress for {still:.1f} s while {where}, its heartbeat alive (services.hang_timeout_s={hang_timeout_s})"
+        return None
 
 
 class ProcessTransport:

@@ -32,17 +32,21 @@ def train(config: Config) -> Path:
             roles.watch(feed.generator.health)
             while step < run.steps:
                 step += 1
+                learner.beat("waiting")  # each phase beats: the supervisor restarts a learner stuck in one (`services.hang_timeout_s`)
                 with trainer.timeline.span("learner", "wait_batch", step):
                     batch, metrics = feed.take(step)
+                learner.beat("training")
                 metrics.update(trainer.learn(step, batch))
                 learner.beat("training")
                 feed.advance(step)
                 metrics.update(roles.metrics())
                 if step % run.eval_every == 0 or step == run.steps:
+                    learner.beat("evaluating")
                     with trainer.timeline.span("learner", "evaluate", step):
                         metrics.update(trainer.evaluate())
                 guard.check(step, metrics)  # a run gone bad stops before it checkpoints the damage
                 if step % run.checkpoint_every == 0 or step == run.steps:
+                    learner.beat("saving")
                     with trainer.timeline.span("learner", "save", step):
                         trainer.save(step, **feed.checkpoint_state())
                 trainer.tracker.log(step, metrics)  # after the checkpoint decision: a rerun never logs a step twice

@@ -7,19 +7,30 @@ run in the same `run.output_dir`, it resumes from the latest intact checkpoint, 
 rollout rows it had written past that checkpoint (`rlx.services.resume.drop_rows_after`). After
 `services.max_restarts` restarts the run stops (exit 3) naming the learner and how it last ended. The child
 learns how often it was restarted from `RLX_LEARNER_RESTARTS`, for `services/restarts/learner`.
+
+A learner that hangs is restarted the same way: the supervisor reads the `<output_dir>/services.json` the child
+rewrites every `services.heartbeat_s` (`rlx.services.health`) and kills the child's process group (the learner, its
+generator processes, its reward workers) when, for `services.hang_timeout_s`, the file was not rewritten (the process
+is wedged) or the learner did not beat while training, evaluating or saving (its main thread is stuck). A learner
+waiting for rollouts is not hung: the generator role's own health covers the generator.
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 from rlx.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, EXIT_USER_ERROR, RunStopped
+from rlx.services.shared_arrays import unlink_leftovers
 
 log = logging.getLogger(__name__)
 ENV_SUPERVISED = "RLX_SUPERVISED"
@@ -28,6 +39,32 @@ ENV_SUPERVISOR_PID = "RLX_SUPERVISOR_PID"
 # The child said why it ended (done, bad input, run stopped, interrupted): starting it again would not help.
 FINAL_EXITS = (0, EXIT_USER_ERROR, EXIT_RUN_STOPPED, EXIT_INTERRUPTED)
 _PR_SET_PDEATHSIG = 1
+LEARNER_WORKING = ("training", "evaluating", "saving")  # the learner beats between these phases; "waiting" for rollouts is not
+POLL_S = 0.5  # how often the supervisor reads the learner's health
+
+
+@dataclasses.dataclass(frozen=True)
+class HangWatch:
+    """Where the supervised run writes its roles' health, and how long its learner may go without progress."""
+
+    services_json: Path
+    hang_timeout_s: float
+
+    def learner_hang(self, pid: int) -> str | None:
+        """Why the learner process `pid` counts as hung, or None (also before it first wrote its health)."""
+        try:
+            written = self.services_json.stat().st_mtime
+            learner = json.loads(self.services_json.read_text())["learner"]
+        except (OSError, ValueError, KeyError):
+            return None  # not written yet, or being replaced
+        if learner["pid"] != pid or learner["status"] in ("done", "failed"):
+            return None  # an earlier run's file, or a run that is ending
+        now, bound = time.time(), f"services.hang_timeout_s={self.hang_timeout_s:g}"
+        if now - written > self.hang_timeout_s:
+            return f"hung: {self.services_json.name} not rewritten for {now - written:.1f} s ({bound})"
+        if learner["status"] in LEARNER_WORKING and now - learner["last_heartbeat"] > self.hang_timeout_s:
+            return f"hung: no learner heartbeat for {now - learner['last_heartbeat']:.1f} s while {learner['status']} ({bound})"
+        return None
 
 
 def supervised() -> bool:
@@ -40,15 +77,16 @@ def learner_restarts() -> int:
     return int(os.environ.get(ENV_LEARNER_RESTARTS, "0"))
 
 
-def supervise(command: Sequence[str], max_restarts: int) -> int:
+def supervise(command: Sequence[str], max_restarts: int, watch: HangWatch | None = None) -> int:
     """Runs `command` (the run, as a child process) until it ends with a final exit code; returns that code.
-    Raises `RunStopped` when it died more than `max_restarts` times."""
+    With `watch`, a child whose learner hangs is killed and restarted too.
+    Raises `RunStopped` when it died (or hung) more than `max_restarts` times."""
     restarts = 0
     while True:
-        code = _run_child(command, restarts)
+        code, hang = _run_child(command, restarts, watch)
         if code in FINAL_EXITS:
             return code
-        ending = describe_exit(code)
+        ending = hang or describe_exit(code)
         if restarts >= max_restarts:
             raise RunStopped(f"the learner process {ending} after {restarts} restarts (services.max_restarts={max_restarts}); "
                              "its output above shows its last error")
@@ -56,7 +94,8 @@ def supervise(command: Sequence[str], max_restarts: int) -> int:
         log.warning("the learner process %s; restart %d of %d resumes from the latest checkpoint", ending, restarts, max_restarts)
 
 
-def _run_child(command: Sequence[str], restarts: int) -> int:
+def _run_child(command: Sequence[str], restarts: int, watch: HangWatch | None) -> tuple[int, str | None]:
+    """The child's exit code, and why it was killed when it hung."""
     environment = {**os.environ, ENV_SUPERVISED: "1", ENV_LEARNER_RESTARTS: str(restarts), ENV_SUPERVISOR_PID: str(os.getpid())}
     # Its own process group, so a terminal's Ctrl-C reaches it once (forwarded from here), not twice.
     child = subprocess.Popen(list(command), env=environment, process_group=0)
@@ -68,11 +107,27 @@ def _run_child(command: Sequence[str], restarts: int) -> int:
 
     previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = child.wait()
+        code, hang = _wait(child, watch)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return EXIT_INTERRUPTED if forwarded and code not in FINAL_EXITS else code  # stopped on purpose: never restarted
+    if code not in FINAL_EXITS:
+        unlink_leftovers(f"rlx-{child.pid}-")  # shared memory its generator role had not removed
+    if forwarded and code not in FINAL_EXITS:
+        return EXIT_INTERRUPTED, None  # stopped on purpose: never restarted
+    return code, hang
+
+
+def _wait(child: subprocess.Popen, watch: HangWatch | None) -> tuple[int, str | None]:
+    """Waits for the child to exit; kills its process group when its learner hangs."""
+    while True:
+        try:
+            return child.wait(POLL_S if watch is not None else None), None
+        except subprocess.TimeoutExpired:
+            hang = watch.learner_hang(child.pid)
+        if hang is not None:
+            os.killpg(child.pid, signal.SIGKILL)  # its own group: the learner and the processes it started
+            return child.wait(), hang
 
 
 def die_with_supervisor() -> None:

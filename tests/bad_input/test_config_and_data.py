@@ -45,6 +45,8 @@ CONFIG_CASES = [
     ("services.heartbeat_s=0", "services: heartbeat_s must be > 0 seconds"),
     ("services.max_restarts=-1", "services: max_restarts must be >= 0"),
     ("services.generators=0", "services: generators must be >= 1"),
+    ("services.hang_timeout_s=10", "services: hang_timeout_s must be > 2 * heartbeat_s = 10 s"),
+    ("services.generator_cpus=[0]", "services: generator_cpus pins generator processes: it needs backend process, got backend local"),
     ("rollout.n_samples=0", "n_samples"),
     ("rollout.max_new_tokens=0", "max_new_tokens must be >= 1"),
     ("data.prompts_per_step=0", "prompts_per_step must be >= 1"),

@@ -6,10 +6,14 @@ process that generates. Calls made for a generator process (not for the test's o
 numbered across restarts with files in `RLX_TEST_FAULT_DIR`. `RLX_TEST_FAULTS="8:SIGKILL,9:SIGSTOP"` sends those signals
 in turn, each once: signal `i` at the first call numbered at least its number made for a generator process that no
 signal has hit yet (so the second one hits the replacement, not a process already dying). Each goes to `signalled`.
+
+`hanging_generator`, patched in for `rlx.services.generator_child.run`, hangs the first generator process that draws step
+`RLX_TEST_HANG_STEP` inside that step, its heartbeat thread alive; its pid goes to `hung`.
 """
 
 import os
 import signal
+import time
 
 
 def length_mod_3(response, record):
@@ -33,6 +37,25 @@ def _signal_on_cue() -> None:
     with open(record, "a") as handle:
         handle.write(f"{call} {name} {generator}\n")
     os.kill(generator, getattr(signal, name))
+
+
+def hanging_generator(*args) -> None:
+    """`generator_child.run(*args)`, except that the first child to draw step `RLX_TEST_HANG_STEP` sleeps inside it for ever."""
+    from rlx.services import generator_child
+    from rlx.services.generation import Generation
+
+    produce, directory = Generation.produce, os.environ["RLX_TEST_FAULT_DIR"]
+
+    def stuck(self, step: int):
+        if step == int(os.environ["RLX_TEST_HANG_STEP"]) and _claim(directory, "hung"):
+            with open(os.path.join(directory, "hung"), "w") as handle:
+                handle.write(str(os.getpid()))
+            while True:
+                time.sleep(3600)
+        return produce(self, step)
+
+    Generation.produce = stuck
+    generator_child.run(*args)
 
 
 def _claim(directory: str, name: str) -> bool:

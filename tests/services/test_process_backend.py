@@ -1,12 +1,15 @@
 """The generator role in its own process (`services.backend: process`) and as Ray actors (`ray`) against the thread role
-(`local`), at `bus.max_staleness: 0`: a process run whose generator is SIGKILLed mid-step 2 and whose replacement is
-SIGSTOPped mid-step 2 (its reward plug-in signals it on cue, `tests/services/process_faults.py`) restarts it twice, and a
-ray run on a local Ray cluster of 2 CPUs whose generator actor is SIGKILLed mid-step 2 restarts it once; both train the
-same rollouts with the same numbers as an uninterrupted local run (one module, so the local run is made once). A child
-that keeps failing stops the run naming the role, the step and the child's traceback."""
+(`local`), at `bus.max_staleness: 0`: a process run whose generator hangs inside step 1 (its heartbeat thread alive),
+whose replacement is SIGKILLed mid-step 2 and whose next replacement is SIGSTOPped mid-step 2 (faults injected by
+`tests/services/process_faults.py`) restarts it three times, and a ray run on a local Ray cluster of 2 CPUs whose
+generator actor is SIGKILLed mid-step 2 restarts it once; both train the same rollouts with the same numbers as an
+uninterrupted local run (one module, so the local run is made once). A child that keeps failing stops the run naming
+the role, the step and the child's traceback."""
 
+import contextlib
 import importlib.util
 import json
+import logging
 import os
 import signal
 import threading
@@ -20,15 +23,17 @@ import pytest
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.config import ConfigError, load_config
 from rlx.errors import RunStopped, UserError
-from rlx.services import train
+from rlx.services import generator_child, train
 from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.tracking import read_metrics
 from tests.conftest import tiny_overrides
+from tests.services import process_faults
 
 SAMPLES, PROMPTS, STEPS = 2, 4, 2  # tiny_overrides' rollout.n_samples and data.prompts_per_step; steps run
 FIRST_CALL_OF_STEP_2 = SAMPLES * PROMPTS  # reward calls in the generator process are numbered from 0
-CONTINUE_AFTER_S = 60.0  # a generator the role failed to find hung is continued then, so the test fails instead of hanging
+CONTINUE_AFTER_S = 60.0  # a generator the role failed to find stopped is continued then, so the test fails instead of hanging
 RAY_DAEMONS = ("raylet", "gcs_server")  # process names of a Ray cluster's daemons
+HANG_TIMEOUT_S = 20.0  # longer than the tiny model's compiles here, so only the injected hang counts as one
 TIMING = ("timing_s/", "perf/", "services/", "bus/wait_s/", "bus/groups_discarded", "rollout/compiles")  # differ run to run
 
 
@@ -50,17 +55,34 @@ def local(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def faulted(tmp_path_factory):
-    """A process run whose generator is killed (SIGKILL) at step 2's first reward, and its replacement stopped (SIGSTOP) at its first."""
+    """A process run whose generator hangs at step 1, its replacement is killed (SIGKILL) at step 2's first reward, and the next
+    replacement stopped (SIGSTOP) at its first."""
     out, faults = tmp_path_factory.mktemp("process") / "run", tmp_path_factory.mktemp("faults")
     with pytest.MonkeyPatch.context() as patch:
         inject_faults(patch, faults, f"{FIRST_CALL_OF_STEP_2}:SIGKILL,{FIRST_CALL_OF_STEP_2 + 1}:SIGSTOP")
+        patch.setenv("RLX_TEST_HANG_STEP", "1")
+        patch.setattr(generator_child, "run", process_faults.hanging_generator)  # the spawned children run it
         resume = threading.Timer(CONTINUE_AFTER_S, continue_stopped, (faults,))  # a hang the role misses ends as a failed test
         resume.start()
         try:
-            train(config(out, "services.backend=process", "services.max_restarts=2"))
+            with warnings_of("rlx.services.generator_process") as restarts:
+                train(config(out, "services.backend=process", "services.max_restarts=3", f"services.hang_timeout_s={HANG_TIMEOUT_S}"))
         finally:
             resume.cancel()
-    return out, signalled(faults)
+    return out, signalled(faults), int((faults / "hung").read_text()), restarts
+
+
+@contextlib.contextmanager
+def warnings_of(logger: str):
+    """The messages of the warnings `logger` logs inside the block."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
 
 
 def inject_faults(patch: pytest.MonkeyPatch, faults, cues: str) -> None:
@@ -99,18 +121,21 @@ def test_a_process_generator_trains_what_the_thread_does(local, faulted):
     assert_trains_like(local, faulted[0])
 
 
-def test_a_killed_or_hung_generator_process_is_replaced(faulted):
-    out, signals = faulted
+def test_a_hung_killed_or_stopped_generator_process_is_replaced(faulted):
+    out, signals, hung, restarts = faulted
     assert [(call, name) for call, name, _ in signals][:1] == [(str(FIRST_CALL_OF_STEP_2), "SIGKILL")]  # mid-step 2
     assert [name for _, name, _ in signals] == ["SIGKILL", "SIGSTOP"]  # the second at the replacement's first reward
     killed, stopped = (int(pid) for _, _, pid in signals)
+    assert len(restarts) == 3 and "generator's process is hung: no progress for 2" in restarts[0]  # 20.x s, HANG_TIMEOUT_S
+    assert "while generating step 1, its heartbeat alive (services.hang_timeout_s=20.0)); restart 1 of 3" in restarts[0]
+    assert "no heartbeat from generator's process" in restarts[2]  # the stopped one
     rows = read_metrics(out / "metrics.jsonl")
-    assert [row["services/restarts/generator"] for row in rows[1:]] == [0, 2]
+    assert [row["services/restarts/generator"] for row in rows[1:]] == [1, 3]  # the hang at step 1, the kill and stop at 2
     roles = json.loads((out / "services.json").read_text())
     generator = roles["generator"]
-    assert (generator["status"], generator["restarts"]) == ("done", 2)
-    assert generator["pid"] not in (os.getpid(), killed, stopped) and killed != stopped  # the third child's own process
-    for pid in (killed, stopped):  # replaced children are gone, not left stopped or orphaned
+    assert (generator["status"], generator["restarts"]) == ("done", 3)
+    assert len({generator["pid"], os.getpid(), hung, killed, stopped}) == 5  # the fourth child's own process
+    for pid in (hung, killed, stopped):  # replaced children are gone, not left hung, stopped or orphaned
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 
@@ -142,6 +167,8 @@ def assert_stops_on_wrong_weights(run_config, transport=None) -> None:
 def test_what_the_process_backend_does_not_do_yet_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="services.backend=process does not support rollout.token_budget"):
         config(tmp_path, "services.backend=process", "rollout.token_budget=40")
+    with pytest.raises(ConfigError, match=r"generator_cpus \[0, 0\]: name distinct cores in 0\.\."):
+        config(tmp_path, "services.backend=process", "services.generator_cpus=[0, 0]")
 
 
 @pytest.fixture(scope="module")

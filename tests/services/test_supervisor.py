@@ -1,4 +1,4 @@
-"""`services.backend: process`: the supervisor restarts a learner process that dies, and the restarted run
+"""`services.backend: process`: the supervisor restarts a learner process that dies or hangs, and the restarted run
 resumes from its latest checkpoint without writing a step twice."""
 
 import json
@@ -13,10 +13,11 @@ import pytest
 
 from rlx.errors import RunStopped
 from rlx.services.resume import drop_rows_after
-from rlx.services.supervisor import ENV_LEARNER_RESTARTS, supervise
+from rlx.services.supervisor import ENV_LEARNER_RESTARTS, HangWatch, supervise
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
+LEARNER_HANG_TIMEOUT_S = 25  # longer than the tiny run's compiles and steps here, so only the injected hang counts as one
 
 
 def dies_until(tmp_path: Path, deaths: int, how: str) -> list[str]:
@@ -55,6 +56,40 @@ def test_an_exit_that_says_why_is_never_restarted(tmp_path, code):
     assert (tmp_path / "runs").read_text() == "x"
 
 
+def hangs_once(tmp_path: Path, status: str, beating: bool, first_s: float = 3600.0) -> list[str]:
+    """A child that writes its learner's health (`status`, a heartbeat 100 s old) to `services.json`, rewriting it every
+    0.1 s if `beating`; then it exits 0, after `first_s` seconds on its first run."""
+    script = f"""
+import json, os, threading, time
+log, path = {str(tmp_path / 'restarts.log')!r}, {str(tmp_path / 'services.json')!r}
+with open(log, 'a') as handle:
+    handle.write(os.environ[{ENV_LEARNER_RESTARTS!r}] + '\\n')
+state = {{"learner": {{"pid": os.getpid(), "status": {status!r}, "restarts": 0, "last_heartbeat": time.time() - 100}}}}
+def write():
+    while True:
+        open(path + '.partial', 'w').write(json.dumps(state)); os.replace(path + '.partial', path)
+        if not {beating!r}: return
+        time.sleep(0.1)
+threading.Thread(target=write, daemon=True).start()
+time.sleep(0 if len(open(log).read().split()) > 1 else {first_s!r})
+"""
+    return [sys.executable, "-c", script]
+
+
+@pytest.mark.parametrize("status, beating, why", [("training", True, "hung: no learner heartbeat for 10"),
+                                                  ("waiting", False, "hung: services.json not rewritten for 1.")])
+def test_a_learner_that_hangs_is_killed_and_started_again(tmp_path, caplog, status, beating, why):
+    """Stuck while training (its health thread alive), or wedged altogether (its health no longer rewritten)."""
+    assert supervise(hangs_once(tmp_path, status, beating), 1, HangWatch(tmp_path / "services.json", 1.0)) == 0
+    assert restarts_seen(tmp_path) == [0, 1]
+    assert f"the learner process {why}" in caplog.text and "(services.hang_timeout_s=1); restart 1 of 1" in caplog.text
+
+
+def test_a_learner_waiting_for_rollouts_is_not_hung(tmp_path):
+    assert supervise(hangs_once(tmp_path, "waiting", True, first_s=2.5), 1, HangWatch(tmp_path / "services.json", 1.0)) == 0
+    assert restarts_seen(tmp_path) == [0]  # its heartbeat 100 s old, but it waits: not restarted
+
+
 def test_rows_past_the_resumed_step_are_dropped(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in (1, 2, 3, 3, 4)))
@@ -63,32 +98,39 @@ def test_rows_past_the_resumed_step_are_dropped(tmp_path):
     assert drop_rows_after(path, 2) == 0 and drop_rows_after(tmp_path / "absent.jsonl", 2) == 0
 
 
-def kill_once_at_step_3(step: int, metrics: dict) -> None:
-    """A `run.hooks` entry: at step 3 (checkpoints at 2 and 4) keeps what the run wrote so far, then SIGKILLs the learner."""
+def kill_then_hang_at_step_3(step: int, metrics: dict) -> None:
+    """A `run.hooks` entry: at step 3 (checkpoints at 2 and 4) keeps what the run wrote so far, then SIGKILLs the learner;
+    the second time, it hangs the learner (its health thread alive)."""
     output_dir = Path(os.environ["RLX_TEST_OUTPUT_DIR"])
     if step == 3 and not (output_dir / "killed_once").exists():
         for name in ("metrics.jsonl", "rollouts.jsonl"):
             (output_dir / f"{name}.before_kill").write_text((output_dir / name).read_text())
         (output_dir / "killed_once").touch()
         os.kill(os.getpid(), signal.SIGKILL)
+    elif step == 3 and not (output_dir / "hung_once").exists():
+        (output_dir / "hung_once").touch()
+        time.sleep(3600)
 
 
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_learner_killed_between_checkpoints_resumes_and_writes_each_step_once(tmp_path):
+def test_a_learner_killed_or_hung_between_checkpoints_resumes_and_writes_each_step_once(tmp_path):
     output_dir = tmp_path / "run"
-    overrides = tiny_overrides(output_dir) + ["services.backend=process", "run.eval_every=4",
-                                              f"run.hooks=[{__name__}:kill_once_at_step_3]"]
+    overrides = tiny_overrides(output_dir) + ["services.backend=process", "run.eval_every=4", "services.heartbeat_s=1",
+                                              f"services.hang_timeout_s={LEARNER_HANG_TIMEOUT_S}",
+                                              f"run.hooks=[{__name__}:kill_then_hang_at_step_3]"]
     environment = {**os.environ, "RLX_TEST_OUTPUT_DIR": str(output_dir), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "rlx.launch", "--config", "configs/demo.yaml", *overrides], cwd=ROOT,
                           env=environment, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "the learner process was killed by SIGKILL; restart 1 of 3" in done.stderr
+    assert "the learner process was killed by SIGKILL; restart 1 of 3" in done.stderr, done.stderr[-3000:]
+    assert "the learner process hung: no learner heartbeat for 2" in done.stderr  # 25.x s
+    assert "while training (services.hang_timeout_s=25); restart 2 of 3" in done.stderr
     metrics = rows(output_dir / "metrics.jsonl")
     assert [row["step"] for row in metrics] == [0, 1, 2, 3, 4]  # 0: the warm-up
-    assert [row["services/restarts/learner"] for row in metrics[1:]] == [0.0, 0.0, 1.0, 1.0]
+    assert [row["services/restarts/learner"] for row in metrics[1:]] == [0.0, 0.0, 2.0, 2.0]
     # Step 3 again from checkpoint 2: the same prompts, samples and rewards as the run that was killed drew.
     before = [row for row in rows(output_dir / "rollouts.jsonl.before_kill") if row["step"] == 3]
     after = rows(output_dir / "rollouts.jsonl")
