@@ -66,6 +66,7 @@ NOTE = ("A drafting forward runs the trunk on two tokens per slot, the MTP decod
          'and slots idle after a response ends within a call; how much of the gap between that bound and the measured `r'
          'amble` speedup each takes is not broken down.')
 COST_ROUNDS, COST_CALLS = 9, 4
+COUNTS = ("prefills", "calls", "forwards", "slot_forwards")  # `RolloutDriver.counts` fields the breakdown reads
 
 
 def warmed_up(out: Path, overrides: list[str], batches: int):
@@ -95,12 +96,17 @@ def measure(trainer, params, batches) -> dict[str, dict[str, float]]:
         drivers[mode] = RolloutDriver(engine, engine.load_params())
     sampling, n, max_new_tokens = sampling_params(config.rollout), config.rollout.n_samples, config.rollout.max_new_tokens
     rates, metrics, lengths = {mode: [] for mode in MODES}, {mode: [] for mode in MODES}, []
+    spent = {mode: {"seconds": 0.0, **{field: 0 for field in COUNTS}} for mode in MODES}  # timed rounds' sums
     for round_, batch in enumerate(batches):
         for mode in MODES:
+            counts = dataclasses.replace(drivers[mode].counts)
             start = time.perf_counter()
             out = drivers[mode].generate_groups(batch, n, jax.random.key(round_), sampling, max_new_tokens)
             seconds = time.perf_counter() - start
             if round_ > 0:  # round 0 compiles
+                spent[mode]["seconds"] += seconds
+                for field in COUNTS:
+                    spent[mode][field] += getattr(drivers[mode].counts, field) - getattr(counts, field)
                 rates[mode].append(float(out.generation.lengths.sum()) / seconds)
                 metrics[mode].append({k: v for k, v in out.metrics.items() if k.startswith("spec/")})
                 if mode == "off":
@@ -109,30 +115,49 @@ def measure(trainer, params, batches) -> dict[str, dict[str, float]]:
                       **{k: float(np.mean([m[k] for m in metrics[mode]])) for k in (metrics[mode][0] if metrics[mode][0] else {})}}
                for mode in MODES}
     results["off"]["mean_length"] = float(np.mean(lengths))
+    for mode in MODES:
+        results[mode]["spent"] = spent[mode]
     return results
 
 
-def forward_cost(graphdef, params, config, slots: int, steps: int) -> dict[str, float]:
-    """{"off" | "lossless": seconds per engine forward} of the model `(graphdef, params)`: `slots` slots, freshly
-    inserted after an 8-token prompt, decode COST_CALLS calls of `steps` forwards (attention over the whole cache, the
-    same for both); alternated, the fastest of COST_ROUNDS rounds."""
-    config = dataclasses.replace(config, max_seq_len=8 + 2 * COST_CALLS * steps)
-    sampling, engines, times = SamplingParams(1.0), {}, {"off": [], "lossless": []}
+def forward_cost(graphdef, params, config, slots: int, steps: int, prompt: np.ndarray) -> dict[str, dict[str, float]]:
+    """{"off" | "lossless": {"forward": seconds per engine forward, "prefill": seconds to prefill `prompt` and insert it
+    into one slot}} of the model `(graphdef, params)`: `slots` slots, freshly inserted after `prompt`, decode COST_CALLS
+    calls of `steps` forwards (attention over the whole cache, the same for both); alternated, the fastest of COST_ROUNDS
+    rounds."""
+    config = dataclasses.replace(config, max_seq_len=len(prompt) + 2 * COST_CALLS * steps)
+    sampling, engines, times = SamplingParams(1.0), {}, {mode: {"forward": [], "prefill": []} for mode in ("off", "lossless")}
     for mode, speculative in (("off", None), ("lossless", Speculation("lossless"))):
-        engine = Engine(graphdef, params, config, max_concurrent_decodes=slots, max_prefill_length=8,
+        engine = Engine(graphdef, params, config, max_concurrent_decodes=slots, max_prefill_length=len(prompt),
                         max_decode_length=2 * COST_CALLS * steps, stop_tokens=(), steps_per_generate=steps, speculative=speculative)
         engines[mode] = engine, engine.load_params()
     for _ in range(COST_ROUNDS + 1):  # the first round compiles
         for mode, (engine, weights) in engines.items():
-            state = engine.insert_rows(engine.prefill_batch(weights, [np.arange(1, 9, dtype=np.int32)]),
-                                       engine.decode_state(jax.random.key(0)), rows=[0] * slots, slots=list(range(slots)))
+            state = engine.decode_state(jax.random.key(0))
+            jax.block_until_ready(state.cache.k)
+            start = time.perf_counter()
+            state = engine.insert_rows(engine.prefill_batch(weights, [prompt]), state, rows=[0], slots=[0])
+            jax.block_until_ready(state.cache.k)
+            times[mode]["prefill"].append(time.perf_counter() - start)
+            state = engine.insert_rows(engine.prefill_batch(weights, [prompt]), state, rows=[0] * slots, slots=list(range(slots)))
             jax.block_until_ready(state.cache.k)
             start = time.perf_counter()
             for _ in range(COST_CALLS):
                 state, result = engine.generate(weights, state, sampling)
             jax.block_until_ready(result.data)
-            times[mode].append((time.perf_counter() - start) / (COST_CALLS * steps))
-    return {mode: min(seconds[1:]) for mode, seconds in times.items()}
+            times[mode]["forward"].append((time.perf_counter() - start) / (COST_CALLS * steps))
+            engine.release(state)
+    return {mode: {part: min(seconds[1:]) for part, seconds in parts.items()} for mode, parts in times.items()}
+
+
+def breakdown(row: dict, cost: dict[str, float], slots: int) -> str:
+    """A table row: where the timed rounds' wall time of one mode went (`measure`'s "spent" at `forward_cost`'s costs)."""
+    spent = row["spent"]
+    decode, prefill = spent["forwards"] * cost["forward"], spent["prefills"] * cost["prefill"]
+    seconds = spent["seconds"]
+    share = lambda part: f"{part:.1f} ({part / seconds:.0%})"
+    return (f"{seconds:.1f} | {spent['calls']} | {spent['forwards']} | {spent['slot_forwards'] / (spent['forwards'] * slots):.0%} | "
+            f"{share(decode)} | {spent['prefills']} | {share(prefill)} | {share(seconds - decode - prefill)} |")
 
 
 def main() -> None:
@@ -146,7 +171,8 @@ def main() -> None:
             trainer, params, batches = warmed_up(Path(out), overrides, args.rounds + 1)
         configs[name] = trainer.config
         results[name] = measure(trainer, params, batches)
-        costs[name] = forward_cost(trainer.learner.graphdef, params, model_config(trainer), RAMBLE_SLOTS, RAMBLE_STEPS)
+        prompt = batches[0].tokens[0, batches[0].start[0]:]
+        costs[name] = forward_cost(trainer.learner.graphdef, params, model_config(trainer), RAMBLE_SLOTS, RAMBLE_STEPS, prompt)
     rows = []
     for name, by_mode in results.items():
         for mode, row in by_mode.items():
@@ -171,12 +197,21 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"One engine forward of each task's warmed-up model ({RAMBLE_SLOTS} slots, {RAMBLE_STEPS} forwards per call, fastest of {COST_ROUNDS} rounds):",
+        f"One engine forward of each task's warmed-up model ({RAMBLE_SLOTS} slots, {RAMBLE_STEPS} forwards per call), and a prefill "
+        f"and insert of one of its prompts, fastest of {COST_ROUNDS} rounds:",
         "",
-        "| model | plain (ms) | drafting, lossless (ms) | ratio | best speedup at 1.8 tokens per forward |",
-        "|---|---|---|---|---|",
-        *(f"| {name} ({shape(configs[name])}) | {c['off'] * 1e3:.3f} | {c['lossless'] * 1e3:.3f} | {c['lossless'] / c['off']:.2f} | "
-          f"{1.8 * c['off'] / c['lossless']:.2f}x |" for name, c in costs.items()),
+        "| model | plain forward (ms) | drafting forward, lossless (ms) | ratio | best speedup at 1.8 tokens per forward | prefill + insert, plain / drafting (ms) |",
+        "|---|---|---|---|---|---|",
+        *(f"| {name} ({shape(configs[name])}) | {c['off']['forward'] * 1e3:.3f} | {c['lossless']['forward'] * 1e3:.3f} | "
+          f"{c['lossless']['forward'] / c['off']['forward']:.2f} | {1.8 * c['off']['forward'] / c['lossless']['forward']:.2f}x | "
+          f"{c['off']['prefill'] * 1e3:.1f} / {c['lossless']['prefill'] * 1e3:.1f} |" for name, c in costs.items()),
+        "",
+        f"Where the `ramble` rounds' time went ({args.rounds} timed rounds; decode and prefill at the costs above, the rest is the "
+        "driver's host work, waits and load drift):",
+        "",
+        "| decoding | seconds | generate calls | forwards | slot use | decode (s) | prefills | prefill + insert (s) | rest (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(f"| {mode} | {breakdown(results['ramble'][mode], costs['ramble'][mode], RAMBLE_SLOTS)}" for mode in ("off", "lossless")),
         "",
         NOTE,
     ])
