@@ -60,11 +60,16 @@ RAMBLE = ["model.hidden_size=1024", "model.intermediate_size=2048", "model.num_l
           "rollout.n_samples=1", "algorithm.adv_estimator=reinforce_plus_plus"]  # one sample per prompt: no groups
 TASKS = {"demo": [], "ramble": RAMBLE}
 NOTE = ("A drafting forward runs the trunk on two tokens per slot, the MTP decoder layer (about one trunk layer's time)"
-         ' and the draft, verify and next-token draws, so its cost ratio is about 1 + 1 / trunk layers where weights dom'
-         'inate (`ramble`) and near 2 where arithmetic does (`demo`). The forward ratio bounds the speedup at tokens per'
-         " forward / ratio; the measured tokens/s also include prefill, inserts, the driver's host work per engine call "
-         'and slots idle after a response ends within a call; how much of the gap between that bound and the measured `r'
-         'amble` speedup each takes is not broken down.')
+        " and the draft, verify and next-token draws, so its cost ratio is about 1 + 1 / trunk layers where weights dominate"
+        " (`ramble`; real models have many more layers than 4, so the MTP layer costs them relatively less) and near 2 where"
+        " arithmetic does (`demo`). The forward ratio bounds the speedup at tokens per forward / ratio. The breakdown puts"
+        " the rest of the gap where it is: *slot use* is the share of slot-forwards in which a slot's sample emitted a token"
+        " (the rest idled: free slots at a batch's tail, and slots whose response ended inside a generate call; while samples"
+        " wait, a call ends once a slot is free and is read at once, so a freed slot is refilled after the forward it ended"
+        " in); a prefill (the MTP layer included) costs about one forward per sample in both modes, so relatively more when"
+        " a sample takes fewer forwards; *rest* is the wall time no engine cost accounts for: the driver's host work and"
+        " waits per call, compiles of program variants first met in a timed round (*compiles*), and machine load (the"
+        " costs are the fastest of their rounds, the rounds' time is what the load left).")
 COST_ROUNDS, COST_CALLS = 9, 4
 COUNTS = ("prefills", "calls", "forwards", "slot_forwards")  # `RolloutDriver.counts` fields the breakdown reads
 
@@ -96,15 +101,16 @@ def measure(trainer, params, batches) -> dict[str, dict[str, float]]:
         drivers[mode] = RolloutDriver(engine, engine.load_params())
     sampling, n, max_new_tokens = sampling_params(config.rollout), config.rollout.n_samples, config.rollout.max_new_tokens
     rates, metrics, lengths = {mode: [] for mode in MODES}, {mode: [] for mode in MODES}, []
-    spent = {mode: {"seconds": 0.0, **{field: 0 for field in COUNTS}} for mode in MODES}  # timed rounds' sums
+    spent = {mode: {"seconds": 0.0, "compiles": 0, **{field: 0 for field in COUNTS}} for mode in MODES}  # timed rounds' sums
     for round_, batch in enumerate(batches):
         for mode in MODES:
-            counts = dataclasses.replace(drivers[mode].counts)
+            counts, compiled = dataclasses.replace(drivers[mode].counts), drivers[mode].engine.compiled_variants()
             start = time.perf_counter()
             out = drivers[mode].generate_groups(batch, n, jax.random.key(round_), sampling, max_new_tokens)
             seconds = time.perf_counter() - start
             if round_ > 0:  # round 0 compiles
                 spent[mode]["seconds"] += seconds
+                spent[mode]["compiles"] += drivers[mode].engine.compiled_variants() - compiled
                 for field in COUNTS:
                     spent[mode][field] += getattr(drivers[mode].counts, field) - getattr(counts, field)
                 rates[mode].append(float(out.generation.lengths.sum()) / seconds)
@@ -157,7 +163,7 @@ def breakdown(row: dict, cost: dict[str, float], slots: int) -> str:
     seconds = spent["seconds"]
     share = lambda part: f"{part:.1f} ({part / seconds:.0%})"
     return (f"{seconds:.1f} | {spent['calls']} | {spent['forwards']} | {spent['slot_forwards'] / (spent['forwards'] * slots):.0%} | "
-            f"{share(decode)} | {spent['prefills']} | {share(prefill)} | {share(seconds - decode - prefill)} |")
+            f"{share(decode)} | {spent['prefills']} | {share(prefill)} | {share(seconds - decode - prefill)} | {spent['compiles']} |")
 
 
 def main() -> None:
@@ -209,8 +215,8 @@ def main() -> None:
         f"Where the `ramble` rounds' time went ({args.rounds} timed rounds; decode and prefill at the costs above, the rest is the "
         "driver's host work, waits and load drift):",
         "",
-        "| decoding | seconds | generate calls | forwards | slot use | decode (s) | prefills | prefill + insert (s) | rest (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| decoding | seconds | generate calls | forwards | slot use | decode (s) | prefills | prefill + insert (s) | rest (s) | compiles |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {mode} | {breakdown(results['ramble'][mode], costs['ramble'][mode], RAMBLE_SLOTS)}" for mode in ("off", "lossless")),
         "",
         NOTE,
