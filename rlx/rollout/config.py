@@ -19,7 +19,8 @@ class RolloutConfig:
     `max_concurrent_decodes` decode slots; `max_prefill_length: null` takes `data.max_prompt_len`;
     a longer prompt is an error or, with `long_prompt: truncate`, keeps its last tokens
     (counted in `rollout/truncated_prompts`). `steps_per_generate` tokens per slot per engine call
-    (fewer host round trips; a finished slot idles at most that many steps; `jetstream` uses 1).
+    at most (fewer host round trips; `jetstream` uses 1): while samples wait for slots, a call ends once an
+    eighth of the slots are free, so a freed slot is refilled after the step it ended in.
     `token_budget`: generated tokens per step (`null`: off). A step then ends once the budget is
     spent and `data.prompts_per_step` groups are complete; unfinished samples keep their slots
     and continue next step (partial rollouts, `rlx/rollout/partial.py`).

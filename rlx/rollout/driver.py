@@ -38,6 +38,7 @@ from flax import nnx
 
 from rlx.data import PromptBatch, PromptRecord
 from rlx.rollout.engine import Engine
+from rlx.rollout.forward_loop import DecodeCounts
 from rlx.rollout.sampling import SamplingParams
 from rlx.rollout.state import Prefix
 from rlx.rollout.stops import StopStrings
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from rlx.rollout.turns import MultiTurn
 
 LongPrompt = Literal["error", "truncate"]
+REFILL_SLOTS_FRACTION = 8  # while samples wait, a generate call ends once this fraction of the slots (at least one) is free
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +137,11 @@ class _Session:
     step: int = 0
     in_flight: tuple | None = None  # (to_numpy, step, version) of the generate call not read yet
     trajectories: Any = None  # multi-turn state (`rlx.rollout.turns`)
+    drained: bool = False  # the latest `pull` returned None
+
+    def refills_waiting(self) -> bool:
+        """Whether samples may wait for a slot: a placed request's later samples, or `pull` not drained yet."""
+        return not self.drained or (self.waiting is not None and self.waiting.next_sample < self.waiting.request.samples)
 
     def live_slots(self) -> list[int]:
         """Slots holding a sample: decoding, or (multi-turn) waiting for its environment."""
@@ -169,6 +176,7 @@ class RolloutDriver:
         self.interrupt = interrupt
         self.truncated_prompts = 0
         self.drafting = [0, 0, 0.0]  # speculative engines: target forwards of held slots, the drafts they kept, sum of log q(d) - log p(d)
+        self.counts = DecodeCounts()
         self.weight_source: Callable[[], tuple[nnx.State, int] | None] | None = None
         self.mid_batch_swaps = 0
         from rlx.rollout.partial import PartialRollouts  # it builds on this module
@@ -206,9 +214,12 @@ class RolloutDriver:
         """Generates until every request is done or, checked between generate calls, `stop()`;
         the session can be run again later (its in-flight call is read before returning)."""
         slots = self.engine.max_concurrent_decodes
-        # One generate call is kept in flight: step t + 1 is dispatched before step t's tokens
-        # are read, so host work overlaps device work. A slot freed at step t therefore idles
-        # through step t + 1, whose tokens for it are ignored (`since` in `_SlotBuffers`).
+        # While no sample waits for a slot, one generate call is kept in flight: step t + 1 is dispatched
+        # before step t's tokens are read, so host work overlaps device work (a slot freed at step t would
+        # idle through step t + 1, whose tokens for it are ignored: `since` in `_SlotBuffers`). While samples
+        # wait, each call ends once an eighth of the slots are done (`Engine.generate(end_after=)`) and is read
+        # at once, so the slots it freed are refilled before the next call.
+        end_after = -(-slots // REFILL_SLOTS_FRACTION)
         while True:
             stopping = stop()
             if self.turns is not None:
@@ -219,8 +230,10 @@ class RolloutDriver:
             dispatched = None
             if session.decoding_slots() and not stopping:
                 yield from self._swap_if_published(session)
+                refilling = session.refills_waiting()
                 columns = session.buffers.advance(session.decoding_slots(), self.engine.columns_per_generate)
-                session.state, result = self.engine.generate(self.params, session.state, session.sampling, columns)
+                session.state, result = self.engine.generate(self.params, session.state, session.sampling, columns,
+                                                             end_after if refilling else 0)
                 result.copy_to_host_async()
                 dispatched, session.step = (result.convert_to_numpy, session.step, self.version), session.step + 1
             elif session.in_flight is None:
@@ -228,23 +241,28 @@ class RolloutDriver:
                     return
                 self.turns.wait(session)  # every held slot waits for its environment
                 continue
-            yield from self._read_in_flight(session)
+            yield from self._read_in_flight(session, ahead=0 if dispatched is None else self.engine.columns_per_generate)
             session.in_flight = dispatched
+            if dispatched is not None and refilling:
+                yield from self._read_in_flight(session, ahead=0)
 
-    def _read_in_flight(self, session: _Session) -> Iterator[Completion]:
+    def _read_in_flight(self, session: _Session, ahead: int) -> Iterator[Completion]:
+        """Reads the call in flight; `ahead`: the most cache columns the calls dispatched since then may add."""
         if session.in_flight is None:
             return
         (to_numpy, at, version), session.in_flight = session.in_flight, None
         result = to_numpy()
+        held = session.buffers.active & (session.buffers.since <= at)
+        self.counts.add(result, held)
         if result.drafts:
-            held = session.buffers.active & (session.buffers.since <= at)
             forwards = result.valid[held, 0::2]
             self.drafting[0] += int(forwards.sum())
             self.drafting[1] += int(result.valid[held, 1::2].sum())
             self.drafting[2] += float(np.sum(result.draft_kl[held] * forwards))
-            # 1 or 2 tokens per forward: what was emitted bounds the cache columns better than 2 per forward.
-            session.buffers.settle(held, self.engine.columns_per_generate)
-        for slot in session.buffers.append(result, at, version, self.engine.stop_tokens, self.stop_strings):
+        finished = session.buffers.append(result, at, version, self.engine.stop_tokens, self.stop_strings)
+        # What was emitted (1 or 2 tokens per forward, maybe fewer forwards) bounds the columns better than `advance`.
+        session.buffers.settle(held, ahead)
+        for slot in finished:
             if self.turns is None:
                 yield self.complete(session, slot)
             elif (ended := self.turns.turn_ended(self, session, slot)) is not None:
@@ -266,7 +284,7 @@ class RolloutDriver:
         if published is None:
             return
         if self.interrupt == "recompute_cache":
-            yield from self._read_in_flight(session)  # the host then holds every token the slots hold
+            yield from self._read_in_flight(session, ahead=0)  # the host then holds every token the slots hold
         self.params, self.version = self.engine.load_params(published[0]), published[1]
         self.mid_batch_swaps += 1
         if self.interrupt == "recompute_cache":
@@ -295,6 +313,7 @@ class RolloutDriver:
         for slot in free:
             if waiting is None or waiting.next_sample == waiting.request.samples:
                 request = session.pull()
+                session.drained = request is None
                 if request is None:
                     break
                 waiting = self._accept(request)
@@ -306,6 +325,7 @@ class RolloutDriver:
         if fresh:
             media = [admitted.request.media for admitted in fresh] if fresh[0].request.media else None
             prefix = self.engine.prefill_batch(self.params, [admitted.prompt for admitted in fresh], media)
+            self.counts.prefills += 1
             if prefix.routes is not None:
                 prefix.routes.copy_to_host_async()
             for row, admitted in enumerate(fresh):
@@ -430,10 +450,10 @@ class _SlotBuffers:
         self.columns[live] += steps
         return int(self.columns[live].max())
 
-    def settle(self, rows: np.ndarray, in_flight: int) -> None:
+    def settle(self, rows: np.ndarray, ahead: int) -> None:
         """Bounds the columns of `rows` [slots] bool, whose tokens so far are all appended, by those tokens plus the
-        `in_flight` columns of the one generate call dispatched since (`advance` counted the most a call can add)."""
-        self.columns[rows] = np.minimum(self.columns[rows], self.origin[rows] + self.count[rows] + in_flight)
+        `ahead` columns the calls dispatched since may add (`advance` counted the most each call can add)."""
+        self.columns[rows] = np.minimum(self.columns[rows], self.origin[rows] + self.count[rows] + ahead)
 
     def append(self, result, step: int, version: int, stop_tokens: tuple[int, ...], stop_strings: StopStrings | None = None) -> list[int]:
         """Adds generate step `step`'s tokens; returns the slots that finished."""
@@ -441,7 +461,7 @@ class _SlotBuffers:
         mine = self.active & (self.since <= step)
         finished = np.zeros_like(self.active)
         rows = np.arange(len(self.count))
-        for j in range(tokens.shape[1]):
+        for j in range(result.columns_run):
             live = mine & ~finished & valid[:, j]
             column = np.minimum(self.count, self.tokens.shape[1] - 1)
             self.tokens[live, column[live]] = tokens[live, j]

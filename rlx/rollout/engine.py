@@ -53,6 +53,7 @@ from rlx.models import KVCache, ModelConfig
 from rlx.models.activation_sharding import ActivationSharding, activation_sharding
 from rlx.parallel import Layout, reshard, rules_for
 from rlx.parallel.presets import Rules
+from rlx.rollout.forward_loop import run_forwards
 from rlx.rollout.sampling import SamplingParams, sample_tokens, token_log_probs
 from rlx.rollout.speculative import (Speculation, cache_config, drafts, prefill_context, refresh_mtp_chunk, refreshed_context,
                                      speculative_generate)
@@ -167,7 +168,7 @@ class Engine:
                            out_shardings=state, donate_argnums=(1,))
         self._generate = {
             kv_len: jit(functools.partial(self._generate_impl, kv_len=kv_len), static_argnums=(2,),
-                        in_shardings=(layout.params, state), out_shardings=(state, layout.rows), donate_argnums=(1,))
+                        in_shardings=(layout.params, state, layout.replicated), out_shardings=(state, layout.rows), donate_argnums=(1,))
             for kv_len in self.kv_buckets
         }
         self._recompute = jit(self._recompute_impl, in_shardings=(layout.params, state, layout.rows, layout.rows),
@@ -361,22 +362,25 @@ class Engine:
         return next(b for b in self.kv_buckets if b >= columns)
 
     def generate(self, params: nnx.State, decode_state: DecodeState, sampling: SamplingParams = SamplingParams(),
-                 columns: int | None = None) -> tuple[DecodeState, ResultTokens]:
-        """Advances every slot by `steps_per_generate` tokens; finished or empty slots emit invalid tokens.
+                 columns: int | None = None, end_after: int = 0) -> tuple[DecodeState, ResultTokens]:
+        """Runs `steps_per_generate` forwards on every slot; finished or empty slots emit invalid tokens.
 
         `columns`: how many cache columns any live slot holds at the end of this call (the
         caller tracks it: prompt bucket + tokens since insert); attention then reads only the
         smallest length bucket holding them. Too small a value gives wrong tokens; None reads all.
+        `end_after` > 0: the call ends after the forward in which that many of the slots decoding at its
+        start are done (`rlx.rollout.forward_loop`; `ResultTokens.forwards` says how many ran).
         """
-        return self._generate[self.kv_bucket(columns)](params, decode_state, sampling)
+        return self._generate[self.kv_bucket(columns)](params, decode_state, sampling, np.int32(end_after))
 
-    def _generate_impl(self, params, state: DecodeState, sampling: SamplingParams, *, kv_len: int):
+    def _generate_impl(self, params, state: DecodeState, sampling: SamplingParams, end_after, *, kv_len: int):
         model = nnx.merge(self._graphdef, params)
         stops = jnp.asarray(self.stop_tokens or (-1,), jnp.int32)
         if self.speculative is not None and drafts(sampling):  # `sampling` is static: one compiled variant each
-            return speculative_generate(model, state, sampling, self.speculative, steps=self.steps_per_generate, kv_len=kv_len, max_len=self.max_len, stops=stops)
+            return speculative_generate(model, state, sampling, self.speculative, steps=self.steps_per_generate, end_after=end_after,
+                                        kv_len=kv_len, max_len=self.max_len, stops=stops)
 
-        def one_token(state: DecodeState, _):
+        def one_token(state: DecodeState):
             key = jax.random.fold_in(state.key, state.step)
             token, log_prob = sample_tokens(key, state.logits, sampling)
             valid = ~state.done & (state.index < self.max_len)
@@ -389,11 +393,12 @@ class Engine:
                                         generated=state.generated + valid, done=done, step=state.step + 1)
             return state, (token, valid, log_prob, routes[:, 0] if self.route_shape is not None else None)
 
-        state, (tokens, valid, log_probs, routes) = jax.lax.scan(one_token, state, length=self.steps_per_generate)
+        state, (tokens, valid, log_probs, routes), ran = run_forwards(one_token, state, self.steps_per_generate, end_after)
         k = self.steps_per_generate
         data = jnp.concatenate([tokens.T, valid.T.astype(jnp.int32), state.generated[:, None]], axis=1)
         routes = None if routes is None else jnp.swapaxes(routes, 0, 1)  # [slots, k, moe_layers, top_k]
-        return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1), routes=routes)
+        return state, ResultTokens(data, log_probs.T, (0, k), (k, 2 * k), (2 * k, 2 * k + 1), routes=routes,
+                                   forwards=jnp.full(state.done.shape, ran))
 
     # -- recompute and extend: tokens run onto the slots' own cache ------------------------------------
     def _chunked_width(self, width: int) -> int:
@@ -516,7 +521,7 @@ class Engine:
         return {
             "generator prefill": (self._prefill, (params, tokens, start, None)),
             "generator insert": (self._insert, (prefix, state, index, index)),
-            "generator decode step": (self._generate[self.max_len], (params, state, sampling)),
+            "generator decode step": (self._generate[self.max_len], (params, state, sampling, shape((), jnp.int32, layout.replicated))),
             "generator recompute": (self._recompute, (params, state, sequences, shape((slots,), bool, layout.rows))),
             "generator extend": (self._extend, (params, state, appended, start, start)),
         }

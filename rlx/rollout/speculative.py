@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from pallas_kernels.mtp_draft import draft_tokens, resolve_impl
 from rlx.models import KVCache, ModelConfig, Qwen3
 from rlx.models.activation_sharding import map_rows
+from rlx.rollout.forward_loop import run_forwards
 from rlx.rollout.sampling import SamplingParams, draw_with_uniforms, sample_tokens, scaled_log_probs
 from rlx.rollout.state import DecodeState, DraftContext, ResultTokens
 
@@ -142,15 +143,16 @@ def _at(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def speculative_generate(model: Qwen3, state: DecodeState, sampling: SamplingParams, speculation: Speculation, *, steps: int,
-                         kv_len: int, max_len: int, stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
-    """`steps` speculative forwards (`speculative_step`) on every slot: the new state and the engine's `ResultTokens`
-    with `2 * steps` token columns per slot, (x, kept draft) per forward, and each forward's log q(d) - log p(d)."""
-    step = lambda state, _: speculative_step(model, state, sampling, speculation, kv_len=kv_len, max_len=max_len, stops=stops)
-    state, (tokens, valid, log_probs, kl) = jax.lax.scan(step, state, length=steps)
+                         end_after: jax.Array, kv_len: int, max_len: int, stops: jax.Array) -> tuple[DecodeState, ResultTokens]:
+    """Up to `steps` speculative forwards (`speculative_step`, `run_forwards`) on every slot: the new state and the engine's
+    `ResultTokens` with `2 * steps` token columns per slot, (x, kept draft) per forward, and each forward's log q(d) - log p(d)."""
+    step = lambda state: speculative_step(model, state, sampling, speculation, kv_len=kv_len, max_len=max_len, stops=stops)
+    state, (tokens, valid, log_probs, kl), ran = run_forwards(step, state, steps, end_after)
     pairs = lambda x: jnp.moveaxis(x, 0, 1).reshape(x.shape[1], -1)  # [steps, slots, 2] -> [slots, 2 * steps]
     k = 2 * steps
     data = jnp.concatenate([pairs(tokens), pairs(valid).astype(jnp.int32), state.generated[:, None]], axis=1)
-    return state, ResultTokens(data, pairs(log_probs), (0, k), (k, 2 * k), (2 * k, 2 * k + 1), drafts=True, draft_kl=kl.T)
+    return state, ResultTokens(data, pairs(log_probs), (0, k), (k, 2 * k), (2 * k, 2 * k + 1), drafts=True, draft_kl=kl.T,
+                               forwards=jnp.full(state.done.shape, ran))
 
 
 def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams, speculation: Speculation, *, kv_len: int,

@@ -88,16 +88,24 @@ class ResultTokens:
     # invalid draft column is a rejected draft, not a full row.
     drafts: bool = dataclasses.field(default=False, metadata=dict(static=True))
     draft_kl: jax.Array | np.ndarray | None = None  # [slots, forwards] log q(d) - log p(d) of each forward's draft d (speculative)
+    # [slots] int32, one value: the forwards the call ran (`rlx.rollout.forward_loop`); token columns past them are invalid
+    forwards: jax.Array | np.ndarray | None = None
 
     def copy_to_host_async(self) -> None:
-        for array in (self.data, self.log_probs, self.routes, self.draft_kl):
+        for array in (self.data, self.log_probs, self.routes, self.draft_kl, self.forwards):
             if isinstance(array, jax.Array):
                 array.copy_to_host_async()
 
     def convert_to_numpy(self) -> "ResultTokens":
         host = lambda array: None if array is None else np.asarray(array)
         return dataclasses.replace(self, data=np.asarray(self.data), log_probs=np.asarray(self.log_probs), routes=host(self.routes),
-                                   draft_kl=host(self.draft_kl))
+                                   draft_kl=host(self.draft_kl), forwards=host(self.forwards))
+
+    @property
+    def columns_run(self) -> int:
+        """Token columns of the forwards the call ran (all of them when it does not say)."""
+        columns = self.tokens_idx[1] - self.tokens_idx[0]
+        return columns if self.forwards is None else int(self.forwards[0]) * (2 if self.drafts else 1)
 
     @property
     def tokens(self) -> np.ndarray:

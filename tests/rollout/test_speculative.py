@@ -290,3 +290,36 @@ def test_recompute_refreshes_drafts_under_the_new_weights(spec_engine, confidenc
     _, second = engine.generate(params, state, SamplingParams(1.0))
     checked = check_confidence_call(nnx.merge(graphdef, new), second, [PROMPT + tokens for tokens in emitted], threshold, engine.max_len)
     assert checked["kept"] > 5, checked
+
+
+def test_confidence_mode_through_the_driver_with_several_stop_tokens_records_each_tokens_distribution(spec_engine, confidence_engine):
+    """Two stop tokens (an x or a kept draft may be one), with and without partial rollouts (a token budget carries
+    samples across steps): every sample ends at its first stop token, and every recorded log-prob is that of the
+    distribution its token was drawn from, teacher-forced: log p, or log q for a kept draft (some are, q far from p)."""
+    _, model = spec_engine
+    stops = (0, 3)
+    graphdef, params = nnx.split(model)
+    engine = Engine(graphdef, params, model.config, max_concurrent_decodes=16, max_prefill_length=8, max_decode_length=8, stop_tokens=stops,
+                    pad_id=PAD, steps_per_generate=2, speculative=confidence_engine.speculative)
+    prompts = prompt_batch([np.array(p, np.int32) for p in ([1, 2, 1], [2, 2], [1, 1, 2, 1, 2])])
+    drawn_from_q = 0
+    whole, partial = (RolloutDriver(engine, engine.load_params(), token_budget=budget) for budget in (None, 6))
+    for step, driver in enumerate((whole, partial, partial)):  # the partial driver's second step continues carried samples
+        rollout = driver.generate_groups(prompts, 8, jax.random.key(10 + step), SamplingParams(1.0), max_new_tokens=7)
+        generation, prompt_len = rollout.generation, rollout.prompt_tokens.shape[1]
+        for row, length in enumerate(generation.lengths):
+            response = generation.tokens[row, :length]
+            assert not np.isin(response[:-1], stops).any() and (np.isin(response[-1], stops) or length == 7), response
+        full = jnp.asarray(np.concatenate([rollout.prompt_tokens, generation.tokens], axis=1))
+        start = jnp.asarray(rollout.start)
+        hidden, _ = model.hidden_states(full, start=start)
+        drafted, _ = model.mtp_hidden_states(hidden[:, :-1], full[:, 1:], start=start)
+        at = lambda log_probs: np.take_along_axis(np.asarray(log_probs), generation.tokens[..., None], axis=-1)[..., 0]
+        log_p = at(jax.nn.log_softmax(model.logits(hidden[:, prompt_len - 1:-1]), axis=-1))
+        log_q = at(jax.nn.log_softmax(model.logits(drafted[:, prompt_len - 2:-1]), axis=-1))  # response token r is drafted at column r
+        real, recorded = generation.mask > 0, generation.log_probs
+        from_p, from_q = np.abs(recorded - log_p) < 1e-4, np.abs(recorded - log_q) < 1e-4
+        assert (from_p | from_q)[real].all()
+        assert from_p[:, 0][real[:, 0]].all()  # a response's first token is never a draft
+        drawn_from_q += int((from_q & ~from_p & real).sum())
+    assert drawn_from_q > 3
