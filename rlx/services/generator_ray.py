@@ -36,7 +36,7 @@ from ray.exceptions import RayError
 from rlx.config import Config
 from rlx.errors import UserError
 from rlx.services.generator_child import ArrayLink, Child, cpu_devices, use_cpu_devices
-from rlx.services.generator_replica import STARTUP_S, ProgressWatch, replica_name
+from rlx.services.generator_replica import Liveness, StepKeeping, replica_name
 
 FORWARDED_ENV = ("JAX_", "XLA_", "RLX_")  # prefixes of the environment variables the actors get
 
@@ -85,7 +85,7 @@ class GeneratorActor:
             return self._numbered.pop(self._next - 1)
 
 
-class RayReplica:
+class RayReplica(StepKeeping):
     """One generator replica as the learner's process sees it, with `generator_replica.Replica`'s interface: its name,
     restart count and step outlast the actors it starts."""
 
@@ -106,7 +106,7 @@ class RayReplica:
         self._sent = 0
         self._pid, self._status, self._reported = 0, "starting", b""
         self._heard = self._spawned_at = 0.0
-        self._progress, self._watch = 0, ProgressWatch()
+        self._progress, self._liveness = 0, Liveness(f"{self.name}'s Ray actor")
 
     def spawn(self, config: Config, weights: tuple[Any, int], published: int) -> None:
         """Starts a fresh actor; it gets `weights` (the latest) and the `published` version first."""
@@ -118,7 +118,7 @@ class RayReplica:
         self._gone, self._listening, self._sent = None, True, 0
         self._pid, self._status, self._reported = 0, "starting", b""
         self._heard, self._spawned_at = 0.0, time.time()
-        self._progress, self._watch = 0, ProgressWatch()
+        self._progress, self._liveness = 0, Liveness(f"{self.name}'s Ray actor")
         self.send_weights(weights)
         self.send(("admit", published))
 
@@ -174,21 +174,9 @@ class RayReplica:
     def up(self) -> bool:
         return self.ready and not self.exited() and self._listening
 
-    def assign(self, step: int, data_state: dict[str, Any], skip: int) -> None:
-        self.step = step
-        self.send(("draw", step, data_state, skip))
-
-    def sealed(self) -> None:
-        self.step = None
-        self.drawn += 1
-
     def silence(self, heartbeat_s: float, hang_timeout_s: float) -> str | None:
-        """Why the actor counts as dead or hung (no answer for `2 * heartbeat_s`, or `STARTUP_S` before its first; no
-        progress for `hang_timeout_s` while it works), or None."""
-        silent = time.time() - (self._heard or self._spawned_at)
-        if silent > (2 * heartbeat_s if self._heard else STARTUP_S):
-            return f"no heartbeat from {self.name}'s Ray actor for {silent:.1f} s (services.heartbeat_s={heartbeat_s})"
-        return self._watch.stuck(f"{self.name}'s Ray actor", self._progress, self._status, self.step, hang_timeout_s)
+        """Why the actor counts as dead or hung (`Liveness`; its answers are its heartbeat and carry its progress count)."""
+        return self._liveness.verdict(self._heard, self._spawned_at, heartbeat_s, self._progress, self._status, self.step, hang_timeout_s)
 
     def exit_reason(self) -> str | None:
         if self._gone is not None:

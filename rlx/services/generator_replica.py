@@ -31,7 +31,48 @@ def replica_name(index: int) -> str:
     return "generator" if index == 0 else f"generator-{index}"
 
 
-class Replica:
+class Liveness:
+    """Tells a dead or hung replica from a busy one: dead or stopped when its heartbeat is `2 * heartbeat_s` old
+    (`STARTUP_S` before its first), hung when it works (`WORKING`) and its progress count has not moved for
+    `hang_timeout_s` (`STARTUP_S` at least while starting). `who` names the replica's process in the verdict."""
+
+    def __init__(self, who: str):
+        self.who = who
+        self._seen = (0, time.monotonic())  # the count last seen to move, and when
+
+    def verdict(self, heard: float, spawned_at: float, heartbeat_s: float, count: int, status: str, step: int | None,
+                hang_timeout_s: float) -> str | None:
+        """Why the replica counts as dead or hung, or None (`heard`: its last heartbeat, 0 before its first)."""
+        silent = time.time() - (heard or spawned_at)
+        if silent > (2 * heartbeat_s if heard else STARTUP_S):
+            return f"no heartbeat from {self.who} for {silent:.1f} s (services.heartbeat_s={heartbeat_s})"
+        now = time.monotonic()
+        if count != self._seen[0] or status not in WORKING:
+            self._seen = (count, now)
+            return None
+        still = now - self._seen[1]
+        if still > (max(hang_timeout_s, STARTUP_S) if status == "starting" else hang_timeout_s):
+            where = "starting" if status == "starting" else f"{status} step {step}"
+            return f"{self.who} is hung: no progress for {still:.1f} s while {where}, its heartbeat alive (services.hang_timeout_s={hang_timeout_s})"
+        return None
+
+
+class StepKeeping:
+    """The step bookkeeping both kinds of replica share (they provide `send`)."""
+
+    step: int | None
+    drawn: int
+
+    def assign(self, step: int, data_state: dict[str, Any], skip: int) -> None:
+        self.step = step
+        self.send(("draw", step, data_state, skip))
+
+    def sealed(self) -> None:
+        self.step = None
+        self.drawn += 1
+
+
+class Replica(StepKeeping):
     def __init__(self, index: int, context: Any, prefix: str):
         self.index, self.name = index, replica_name(index)
         self.restarts = 0
@@ -45,7 +86,7 @@ class Replica:
         self._beat = context.Value("d", 0.0, lock=False)  # the child's last heartbeat (time.time()); 0 before its first
         self._status = context.Array("c", 32, lock=False)
         self._progress = context.Value("Q", 0, lock=False)  # advanced by the child as it works
-        self._watch = ProgressWatch()
+        self._liveness = Liveness(f"{self.name}'s process")
         self._children = 0
         self._spawned_at = 0.0
 
@@ -56,7 +97,7 @@ class Replica:
         parent_end, child_end = self._context.Pipe()
         start = generator_child.ChildStart(config, published, generator_child.cpu_devices(), os.getpid(), self._blocks())
         self._beat.value, self._status.value, self._progress.value = 0.0, b"starting", 0
-        self._watch = ProgressWatch()
+        self._liveness = Liveness(f"{self.name}'s process")
         process = self._context.Process(target=generator_child.run, args=(start, child_end, self._beat, self._status, self._progress),
                                         name=f"rlx-{self.name}-{self._children}")
         process.start()
@@ -98,21 +139,10 @@ class Replica:
         """Its child runs, is built and listens (a child that is starting gets the latest weights once ready)."""
         return self.ready and self.process.exitcode is None and not self.conn.closed
 
-    def assign(self, step: int, data_state: dict[str, Any], skip: int) -> None:
-        self.step = step
-        self.send(("draw", step, data_state, skip))
-
-    def sealed(self) -> None:
-        self.step = None
-        self.drawn += 1
-
     def silence(self, heartbeat_s: float, hang_timeout_s: float) -> str | None:
-        """Why the child counts as dead or hung, or None: no heartbeat for `2 * heartbeat_s` (`STARTUP_S` before its first),
-        or no progress for `hang_timeout_s` while it works (`STARTUP_S` at least while starting)."""
-        silent = time.time() - (self._beat.value or self._spawned_at)
-        if silent > (2 * heartbeat_s if self._beat.value else STARTUP_S):
-            return f"no heartbeat from {self.name}'s process for {silent:.1f} s (services.heartbeat_s={heartbeat_s})"
-        return self._watch.stuck(f"{self.name}'s process", self._progress.value, self.status(), self.step, hang_timeout_s)
+        """Why the child counts as dead or hung (`Liveness`), or None."""
+        return self._liveness.verdict(self._beat.value, self._spawned_at, heartbeat_s, self._progress.value, self.status(), self.step,
+                                      hang_timeout_s)
 
     def status(self) -> str:
         return self._status.value.decode()
@@ -145,25 +175,6 @@ class Replica:
             process.join()
         self.conn.close()
         unlink_leftovers(self._blocks())
-
-
-class ProgressWatch:
-    """Tells a hung replica from a busy one by its progress count: one that works (`WORKING`) with a count that has not
-    moved for `hang_timeout_s` (`STARTUP_S` at least while starting) is hung."""
-
-    def __init__(self):
-        self._seen = (0, time.monotonic())  # the count last seen to move, and when
-
-    def stuck(self, who: str, count: int, status: str, step: int | None, hang_timeout_s: float) -> str | None:
-        now = time.monotonic()
-        if count != self._seen[0] or status not in WORKING:
-            self._seen = (count, now)
-            return None
-        still = now - self._seen[1]
-        if still > (max(hang_timeout_s, STARTUP_S) if status == "starting" else hang_timeout_s):
-            where = "starting" if status == "starting" else f"{status} step {step}"
-            return f"{who} is hung: no progress for {still:.1f} s while {where}, its heartbeat alive (services.hang_timeout_s={hang_timeout_s})"
-        return None
 
 
 class ProcessTransport:
