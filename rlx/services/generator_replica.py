@@ -4,7 +4,7 @@ A `Replica` keeps its name, restart count and the step it draws across the child
 (`rlx.services.generator_child`, with `multiprocessing`'s spawn): a fresh child gets the latest weights and the
 published version before anything else. The child's heartbeat, status and progress count live in shared values that
 outlast it: a child is dead or stopped when its heartbeat is `2 * heartbeat_s` old, hung when it works (starting, or
-inside a step) and its progress count has not moved for `services.hang_timeout_s` (`ProgressWatch`).
+inside a step) and its progress count has not moved for `services.hang_timeout_s` (`Liveness`).
 `ProcessTransport` makes them and moves the arrays (shared memory) for `ProcessGeneratorRole`.
 """
 
