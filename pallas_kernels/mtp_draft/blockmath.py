@@ -13,8 +13,10 @@ Online statistics over vocabulary blocks, per row (``[rows, 1]``, as Pallas TPU 
 
 At the end ``lse = m + log s`` and the draft's log-prob is ``logit - lse``. The residual draw (lossless speculative
 decoding's replacement token, ``residual_tokens``) makes two passes: ``m, s`` first, then a Gumbel-max over
-``log max(0, p - q)`` with ``q = exp(z - lse)`` and over ``log p`` (taken where the residual is empty). Columns outside the vocabulary are
-excluded through ``valid``; their ``z`` may be anything, NaN included, and never reaches a result.
+``log max(0, p - q)`` with ``q = exp(z - lse)`` and over ``log p`` (taken where the residual is empty).
+
+Columns outside the vocabulary are excluded through ``valid``; their ``z`` (and p) may be anything, NaN included,
+and never reaches a result.
 """
 
 from typing import NamedTuple
