@@ -193,7 +193,10 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     after_draft_log_probs = scaled_log_probs(logits[:, 1], sampling.temperature)
     if speculation.mode == "lossless":
         kept = lossless_keep(verify_uniform, target_log_probs, draft, draft_q)
-        replacement = kernel_residual(model, mtp_hidden[:, 1], target_log_probs, residual_seeds, sampling.temperature)
+        # Forwards whose live drafts are all kept (most, with few slots and a good head) skip the residual's two passes.
+        replacement = jax.lax.cond(jnp.any(live & ~kept),
+                                   lambda: kernel_residual(model, mtp_hidden[:, 1], target_log_probs, residual_seeds, sampling.temperature),
+                                   lambda: jnp.zeros_like(draft))
         after = jnp.where(kept, draw_with_uniforms(next_outer, next_inner, after_draft_log_probs), replacement)
         draft_log_prob = _at(target_log_probs, draft)
     else:  # PIPO: no verification; a discarded draft is replaced by a draw of p
