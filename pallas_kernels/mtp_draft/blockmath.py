@@ -11,8 +11,12 @@ Online statistics over vocabulary blocks, per row (``[rows, 1]``, as Pallas TPU 
     m     running max of z                    s  running sum of exp(z - m)
     best  max of z + g so far                 token, logit  its column and its z
 
-At the end ``lse = m + log s`` and the draft's log-prob is ``logit - lse``. Columns outside the vocabulary are
-excluded through ``valid``; their ``z`` may be anything, NaN included, and never reaches a result.
+At the end ``lse = m + log s`` and the draft's log-prob is ``logit - lse``. The residual draw (lossless speculative
+decoding's replacement token, ``residual_tokens``) makes two passes: ``m, s`` first, then a Gumbel-max over
+``log max(0, p - q)`` with ``q = exp(z - lse)`` and over ``log p`` (taken where the residual is empty).
+
+Columns outside the vocabulary are excluded through ``valid``; their ``z`` (and p) may be anything, NaN included,
+and never reaches a result.
 """
 
 from typing import NamedTuple
@@ -62,28 +66,72 @@ class DraftStats(NamedTuple):
     logit: jax.Array
 
 
+def init_lse(rows: int) -> tuple[jax.Array, jax.Array]:
+    """The online log-sum-exp's start ``(max, sumexp)``, each ``[rows, 1]``."""
+    return jnp.full((rows, 1), _MAX_INIT, jnp.float32), jnp.zeros((rows, 1), jnp.float32)
+
+
 def init_stats(rows: int) -> DraftStats:
-    zeros = jnp.zeros((rows, 1), jnp.float32)
-    return DraftStats(jnp.full((rows, 1), _MAX_INIT, jnp.float32), zeros, jnp.full((rows, 1), -jnp.inf, jnp.float32),
-                      jnp.zeros((rows, 1), jnp.int32), zeros)
+    return DraftStats(*init_lse(rows), jnp.full((rows, 1), -jnp.inf, jnp.float32), jnp.zeros((rows, 1), jnp.int32),
+                      jnp.zeros((rows, 1), jnp.float32))
 
 
 def update_stats(stats: DraftStats, z: jax.Array, valid: jax.Array, columns: jax.Array, seeds: jax.Array) -> DraftStats:
     """Folds one block of logits ``z [rows, cols]`` (float32, already divided by the temperature) at int32
     vocabulary ``columns [1, cols]`` into ``stats``; ``valid`` (broadcastable to ``z``) masks columns out."""
     z_valid = jnp.where(valid, z, -jnp.inf)
-    new_max = jnp.maximum(stats.max, jnp.max(z_valid, axis=1, keepdims=True))
-    sumexp = jnp.exp(stats.max - new_max) * stats.sumexp + jnp.sum(jnp.exp(z_valid - new_max), axis=1, keepdims=True)
-    score = jnp.where(valid, z + gumbel_noise(seeds, columns), -jnp.inf)
+    new_max, sumexp = update_lse(stats.max, stats.sumexp, z_valid)
+    best, token, take = _update_argmax(stats.best, stats.token, jnp.where(valid, z + gumbel_noise(seeds, columns), -jnp.inf), columns)
+    block_logit = jnp.max(jnp.where(columns == token, z_valid, -jnp.inf), axis=1, keepdims=True)
+    return DraftStats(new_max, sumexp, best, token, jnp.where(take, block_logit, stats.logit))
+
+
+def update_lse(running_max: jax.Array, sumexp: jax.Array, z_valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The online log-sum-exp's ``(max, sum of exp(z - max))`` ``[rows, 1]`` after one block (masked columns -inf)."""
+    new_max = jnp.maximum(running_max, jnp.max(z_valid, axis=1, keepdims=True))
+    return new_max, jnp.exp(running_max - new_max) * sumexp + jnp.sum(jnp.exp(z_valid - new_max), axis=1, keepdims=True)
+
+
+def _update_argmax(best: jax.Array, token: jax.Array, score: jax.Array, columns: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The running ``(best score, its column)`` after one block of ``score`` (-inf: never), and whether the block won."""
     block_best = jnp.max(score, axis=1, keepdims=True)
     # The first column reaching the block's best, as argmax picks it (Mosaic has no argmax reduction).
     block_token = jnp.min(jnp.where(score == block_best, columns, _NO_TOKEN), axis=1, keepdims=True)
-    block_logit = jnp.max(jnp.where(columns == block_token, z_valid, -jnp.inf), axis=1, keepdims=True)
-    take = block_best > stats.best  # strictly: an earlier block keeps a tie, as argmax does
-    return DraftStats(new_max, sumexp, jnp.where(take, block_best, stats.best), jnp.where(take, block_token, stats.token),
-                      jnp.where(take, block_logit, stats.logit))
+    take = block_best > best  # strictly: an earlier block keeps a tie, as argmax does
+    return jnp.where(take, block_best, best), jnp.where(take, block_token, token), take
 
 
 def finalize_stats(stats: DraftStats) -> tuple[jax.Array, jax.Array]:
     """``(token, logp)`` ``[rows, 1]``: the drafted column and its log-probability under ``softmax(z)``."""
     return stats.token, stats.logit - (stats.max + jnp.log(stats.sumexp))
+
+
+class ResidualStats(NamedTuple):
+    """The residual draw's running Gumbel-max, ``[rows, 1]``: over log max(0, p - q), and over log p (the fallback)."""
+
+    best: jax.Array
+    token: jax.Array
+    target_best: jax.Array
+    target_token: jax.Array
+
+
+def init_residual(rows: int) -> ResidualStats:
+    never, nothing = jnp.full((rows, 1), -jnp.inf, jnp.float32), jnp.zeros((rows, 1), jnp.int32)
+    return ResidualStats(never, nothing, never, nothing)
+
+
+def update_residual(stats: ResidualStats, z: jax.Array, target: jax.Array, lse: jax.Array, valid: jax.Array, columns: jax.Array,
+                    seeds: jax.Array) -> ResidualStats:
+    """Folds one block into the residual draw: ``z`` the draft's logits (over T), ``target`` p's log-probs, ``lse`` the
+    draft's log-sum-exp ``[rows, 1]`` (first pass), so ``q = exp(z - lse)``. A column with p <= q scores -inf."""
+    noise = gumbel_noise(seeds, columns)
+    residual = jnp.maximum(jnp.exp(target) - jnp.exp(z - lse), 0.0)
+    best, token, _ = _update_argmax(stats.best, stats.token, jnp.where(valid, jnp.log(residual) + noise, -jnp.inf), columns)
+    target_best, target_token, _ = _update_argmax(stats.target_best, stats.target_token, jnp.where(valid, target + noise, -jnp.inf), columns)
+    return ResidualStats(best, token, target_best, target_token)
+
+
+def finalize_residual(stats: ResidualStats) -> jax.Array:
+    """The drawn column ``[rows, 1]``: of the residual, or of p where the residual is empty (p == q: no draft is
+    then rejected, so the fallback only keeps the result defined)."""
+    return jnp.where(stats.best > -jnp.inf, stats.token, stats.target_token)

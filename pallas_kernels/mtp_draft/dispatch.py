@@ -7,11 +7,11 @@ import jax.numpy as jnp
 
 from pallas_kernels.fused_logprob.dispatch import IMPLS, _gpu_settings, _tpu_settings, resolve_impl
 from pallas_kernels.mtp_draft import chunked
-from pallas_kernels.mtp_draft.pallas import pallas_draft_tokens
-from pallas_kernels.mtp_draft.pallas_gpu import pallas_gpu_draft_tokens
-from pallas_kernels.mtp_draft.reference import reference_draft_tokens
+from pallas_kernels.mtp_draft.pallas import pallas_draft_tokens, pallas_residual_tokens
+from pallas_kernels.mtp_draft.pallas_gpu import pallas_gpu_draft_tokens, pallas_gpu_residual_tokens
+from pallas_kernels.mtp_draft.reference import reference_draft_tokens, reference_residual_tokens
 
-__all__ = ["IMPLS", "draft_tokens", "resolve_impl"]
+__all__ = ["IMPLS", "draft_tokens", "residual_tokens", "resolve_impl"]
 
 
 def _check_inputs(h, w, seeds, temperature) -> None:
@@ -23,6 +23,12 @@ def _check_inputs(h, w, seeds, temperature) -> None:
         raise TypeError(f"h and w must share one floating dtype, got {h.dtype} and {w.dtype}")
     if isinstance(temperature, jax.core.Tracer) or not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a static Python number, finite and > 0, got {temperature}")
+
+
+def _check_blocks(block_n, block_v) -> None:
+    for label, size in (("block_n", block_n), ("block_v", block_v)):
+        if size is not None and size <= 0:
+            raise ValueError(f"{label} must be a positive integer, got {size}")
 
 
 def draft_tokens(h: jax.Array, w: jax.Array, seeds: jax.Array, temperature: float = 1.0, *, impl: str = "auto",
@@ -48,9 +54,7 @@ def draft_tokens(h: jax.Array, w: jax.Array, seeds: jax.Array, temperature: floa
     h, w, seeds = jnp.asarray(h), jnp.asarray(w), jnp.asarray(seeds)
     _check_inputs(h, w, seeds, temperature)
     seeds, temperature = seeds.astype(jnp.int32), float(temperature)
-    for label, size in (("block_n", block_n), ("block_v", block_v)):
-        if size is not None and size <= 0:
-            raise ValueError(f"{label} must be a positive integer, got {size}")
+    _check_blocks(block_n, block_v)
     if name == "reference":
         return reference_draft_tokens(h, w, seeds, temperature)
     if name == "chunked":
@@ -59,3 +63,35 @@ def draft_tokens(h: jax.Array, w: jax.Array, seeds: jax.Array, temperature: floa
     if name in ("pallas", "pallas_interpret"):
         return pallas_draft_tokens(h, w, seeds, _tpu_settings(name, rows, vocab, temperature, block_n, block_v))
     return pallas_gpu_draft_tokens(h, w, seeds, _gpu_settings(name, dim, rows, vocab, temperature, block_n, block_v))
+
+
+def residual_tokens(target: jax.Array, h: jax.Array, w: jax.Array, seeds: jax.Array, temperature: float = 1.0, *, impl: str = "auto",
+                    block_n: int | None = None, block_v: int | None = None, backend: str | None = None) -> jax.Array:
+    """One token per row sampled from the residual ``max(0, p - q) / sum(max(0, p - q))`` of speculative decoding,
+    with ``p = exp(target)`` and the draft distribution ``q = softmax(h @ w / temperature)`` recomputed over
+    vocabulary blocks (two passes: q's log-sum-exp, then a Gumbel-max with ``draft_tokens``' noise), never ``[N, V]``.
+    Where the residual is empty (p == q) the token is drawn from p. Use other seeds than the draft's: the same
+    seeds would correlate the two draws.
+
+    Args:
+      target: ``[N, V]`` float32 normalised log-probs of the target distribution p.
+      h, w, seeds, temperature, impl, block_n, block_v, backend: as ``draft_tokens``.
+
+    Returns:
+      int32 ``[N]``.
+    """
+    name = resolve_impl(impl, backend)
+    target, h, w, seeds = jnp.asarray(target, jnp.float32), jnp.asarray(h), jnp.asarray(w), jnp.asarray(seeds)
+    _check_inputs(h, w, seeds, temperature)
+    if target.shape != (h.shape[0], w.shape[1]):
+        raise ValueError(f"target must be log-probs [N, V] = [{h.shape[0]}, {w.shape[1]}], got {target.shape}")
+    _check_blocks(block_n, block_v)
+    seeds, temperature = seeds.astype(jnp.int32), float(temperature)
+    if name == "reference":
+        return reference_residual_tokens(target, h, w, seeds, temperature)
+    if name == "chunked":
+        return chunked.chunked_residual_tokens(target, h, w, seeds, temperature, block_v or chunked.DEFAULT_BLOCK_V)
+    (rows, dim), vocab = h.shape, w.shape[1]
+    if name in ("pallas", "pallas_interpret"):
+        return pallas_residual_tokens(target, h, w, seeds, _tpu_settings(name, rows, vocab, temperature, block_n, block_v))
+    return pallas_gpu_residual_tokens(target, h, w, seeds, _gpu_settings(name, dim, rows, vocab, temperature, block_n, block_v))

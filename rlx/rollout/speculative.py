@@ -21,10 +21,10 @@ A resampled token (rejected or discarded draft) is emitted by the next forward (
 Every forward also reports log q(d) - log p(d) of its draft, whose mean over drafts estimates KL(q || p)
 without bias (`spec/draft_kl`).
 
-Confidence mode needs only the draft and log q(d), so it drafts with the fused drafting kernel
-(`pallas_kernels.mtp_draft`: unembedding, Gumbel-max sampling and log-sum-exp over vocabulary blocks, no
-`[slots, vocab]` logits; Pallas on GPU/TPU, its chunked XLA scan on CPU). Lossless mode needs q over the whole
-vocabulary for the residual, so it computes the draft logits once and draws from them.
+Both modes draft with the fused drafting kernel (`pallas_kernels.mtp_draft`: unembedding, Gumbel-max sampling
+and log-sum-exp over vocabulary blocks, no `[slots, vocab]` draft logits), which gives the draft and log q(d).
+Lossless mode draws a rejected draft's replacement with the same kernel family (`residual_tokens`): q is
+recomputed over vocabulary blocks against the forward's target log-probs p, so q is never materialised either.
 
 The MTP head drafts from the trunk's hidden state at the column before `x` and the embedding of `x`; its
 decoder layer keeps keys and values in the engine's KV cache as one extra layer (`model.num_layers`). Each step
@@ -44,7 +44,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.mtp_draft import draft_tokens, resolve_impl
+from pallas_kernels.mtp_draft import draft_tokens, residual_tokens, resolve_impl
 from rlx.models import KVCache, ModelConfig, Qwen3
 from rlx.models.activation_sharding import map_rows
 from rlx.rollout.forward_loop import run_forwards
@@ -115,27 +115,34 @@ def refreshed_context(model: Qwen3, state: DecodeState, cache: KVCache, lengths:
                                pending_log_prob=context.pending_log_prob, has_pending=context.has_pending & ~chosen)
 
 
-def lossless_verify(uniform: jax.Array, target_log_probs: jax.Array, draft_log_probs: jax.Array,
-                    draft: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Exact rejection sampling of `draft [B]` drawn from q against the target p (both as normalised log-probs `[B, V]`).
-
-    Returns (kept [B] bool: `uniform [B]` < min(1, p(d) / q(d)), the residual's log-probs [B, V]: where a rejected
-    draft's replacement is drawn); the draft if kept, else a draw of the residual, is distributed as p whatever q is.
-    """
-    kept = uniform < jnp.exp(jnp.minimum(_at(target_log_probs, draft) - _at(draft_log_probs, draft), 0.0))
-    residual = jnp.maximum(jnp.exp(target_log_probs) - jnp.exp(draft_log_probs), 0.0)
-    mass = jnp.sum(residual, axis=-1, keepdims=True)
-    # p == q leaves no residual, and then every draft is kept; the fallback only keeps the draw defined.
-    return kept, jnp.where(mass > 0, jnp.log(residual) - jnp.log(jnp.maximum(mass, 1e-30)), target_log_probs)
+def lossless_keep(uniform: jax.Array, target_log_probs: jax.Array, draft: jax.Array, draft_log_q: jax.Array) -> jax.Array:
+    """Exact rejection sampling's test of `draft [B]` drawn from q: kept [B] where `uniform [B]` < min(1, p(d) / q(d)),
+    with p's normalised log-probs `[B, V]` and log q(d) `[B]`. A kept draft, else a draw of the residual max(0, p - q)
+    (`kernel_residual`), is distributed as p whatever q is."""
+    return uniform < jnp.exp(jnp.minimum(_at(target_log_probs, draft) - draft_log_q, 0.0))
 
 
 def kernel_draft(model: Qwen3, mtp_hidden: jax.Array, seeds: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
     """(draft [B], log q(draft) [B]) from the MTP head's final hidden states `[B, D]` by the fused drafting kernel
-    (`pallas_kernels.mtp_draft`, `auto`); a Pallas kernel, which XLA cannot partition, runs on each device's rows."""
+    (`pallas_kernels.mtp_draft`, `auto`)."""
+    return _per_device_rows(lambda unembedding, impl, hidden, seeds: draft_tokens(hidden, unembedding, seeds, temperature, impl=impl),
+                            model, mtp_hidden, seeds)
+
+
+def kernel_residual(model: Qwen3, mtp_hidden: jax.Array, target_log_probs: jax.Array, seeds: jax.Array, temperature: float) -> jax.Array:
+    """A draw [B] of the residual max(0, p - q) (of p where p == q) by the fused kernel: p from its log-probs `[B, V]`,
+    q recomputed blockwise from the MTP head's final hidden states `[B, D]`; `seeds [B]` other than the draft's."""
+    residual = lambda unembedding, impl, hidden, target, seeds: residual_tokens(target, hidden, unembedding, seeds, temperature, impl=impl)
+    return _per_device_rows(residual, model, mtp_hidden, target_log_probs, seeds)
+
+
+def _per_device_rows(op, model: Qwen3, mtp_hidden: jax.Array, *rows: jax.Array):
+    """`op(unembedding, impl, mtp_hidden, *rows)` with the `auto` implementation; a Pallas kernel, which XLA cannot
+    partition, runs on each device's rows."""
     unembedding = model.unembedding().astype(mtp_hidden.dtype)
     impl = resolve_impl("auto")
-    draft = lambda hidden, seeds: draft_tokens(hidden, unembedding, seeds, temperature, impl=impl)
-    return draft(mtp_hidden, seeds) if impl == "chunked" else map_rows(draft, mtp_hidden, seeds)
+    run = lambda *args: op(unembedding, impl, *args)
+    return run(mtp_hidden, *rows) if impl == "chunked" else map_rows(run, mtp_hidden, *rows)
 
 
 def _at(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -164,8 +171,8 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     context: DraftContext = state.draft
     key = jax.random.fold_in(state.key, state.step)
     sample_key, uniform_key, seed_key = jax.random.split(key, 3)
-    # All of this forward's uniforms in one call: the draft's two, the verify's one, the next token's two.
-    draft_outer, draft_inner, verify_uniform, next_outer, next_inner = jax.random.uniform(uniform_key, (5, state.index.shape[0]))
+    # All of this forward's uniforms in one call: the verify's one, the next token's two.
+    verify_uniform, next_outer, next_inner = jax.random.uniform(uniform_key, (3, state.index.shape[0]))
     live = ~state.done & (state.index < max_len)
     # Only rows fresh from insert, recompute or extend hold no drawn token: most forwards skip this draw.
     sampled, sampled_log_prob = jax.lax.cond(jnp.any(live & ~context.has_pending), lambda: sample_tokens(sample_key, state.logits, sampling),
@@ -177,25 +184,25 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x).
     mtp_hidden, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
                                                 cache=state.cache, cache_index=column - 2, kv_len=kv_len)
-    if speculation.mode == "lossless":
-        draft_log_probs = scaled_log_probs(model.logits(mtp_hidden[:, 1]), sampling.temperature)
-        draft = draw_with_uniforms(draft_outer, draft_inner, draft_log_probs)
-        draft_q = _at(draft_log_probs, draft)
-    else:
-        seeds = jax.random.bits(seed_key, x.shape, jnp.uint32).astype(jnp.int32)
-        draft, draft_q = kernel_draft(model, mtp_hidden[:, 1], seeds, sampling.temperature)
+    draft_seeds, residual_seeds = jax.random.bits(seed_key, (2, *x.shape), jnp.uint32).astype(jnp.int32)
+    draft, draft_q = kernel_draft(model, mtp_hidden[:, 1], draft_seeds, sampling.temperature)
 
     hidden, cache = model.hidden_states(jnp.stack([x, draft], axis=1), start=state.start, cache=cache, cache_index=column, kv_len=kv_len)
     logits = model.logits(hidden)  # [B, 2, V]: after x, after the draft
     target_log_probs = scaled_log_probs(logits[:, 0], sampling.temperature)
+    after_draft_log_probs = scaled_log_probs(logits[:, 1], sampling.temperature)
     if speculation.mode == "lossless":
-        kept, replacement_log_probs = lossless_verify(verify_uniform, target_log_probs, draft_log_probs, draft)
+        kept = lossless_keep(verify_uniform, target_log_probs, draft, draft_q)
+        # Forwards whose live drafts are all kept (most, with few slots and a good head) skip the residual's two passes.
+        replacement = jax.lax.cond(jnp.any(live & ~kept),
+                                   lambda: kernel_residual(model, mtp_hidden[:, 1], target_log_probs, residual_seeds, sampling.temperature),
+                                   lambda: jnp.zeros_like(draft))
+        after = jnp.where(kept, draw_with_uniforms(next_outer, next_inner, after_draft_log_probs), replacement)
         draft_log_prob = _at(target_log_probs, draft)
     else:  # PIPO: no verification; a discarded draft is replaced by a draw of p
         kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
-        replacement_log_probs, draft_log_prob = target_log_probs, draft_q
-    after_draft_log_probs = scaled_log_probs(logits[:, 1], sampling.temperature)
-    after = draw_with_uniforms(next_outer, next_inner, jnp.where(kept[:, None], after_draft_log_probs, replacement_log_probs))
+        after = draw_with_uniforms(next_outer, next_inner, jnp.where(kept[:, None], after_draft_log_probs, target_log_probs))
+        draft_log_prob = draft_q
     # A replacement is recorded with log p: it is distributed as p (lossless), or drawn from p (confidence).
     after_log_prob = jnp.where(kept, _at(after_draft_log_probs, after), _at(target_log_probs, after))
 

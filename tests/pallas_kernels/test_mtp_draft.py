@@ -1,6 +1,7 @@
 """The fused drafting step (unembedding + Gumbel-max sampling + log-prob over vocabulary blocks): chunked and
 Pallas (TPU and GPU kernels, interpreted) against the materializing reference, and that its draws follow
-softmax(z / T). N and V are not multiples of the blocks: the last row block and vocabulary block are partial."""
+softmax(z / T); the residual draw likewise, its draws following max(0, p - q) normalised, and p where p == q.
+N and V are not multiples of the blocks: the last row block and vocabulary block are partial."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels import draft_tokens
-from pallas_kernels.mtp_draft import reference_draft_tokens
+from pallas_kernels.mtp_draft import reference_draft_tokens, reference_residual_tokens, residual_tokens
 
 BLOCKS = {"chunked": dict(block_v=128), "pallas_interpret": dict(block_n=8, block_v=128),
           "pallas_gpu_interpret": dict(block_n=16, block_v=64)}
@@ -58,6 +59,53 @@ def test_other_seeds_draw_other_tokens_and_the_same_seeds_the_same():
     other, _ = draft_tokens(h, w, seeds + 1, impl="reference")
     np.testing.assert_array_equal(first, again)
     assert np.mean(np.asarray(first) != np.asarray(other)) > 0.3
+
+
+def _target(n, v, seed=1):
+    return jax.nn.log_softmax(jnp.asarray(np.random.default_rng(seed).standard_normal((n, v), np.float32)) * 1.5, axis=-1)
+
+
+@pytest.mark.parametrize("impl, case", [("chunked", CASES[0]), ("pallas_interpret", CASES[0]), ("pallas_interpret", CASES[1]),
+                                        ("pallas_gpu_interpret", CASES[0]), ("pallas_gpu_interpret", CASES[1])])
+def test_each_implementation_draws_the_references_residual_token(impl, case):
+    n, d, v, temperature = case
+    h, w, seeds = _inputs(n, d, v)
+    target = _target(n, v)
+    expected = reference_residual_tokens(target, h, w, seeds, temperature)
+    tokens = jax.jit(lambda t, h, w, s: residual_tokens(t, h, w, s, temperature, impl=impl, **BLOCKS[impl]))(target, h, w, seeds)
+    np.testing.assert_array_equal(tokens, expected)
+    residual = np.asarray(jnp.exp(target) - jax.nn.softmax(h @ w / temperature, axis=-1))
+    assert np.all(residual[np.arange(n), np.asarray(tokens)] > 0)
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_residual_draws_follow_the_normalised_residual(impl):
+    """Many rows of one (p, q) pair, each with its own seed: token frequencies match max(0, p - q) / its sum
+    (chi-square over the tokens with residual mass; the others are never drawn)."""
+    rows, temperature = 4000, 0.8
+    w = jnp.asarray([[0.3, -1.0, 1.2, 0.0, 0.7, -0.4]])
+    target = jnp.log(jnp.asarray([0.05, 0.3, 0.1, 0.25, 0.2, 0.1]))
+    seeds = jax.random.bits(jax.random.key(3), (rows,), jnp.uint32)
+    tokens = residual_tokens(jnp.tile(target, (rows, 1)), jnp.ones((rows, 1)), w, seeds, temperature, impl=impl, block_v=4)
+    residual = np.maximum(np.exp(np.asarray(target)) - np.asarray(jax.nn.softmax(w[0] / temperature)), 0.0)
+    observed = np.bincount(np.asarray(tokens), minlength=6)
+    assert np.all(observed[residual == 0] == 0), (observed, residual)
+    expected = rows * residual[residual > 0] / residual.sum()
+    chi_square = float(np.sum((observed[residual > 0] - expected) ** 2 / expected))
+    assert chi_square < 13.82, (observed, expected)  # the 0.999 quantile at 2 degrees of freedom (3 tokens with mass)
+
+
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_an_empty_residual_draws_from_the_target(impl):
+    """p == q (both uniform, the same bits) leaves no residual: the draw is p's Gumbel-max with the same seeds."""
+    rows, vocab = 2000, 5
+    target = jnp.full((rows, vocab), -jnp.log(jnp.float32(vocab)))
+    seeds = jax.random.bits(jax.random.key(4), (rows,), jnp.uint32)
+    tokens = residual_tokens(target, jnp.ones((rows, 1)), jnp.zeros((1, vocab)), seeds, impl=impl)
+    expected, _ = draft_tokens(jnp.ones((rows, 1)), jnp.zeros((1, vocab)), seeds, impl="reference")
+    np.testing.assert_array_equal(tokens, expected)
+    observed = np.bincount(np.asarray(tokens), minlength=vocab)
+    assert float(np.sum((observed - rows / vocab) ** 2 / (rows / vocab))) < 18.47, observed  # 0.999 quantile, 4 d.o.f.
 
 
 @pytest.mark.parametrize("bad, match", [

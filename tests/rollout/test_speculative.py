@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from pallas_kernels.mtp_draft import draft_tokens, residual_tokens
 from rlx.algorithms.config import AlgorithmConfig
 from rlx.algorithms.corrections import CORRECTIONS, CorrectionInputs
 from rlx.config import ConfigError, load_config
@@ -17,8 +18,7 @@ from rlx.learner.logprobs import response_log_probs
 from rlx.models import ModelConfig, Qwen3
 from rlx.models.mtp_config import MTPConfig
 from rlx.rollout import Engine, RolloutDriver, SamplingParams
-from rlx.rollout.sampling import _draw
-from rlx.rollout.speculative import Speculation, lossless_verify
+from rlx.rollout.speculative import Speculation, lossless_keep
 from tests.conftest import tiny_overrides
 from tests.rollout.conftest import PAD, prompt_batch
 
@@ -30,13 +30,15 @@ def chi_square(observed: np.ndarray, expected: np.ndarray) -> float:
 
 
 def test_verify_draws_the_target_distribution_whatever_the_draft():
+    """Drafts from the drafting kernel, kept by `lossless_keep`, else replaced by the residual kernel's draw: p."""
     rows = 4000
     target = jnp.log(jnp.array([0.1, 0.4, 0.2, 0.25, 0.05]))
     draft = jnp.log(jnp.array([0.3, 0.1, 0.3, 0.1, 0.2]))
-    draft_key, verify_key = jax.random.split(jax.random.key(0))
-    drafts = jax.random.categorical(draft_key, draft, shape=(rows,)).astype(jnp.int32)
-    kept, residual = lossless_verify(jax.random.uniform(verify_key, (rows,)), jnp.tile(target, (rows, 1)), jnp.tile(draft, (rows, 1)), drafts)
-    tokens = jnp.where(kept, drafts, _draw(jax.random.key(1), residual))
+    draft_seeds, residual_seeds = jax.random.bits(jax.random.key(0), (2, rows), jnp.uint32)
+    hidden, unembedding, targets = jnp.ones((rows, 1)), draft[None, :], jnp.tile(target, (rows, 1))
+    drafts, draft_log_q = draft_tokens(hidden, unembedding, draft_seeds, impl="chunked")
+    kept = lossless_keep(jax.random.uniform(jax.random.key(1), (rows,)), targets, drafts, draft_log_q)
+    tokens = jnp.where(kept, drafts, residual_tokens(targets, hidden, unembedding, residual_seeds, impl="chunked"))
     observed = np.bincount(np.asarray(tokens), minlength=5)
     assert chi_square(observed, rows * np.exp(np.asarray(target))) < CHI2_999[4], observed
     expected_kept = float(jnp.sum(jnp.minimum(jnp.exp(target), jnp.exp(draft))))  # sum_v min(p, q)
