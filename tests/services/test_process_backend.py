@@ -189,7 +189,8 @@ def ray_killed(tmp_path_factory):
         inject_faults(patch, faults, f"{FIRST_CALL_OF_STEP_2}:SIGKILL")
         patch.setattr(generator_ray, "start_ray", start_on_2_cpus)
         try:
-            train(config(out, "services.backend=ray", "services.max_restarts=1"))
+            # A killed actor's call fails at once; heartbeats of 5 s keep a loaded machine's slow answers from counting as deaths.
+            train(config(out, "services.backend=ray", "services.max_restarts=1", "services.heartbeat_s=5"))
             left = daemons_left(started)
         finally:
             ray.shutdown()  # a no-op unless the run failed before stopping its cluster
