@@ -8,8 +8,9 @@ which the learner keeps one call of in flight per replica (it answers within `he
 back as numpy arrays in `receive`'s return value (Ray's object store, no per-token pickling); each published version
 of the weights is put into the object store once (`ray.put`), and every replica reads that one host copy (checked
 against its model's shapes and dtypes as with the process backend). Health: the learner hears from a live actor at
-least every `heartbeat_s / 2`; one whose call fails (its process killed, `ray.kill`) has exited, one silent for
-`2 * heartbeat_s` counts as hung.
+least every `heartbeat_s / 2`, and each answer carries the actor's progress count; one whose call fails (its process
+killed, `ray.kill`) has exited, one silent for `2 * heartbeat_s` is dead, one whose count stands still inside a step
+for `services.hang_timeout_s` is hung (`generator_replica.Liveness`).
 
 `ray.init()` starts a local cluster (all of this machine's CPUs), or joins `services.ray_address`; a process that
 already called `ray.init` (e.g. with `num_cpus`) is used as it is. The actors get this process's `JAX_*`, `XLA_*` and
