@@ -11,10 +11,12 @@ afresh, reproduce its stored losses (exit 1 if not). See `rlx.services.warmstart
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Iterator
 
 from rlx.config import load_config
 from rlx.errors import UserError, add_debug_flag, run_guarded
@@ -40,63 +42,61 @@ def main(argv: list[str] | None = None) -> int:
 def _warmstart(args: argparse.Namespace) -> int:
     from rlx.services.warmstart import SHIPPED_DIR
 
+    if load_config(args.config, args.overrides).warmup.sft_steps == 0:
+        raise UserError(f"{args.config} has no warm-up (warmup.sft_steps: 0); nothing to store")
     target = [f"warmup.cache_dir={SHIPPED_DIR}"] if args.ship else []
-    with tempfile.TemporaryDirectory() as scratch:
-        config = load_config(args.config, [*args.overrides, "warmup.cache=refresh", *target,
-                                           f"run.output_dir={scratch}", "run.progress=false", "run.save_rollouts=false"])
-        configure_logging(config.run.log_level)
-        if config.warmup.sft_steps == 0:
-            raise UserError(f"{args.config} has no warm-up (warmup.sft_steps: 0); nothing to store")
-        from rlx.launch import start_devices
-        from rlx.services.trainer import Trainer
-
-        start_devices(config)
-        trainer = Trainer(config)
-        try:
-            trainer.resume_or_warm_start()
-        finally:
-            trainer.close()
+    with _scratch_trainer(args, "warmup.cache=refresh", *target) as (trainer, _):
+        trainer.resume_or_warm_start()
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from rlx.launch import start_devices
     from rlx.services import warmstart
     from rlx.services.tracking import read_metrics
-    from rlx.services.trainer import Trainer
 
     shipped_config = load_config(args.config, args.overrides)
+    with _scratch_trainer(args, "warmup.cache=none", f"warmup.sft_steps={args.check}") as (trainer, scratch):
+        key = warmstart.warmup_key(shipped_config, trainer.learner.params, trainer.task.demonstrations, trainer.task.tokenizer)
+        shipped = warmstart.SHIPPED_DIR / f"{key}.safetensors"
+        if not shipped.is_file():
+            print(f"no shipped warm start for {args.config} under this code's key {key}; "
+                  f"rebuild it: python -m rlx.warmstart --config {args.config} --ship")
+            return 1
+        if args.check > 0:
+            trainer.resume_or_warm_start()
+            fresh = read_metrics(scratch / "metrics.jsonl")[0]
+    stored = warmstart.stored_losses(shipped)
+    if len(stored) != shipped_config.warmup.sft_steps:
+        print(f"{shipped} holds {len(stored)} warm-up steps, the config asks for {shipped_config.warmup.sft_steps}")
+        return 1
+    if args.check > 0:
+        first, last = fresh["warmup/sft_loss_first"], fresh["warmup/sft_loss_last"]
+        # The first step's loss is the initial weights' (exact up to rounding); later steps add the optimizer's rounding.
+        if not (math.isclose(first, stored[0], rel_tol=1e-5) and math.isclose(last, stored[args.check - 1], rel_tol=1e-3)):
+            print(f"{shipped}: warm-up losses at steps 1 and {args.check} are {first:.6g} and {last:.6g} here, "
+                  f"{stored[0]:.6g} and {stored[args.check - 1]:.6g} stored; rebuild it: python -m rlx.warmstart --config {args.config} --ship")
+            return 1
+    print(f"{shipped.name} is this code's warm start for {args.config}" + (f" ({args.check} steps reproduce its losses)" if args.check else ""))
+    return 0
+
+
+@contextlib.contextmanager
+def _scratch_trainer(args: argparse.Namespace, *settings: str) -> Iterator[tuple[Any, Path]]:
+    """A Trainer for `args.config` (its overrides, then `settings`) whose run directory is scratch; closed, and the
+    directory removed, at the end."""
+    from rlx.launch import start_devices
+    from rlx.services.trainer import Trainer
+
     with tempfile.TemporaryDirectory() as scratch:
-        config = load_config(args.config, [*args.overrides, "warmup.cache=none", f"warmup.sft_steps={args.check}",
-                                           f"run.output_dir={scratch}", "run.progress=false", "run.save_rollouts=false"])
+        config = load_config(args.config, [*args.overrides, *settings, f"run.output_dir={scratch}", "run.progress=false",
+                                           "run.save_rollouts=false"])
         configure_logging(config.run.log_level)
         start_devices(config)
         trainer = Trainer(config)
         try:
-            key = warmstart.warmup_key(shipped_config, trainer.learner.params, trainer.task.demonstrations, trainer.task.tokenizer)
-            shipped = warmstart.SHIPPED_DIR / f"{key}.safetensors"
-            if not shipped.is_file():
-                print(f"no shipped warm start for {args.config} under this code's key {key}; "
-                      f"rebuild it: python -m rlx.warmstart --config {args.config} --ship")
-                return 1
-            if args.check > 0:
-                trainer.resume_or_warm_start()
+            yield trainer, Path(scratch)
         finally:
             trainer.close()
-        stored = warmstart.stored_losses(shipped)
-        if len(stored) != shipped_config.warmup.sft_steps:
-            print(f"{shipped} holds {len(stored)} warm-up steps, the config asks for {shipped_config.warmup.sft_steps}")
-            return 1
-        if args.check > 0:
-            fresh = read_metrics(Path(scratch) / "metrics.jsonl")[0]
-            first, last = fresh["warmup/sft_loss_first"], fresh["warmup/sft_loss_last"]
-            # The first step's loss is the initial weights' (exact up to rounding); later steps add the optimizer's rounding.
-            if not (math.isclose(first, stored[0], rel_tol=1e-5) and math.isclose(last, stored[args.check - 1], rel_tol=1e-3)):
-                print(f"{shipped}: warm-up losses at steps 1 and {args.check} are {first:.6g} and {last:.6g} here, "
-                      f"{stored[0]:.6g} and {stored[args.check - 1]:.6g} stored; rebuild it: python -m rlx.warmstart --config {args.config} --ship")
-                return 1
-    print(f"{shipped.name} is this code's warm start for {args.config}" + (f" ({args.check} steps reproduce its losses)" if args.check else ""))
-    return 0
 
 
 if __name__ == "__main__":
