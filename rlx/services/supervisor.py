@@ -6,7 +6,10 @@ internal error: any exit but 0, 2 bad input, 3 run stopped, 130 interrupted) is 
 run in the same `run.output_dir`, it resumes from the latest intact checkpoint, which also drops the metric and
 rollout rows it had written past that checkpoint (`rlx.services.resume.drop_rows_after`). After
 `services.max_restarts` restarts the run stops (exit 3) naming the learner and how it last ended. The child
-learns how often it was restarted from `RLX_LEARNER_RESTARTS`, for `services/restarts/learner`.
+learns how often it was restarted from `RLX_LEARNER_RESTARTS`, for `services/restarts/learner`. Before the restart, what
+the dead learner started is killed with its process group (`end_group`): the local Ray cluster it started with
+`ray.init` (`services.backend: ray`; its Ray workers, the generator actors among them, exit when their raylet is gone),
+its generator processes and reward workers; the restarted learner's `ray.init` then starts a fresh cluster.
 
 A learner that hangs is restarted the same way: the supervisor reads the `<output_dir>/services.json` the child
 rewrites every `services.heartbeat_s` (`rlx.services.health`) and kills the child's process group (the learner, its
@@ -112,6 +115,7 @@ def _run_child(command: Sequence[str], restarts: int, watch: HangWatch | None) -
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if code not in FINAL_EXITS:
+        end_group(child.pid)
         unlink_leftovers(f"rlx-{child.pid}-")  # shared memory its generator role had not removed
     if forwarded and code not in FINAL_EXITS:
         return EXIT_INTERRUPTED, None  # stopped on purpose: never restarted
@@ -126,8 +130,17 @@ def _wait(child: subprocess.Popen, watch: HangWatch | None) -> tuple[int, str | 
         except subprocess.TimeoutExpired:
             hang = watch.learner_hang(child.pid)
         if hang is not None:
-            os.killpg(child.pid, signal.SIGKILL)  # its own group: the learner and the processes it started
+            end_group(child.pid)
             return child.wait(), hang
+
+
+def end_group(pgid: int) -> None:
+    """Kills the learner's process group: the learner and what it started and left behind when it died (the agents of the
+    local Ray cluster it started outlive their raylet by minutes; generator processes and reward workers by a heartbeat)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # none left
 
 
 def die_with_supervisor() -> None:

@@ -2,15 +2,21 @@
 import this module).
 
 Reward workers are forked from a fork server that the process owning the pool started, so a worker's grandparent is the
-process that generates. Calls made for a generator process (not for the test's own process, `RLX_TEST_PID`) are
-numbered across restarts with files in `RLX_TEST_FAULT_DIR`. `RLX_TEST_FAULTS="8:SIGKILL,9:SIGSTOP"` sends those signals
-in turn, each once: signal `i` at the first call numbered at least its number made for a generator process that no
-signal has hit yet (so the second one hits the replacement, not a process already dying). Each goes to `signalled`.
+process that generates. Calls made for a generator (not for a learner: the test's own process, `RLX_TEST_PID`, or one
+run by a supervisor, `RLX_SUPERVISOR_PID`) are numbered across restarts with files in `RLX_TEST_FAULT_DIR`.
+`RLX_TEST_FAULTS="8:SIGKILL,9:SIGSTOP"` sends those signals in turn, each once: signal `i` at the first call numbered at
+least its number made for a generator that no fault has hit yet (so the second one hits the replacement, not a process
+already dying). `HANG` instead of a signal's name makes that call return only once its generator is gone (with
+`reward.timeout_s` longer than `services.hang_timeout_s`, the generator's step stands still, its heartbeat alive). Each
+fault goes to `signalled`.
+
+`kill_learner_after_step_1`, a `run.hooks` entry, SIGKILLs the learner once, after step 1.
 
 `hanging_generator`, patched in for `rlx.services.generator_child.run`, hangs the first generator process that draws step
 `RLX_TEST_HANG_STEP` inside that step, its heartbeat thread alive; its pid goes to `hung`.
 """
 
+import json
 import os
 import signal
 import time
@@ -23,7 +29,7 @@ def length_mod_3(response, record):
 
 def _signal_on_cue() -> None:
     directory, generator = os.environ.get("RLX_TEST_FAULT_DIR"), _parent_of(os.getppid())
-    if directory is None or generator == int(os.environ["RLX_TEST_PID"]):
+    if directory is None or _is_learner(generator):
         return
     call = _next_call(directory)
     record = os.path.join(directory, "signalled")
@@ -36,7 +42,46 @@ def _signal_on_cue() -> None:
     name = cues[len(signalled)][1]
     with open(record, "a") as handle:
         handle.write(f"{call} {name} {generator}\n")
-    os.kill(generator, getattr(signal, name))
+    if name == "HANG":
+        while os.path.exists(f"/proc/{generator}"):  # then this worker, its call answered, sees its pool gone and exits
+            time.sleep(0.2)
+    else:
+        os.kill(generator, getattr(signal, name))
+
+
+def _is_learner(pid: int) -> bool:
+    return pid == int(os.environ["RLX_TEST_PID"]) or str(_parent_of(pid)) == os.environ.get("RLX_SUPERVISOR_PID")
+
+
+def kill_learner_after_step_1(step: int, metrics: dict) -> None:
+    """The first time step 1 is logged, once its checkpoint is written (saves finish in the background), writes to
+    `learner_killed` the learner's pid, its generator's (from `<RLX_TEST_OUTPUT_DIR>/services.json`) and the names of the
+    processes in its process group; then SIGKILLs it."""
+    directory, output_dir = os.environ["RLX_TEST_FAULT_DIR"], os.environ["RLX_TEST_OUTPUT_DIR"]
+    if step != 1 or not _claim(directory, "learner-killed"):
+        return
+    while not os.path.isdir(os.path.join(output_dir, "checkpoints", "1")):  # orbax's name once the save is complete
+        time.sleep(0.1)
+    with open(os.path.join(output_dir, "services.json")) as handle:
+        generator = json.load(handle)["generator"]["pid"]
+    learner = os.getpid()
+    with open(os.path.join(directory, "learner_killed"), "w") as handle:
+        json.dump({"learner": learner, "generator": generator, "group": sorted(group_members(learner).values())}, handle)
+    os.kill(learner, signal.SIGKILL)
+
+
+def group_members(pgid: int) -> dict[int, str]:
+    """The processes of process group `pgid`: {pid: name}."""
+    members = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                name, fields = handle.read().split(" (", 1)[1].rsplit(") ", 1)
+        except (OSError, IndexError):
+            continue  # not a process, or ended meanwhile
+        if int(fields.split()[2]) == pgid:
+            members[int(entry)] = name
+    return members
 
 
 def hanging_generator(*args) -> None:

@@ -1,10 +1,11 @@
 """The generator role in its own process (`services.backend: process`) and as Ray actors (`ray`) against the thread role
 (`local`), at `bus.max_staleness: 0`: a process run whose generator hangs inside step 1 (its heartbeat thread alive),
 whose replacement is SIGKILLed mid-step 2 and whose next replacement is SIGSTOPped mid-step 2 (faults injected by
-`tests/services/process_faults.py`) restarts it three times, and a ray run on a local Ray cluster of 2 CPUs whose
-generator actor is SIGKILLed mid-step 2 restarts it once; both train the same rollouts with the same numbers as an
-uninterrupted local run (one module, so the local run is made once). A child that keeps failing stops the run naming
-the role, the step and the child's traceback."""
+`tests/services/process_faults.py`) restarts it three times; a ray run under its supervisor, on a local Ray cluster,
+whose generator actor hangs inside step 1, whose replacement is SIGKILLed mid-step 1 and whose learner is SIGKILLed
+after step 1 restarts the actor twice and the learner once, leaving no Ray process behind; both train the same
+rollouts with the same numbers as an uninterrupted local run (one module, so the local run is made once). A child that
+keeps failing stops the run naming the role, the step and the child's traceback."""
 
 import contextlib
 import importlib.util
@@ -12,10 +13,11 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,20 +28,24 @@ from rlx.errors import RunStopped, UserError
 from rlx.services import generator_child, train
 from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.tracking import read_metrics
-from tests.conftest import tiny_overrides
+from tests.conftest import REPO, tiny_overrides
 from tests.services import process_faults
+from tests.services.process_faults import group_members
 
 SAMPLES, PROMPTS, STEPS = 2, 4, 2  # tiny_overrides' rollout.n_samples and data.prompts_per_step; steps run
 FIRST_CALL_OF_STEP_2 = SAMPLES * PROMPTS  # reward calls in the generator process are numbered from 0
 CONTINUE_AFTER_S = 60.0  # a generator the role failed to find stopped is continued then, so the test fails instead of hanging
-RAY_DAEMONS = ("raylet", "gcs_server")  # process names of a Ray cluster's daemons
 HANG_TIMEOUT_S = 20.0  # longer than the tiny model's compiles here, so only the injected hang counts as one
 TIMING = ("timing_s/", "perf/", "services/", "bus/wait_s/", "bus/groups_discarded", "rollout/compiles")  # differ run to run
 
 
 def config(out, *extra):
-    return load_config(None, [*tiny_overrides(out), f"run.steps={STEPS}", "warmup.sft_steps=0", "services.heartbeat_s=1",
-                              "reward.fn=tests.services.process_faults:length_mod_3", *extra])
+    return load_config(None, overrides(out, *extra))
+
+
+def overrides(out, *extra) -> list[str]:
+    return [*tiny_overrides(out), f"run.steps={STEPS}", "warmup.sft_steps=0", "services.heartbeat_s=1",
+            "reward.fn=tests.services.process_faults:length_mod_3", *extra]
 
 
 def rollouts(out) -> list[dict]:
@@ -105,15 +111,16 @@ def continue_stopped(faults) -> None:
                 pass  # replaced, as it should be
 
 
-def assert_trains_like(local, out) -> None:
-    """The run in `out` trained the same rollouts with the same numbers as the `local` run."""
+def assert_trains_like(local, out, counted_per_process: tuple[str, ...] = ()) -> None:
+    """The run in `out` trained the same rollouts with the same numbers as the `local` run, but for the metrics
+    `counted_per_process` (a restarted learner counts them from 0)."""
     assert rollouts(out) == rollouts(local)  # same prompts, responses and rewards at the same steps
     counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
     assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # each prompt n_samples times: none lost or repeated
     expected, got = read_metrics(local / "metrics.jsonl"), read_metrics(out / "metrics.jsonl")
     assert [row["step"] for row in got] == list(range(STEPS + 1))
     for want, have in zip(expected, got):
-        numbers = {name: value for name, value in want.items() if not name.startswith(TIMING)}
+        numbers = {name: value for name, value in want.items() if not name.startswith(TIMING) and name not in counted_per_process}
         assert {name: have[name] for name in numbers} == pytest.approx(numbers, rel=1e-5, abs=1e-6)
 
 
@@ -172,63 +179,60 @@ def test_what_the_process_backend_does_not_do_yet_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def ray_killed(tmp_path_factory):
-    """A ray run whose generator actor is killed (SIGKILL) at step 2's first reward. The run starts its local Ray cluster
-    (of 2 CPUs here) and stops it; returns the cluster's daemons and those still running after the run."""
-    ray = pytest.importorskip("ray")
-    from rlx.services import generator_ray
-
+def ray_faulted(tmp_path_factory):
+    """A ray run under its supervisor (`python -m rlx.launch`, as a user starts one) on a local Ray cluster that its learner
+    starts (of this machine's CPUs: 2 in CI): its generator actor hangs at step 1's first reward (`HANG`), the replacement
+    is killed (SIGKILL) at its first reward, and the learner is killed (SIGKILL) once step 1 is checkpointed and logged;
+    the restarted learner resumes from that checkpoint on a fresh cluster. Returns the run's directory, its log, the
+    faults, what the killed learner left (`kill_learner_after_step_1`) and the processes of both learners' process groups
+    still running after the run."""
+    pytest.importorskip("ray")
     out, faults = tmp_path_factory.mktemp("ray") / "run", tmp_path_factory.mktemp("faults")
-    before, started, start_ray = ray_daemons(), set(), generator_ray.start_ray
+    (faults / "empty.yaml").write_text("")  # every setting as an override, as `local` has them
+    hooks = "run.hooks=[tests.services.process_faults:kill_learner_after_step_1]"
+    # A killed actor's call fails at once; heartbeats of 5 s keep a loaded machine's slow answers from counting as deaths.
+    # The hung reward call outlasts the hang bound (reward.timeout_s), so the actor's step stands still until it is replaced.
+    run = overrides(out, "services.backend=ray", "services.max_restarts=2", "services.heartbeat_s=5", "run.checkpoint_every=1",
+                    f"services.hang_timeout_s={HANG_TIMEOUT_S}", f"reward.timeout_s={10 * HANG_TIMEOUT_S}", hooks)
+    # One fault per actor: the hung one's other calls pass, so the SIGKILL hits its replacement.
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "RLX_TEST_PID": str(os.getpid()), "RLX_TEST_FAULT_DIR": str(faults),
+                   "RLX_TEST_FAULTS": "0:HANG,1:SIGKILL", "RLX_TEST_OUTPUT_DIR": str(out)}
+    done = subprocess.run([sys.executable, "-m", "rlx.launch", "--config", str(faults / "empty.yaml"), *run], cwd=REPO,
+                          env=environment, capture_output=True, text=True, timeout=600)
+    (faults / "launch.log").write_text(done.stderr)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    killed = json.loads((faults / "learner_killed").read_text())
+    last = json.loads((out / "services.json").read_text())["learner"]["pid"]
+    return out, done.stderr, signalled(faults), killed, left_in_groups({killed["learner"], last})
 
-    def start_on_2_cpus(**init_args):
-        start_ray(num_cpus=2, **init_args)
-        started.update(ray_daemons() - before)
 
-    with pytest.MonkeyPatch.context() as patch:
-        inject_faults(patch, faults, f"{FIRST_CALL_OF_STEP_2}:SIGKILL")
-        patch.setattr(generator_ray, "start_ray", start_on_2_cpus)
-        try:
-            # A killed actor's call fails at once; heartbeats of 5 s keep a loaded machine's slow answers from counting as deaths.
-            train(config(out, "services.backend=ray", "services.max_restarts=1", "services.heartbeat_s=5"))
-            left = daemons_left(started)
-        finally:
-            ray.shutdown()  # a no-op unless the run failed before stopping its cluster
-    return out, signalled(faults), started, left
-
-
-def daemons_left(started: set[int], within_s: float = 10.0) -> set[int]:
-    """Those of `started` still running `within_s` seconds after the cluster was stopped (they take a moment to exit)."""
+def left_in_groups(pgids: set[int], within_s: float = 10.0) -> dict[int, str]:
+    """The processes of the process groups `pgids` still running `within_s` seconds after the run (they take a moment to exit)."""
     ended_by = time.monotonic() + within_s
-    while ray_daemons() & started and time.monotonic() < ended_by:
+    while (left := {pid: name for pgid in pgids for pid, name in group_members(pgid).items()}) and time.monotonic() < ended_by:
         time.sleep(0.2)
-    return ray_daemons() & started
+    return left
 
 
-def ray_daemons() -> set[int]:
-    """Pids of the Ray cluster daemons running on this machine."""
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "comm").read_text().strip() in RAY_DAEMONS:
-                pids.add(int(proc.name))
-        except OSError:
-            pass  # ended meanwhile
-    return pids
-
-
-def test_a_ray_generator_actor_killed_mid_step_is_replaced(local, ray_killed):
-    out, signals, started, left = ray_killed
-    assert_trains_like(local, out)
-    assert [(call, name) for call, name, _ in signals] == [(str(FIRST_CALL_OF_STEP_2), "SIGKILL")]  # mid-step 2
-    assert [row["services/restarts/generator"] for row in read_metrics(out / "metrics.jsonl")[1:]] == [0, 1]
-    generator = json.loads((out / "services.json").read_text())["generator"]
-    assert (generator["status"], generator["restarts"]) == ("done", 1)
-    killed = int(signals[0][2])
-    assert generator["pid"] not in (os.getpid(), killed)  # the second actor's own process
-    with pytest.raises(ProcessLookupError):
-        os.kill(killed, 0)
-    assert started and not left  # the run started its cluster's daemons, and stopped them at its end
+def test_a_ray_run_replaces_a_hung_or_killed_actor_and_restarts_a_killed_learner(local, ray_faulted):
+    out, log, signals, killed, left = ray_faulted
+    assert_trains_like(local, out, counted_per_process=("bus/groups_in", "bus/groups_taken"))  # step 2 by the restarted learner
+    assert [(call, name) for call, name, _ in signals] == [("0", "HANG"), ("8", "SIGKILL")]  # the second at the replacement's first reward
+    assert "generator failed at step 1 (generator's Ray actor is hung: no progress for 2" in log  # 20.x s, HANG_TIMEOUT_S
+    assert "while generating step 1, its heartbeat alive (services.hang_timeout_s=20.0)); restart 1 of 2" in log
+    assert "generator failed at step 1 (generator's Ray actor died" in log and "restart 2 of 2" in log
+    assert "the learner process was killed by SIGKILL; restart 1 of 2 resumes from the latest checkpoint" in log
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [(row["services/restarts/generator"], row["services/restarts/learner"]) for row in rows[1:]] == [(2, 0), (0, 1)]
+    roles = json.loads((out / "services.json").read_text())
+    assert (roles["generator"]["status"], roles["generator"]["restarts"], roles["learner"]["restarts"]) == ("done", 0, 1)
+    assert {"gcs_server", "raylet"} <= set(killed["group"])  # the killed learner had started its own local cluster
+    assert not left  # ... which is gone with it (its agents too), as is the restarted learner's at the end
+    actors = {int(pid) for _, _, pid in signals} | {killed["generator"], roles["generator"]["pid"]}
+    assert len(actors | {killed["learner"], os.getpid()}) == 6  # each actor its own process: hung, killed, killed with the learner, last
+    for pid in actors:  # none left hung, or orphaned by the killed learner's cluster
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_the_ray_backend_needs_ray(tmp_path, monkeypatch):
