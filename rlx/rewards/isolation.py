@@ -5,9 +5,10 @@ reaches, a plug-in can sleep forever, segfault or `os._exit`. Each call here run
 process; the caller gets a `Pending` at once and its result later, so a batch is scored across the
 pool concurrently and the calling thread (the generator role) never blocks on one call. A call past
 `timeout_s` kills its worker (`CallTimeout`); a worker that dies mid-call fails it (`WorkerError`);
-either way a fresh worker replaces it. Workers are forked from Python's fork server (a clean process
-that never ran JAX's threads, with rlx's record types imported once), so a replacement starts in
-milliseconds instead of the seconds a spawned interpreter needs.
+either way a fresh worker replaces it. A process killed outright takes its workers with it, even
+mid-call (Linux). Workers are forked from Python's fork server (a clean process that never ran
+JAX's threads, with rlx's record types imported once), so a replacement starts in milliseconds
+instead of the seconds a spawned interpreter needs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
+from rlx.lifetime import die_with_parent
+
 log = logging.getLogger(__name__)
 
 # A worker needs this long at most to start (import the functions' modules, then `setup`); waited for
@@ -34,6 +37,16 @@ START_TIMEOUT_S = 120.0
 HEALTH_CHECK_S = 1.0
 # Imported once by the fork server, so workers forked from it start without importing them.
 PRELOAD = ["rlx.rewards.isolation", "rlx.data.records"]
+
+
+def _in_fork_server() -> bool:
+    return any(arg.startswith("from multiprocessing.forkserver import main") for arg in sys.orig_argv)
+
+
+if _in_fork_server():
+    # Each worker holds the fork server open (multiprocessing's liveness pipe): it would outlive the pool's process
+    # while a worker is stuck in a call. Dying with that process, it takes its workers with it (`_serve`).
+    die_with_parent()
 
 
 def _main_module() -> list[str]:
@@ -54,6 +67,7 @@ class WorkerError(RuntimeError):
 
 
 def _serve(conn: Connection, setup: Setup) -> None:
+    die_with_parent()  # its parent is the fork server, which dies with the pool's process
     try:
         functions = setup()
     except Exception as err:  # reported to the pool, which fails the calls waiting for this worker

@@ -20,7 +20,6 @@ waiting for rollouts is not hung: the generator role's own health covers the gen
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import logging
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rlx.errors import EXIT_INTERRUPTED, EXIT_RUN_STOPPED, EXIT_USER_ERROR, RunStopped
+from rlx.lifetime import die_with_parent
 from rlx.services.shared_arrays import unlink_leftovers
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ ENV_LEARNER_RESTARTS = "RLX_LEARNER_RESTARTS"
 ENV_SUPERVISOR_PID = "RLX_SUPERVISOR_PID"
 # The child said why it ended (done, bad input, run stopped, interrupted): starting it again would not help.
 FINAL_EXITS = (0, EXIT_USER_ERROR, EXIT_RUN_STOPPED, EXIT_INTERRUPTED)
-_PR_SET_PDEATHSIG = 1
 LEARNER_WORKING = ("training", "evaluating", "saving")  # the learner beats between these phases; "waiting" for rollouts is not
 POLL_S = 0.5  # how often the supervisor reads the learner's health
 
@@ -145,8 +144,7 @@ def end_group(pgid: int) -> None:
 
 def die_with_supervisor() -> None:
     """Called first in a supervised run: a supervisor killed outright takes its run with it (Linux), leaving no orphan."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     if os.getppid() != int(os.environ[ENV_SUPERVISOR_PID]):
         sys.exit("the supervisor of this run has already exited")  # it died before the line above took effect
 

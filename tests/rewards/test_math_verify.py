@@ -1,13 +1,19 @@
 """math-verify rewards: equivalent answers, extraction, the per-call deadline from a non-main thread."""
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from rlx.data import PromptRecord
 from rlx.rewards import RewardConfig, resolve_reward_fn, score_responses
 from rlx.rewards.isolation import CallTimeout, WorkerPool
+from tests.conftest import fast_compile_env
 
 
 def record(answer: str) -> PromptRecord:
@@ -94,3 +100,41 @@ def test_worker_pool_kills_late_calls_and_reports_errors():
         assert pool.call("sleepy", 0.0) == 0.0 and pool.restarts() == 1  # an error in the function keeps the worker
     finally:
         pool.close()
+
+
+BUSY_POOL = """
+import time
+from rlx.rewards.isolation import WorkerPool
+from tests.rewards.test_math_verify import serve_sleepy
+pool = WorkerPool(serve_sleepy, workers=1, timeout_s=600)
+pool.call("sleepy", 0.0)
+pool.submit("sleepy", 600.0)
+print(pool.worker_pids()[0], flush=True)
+time.sleep(600)
+"""
+
+
+def running(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "State:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
+def test_a_process_killed_outright_takes_its_worker_with_it_even_mid_call():
+    """A generator killed with SIGKILL while a reward plug-in is stuck in a call leaves no worker behind."""
+    owner = subprocess.Popen([sys.executable, "-c", BUSY_POOL], stdout=subprocess.PIPE, text=True, env=fast_compile_env(),
+                             cwd=Path(__file__).resolve().parents[2])
+    try:
+        worker = int(owner.stdout.readline())
+        time.sleep(0.5)  # the call reaches the worker
+        assert running(worker)
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    ended_by = time.monotonic() + 10
+    while running(worker) and time.monotonic() < ended_by:
+        time.sleep(0.1)
+    assert not running(worker)
