@@ -1,6 +1,5 @@
 """math-verify rewards: equivalent answers, extraction, the per-call deadline from a non-main thread."""
 
-import os
 import signal
 import subprocess
 import sys
