@@ -18,6 +18,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import multiprocessing.util
+import os
 import queue
 import sys
 import threading
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 120.0
 # How often an idle worker is checked (a dead one is replaced before a call needs it).
 HEALTH_CHECK_S = 1.0
+# How often the fork server checks that the pool's process is alive.
+ORPHAN_CHECK_S = 0.5
 # Imported once by the fork server, so workers forked from it start without importing them.
 PRELOAD = ["rlx.rewards.isolation", "rlx.data.records"]
 
@@ -43,10 +46,17 @@ def _in_fork_server() -> bool:
     return any(arg.startswith("from multiprocessing.forkserver import main") for arg in sys.orig_argv)
 
 
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(0)
+
+
 if _in_fork_server():
     # Each worker holds the fork server open (multiprocessing's liveness pipe): it would outlive the pool's process
-    # while a worker is stuck in a call. Dying with that process, it takes its workers with it (`_serve`).
-    die_with_parent()
+    # while a worker is stuck in a call. Exiting with that process, it takes its workers with it (`_serve`). Watched
+    # from a thread: a parent-death signal would come when the *thread* that started the fork server ends.
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True, name="orphan-check").start()
 
 
 def _main_module() -> list[str]:
@@ -67,7 +77,7 @@ class WorkerError(RuntimeError):
 
 
 def _serve(conn: Connection, setup: Setup) -> None:
-    die_with_parent()  # its parent is the fork server, which dies with the pool's process
+    die_with_parent()  # its parent is the fork server's one thread, which exits with the pool's process
     try:
         functions = setup()
     except Exception as err:  # reported to the pool, which fails the calls waiting for this worker
