@@ -440,7 +440,7 @@ class _SlotBuffers:
         self.count[slot], self.limit[slot], self.active[slot], self.since[slot] = 0, min(max_tokens, self.tokens.shape[1]), True, since
         self.turn_start[slot], self.stopped[slot] = 0, False
 
-    def resume(self, slot: int, sample: Completion, max_tokens: int, since: int, origin: int, logits_version: int) -> None:
+    def restore(self, slot: int, sample: Completion, max_tokens: int, since: int, origin: int, logits_version: int) -> None:
         """Puts a sample saved part-way (`RolloutDriver.sample_so_far`) back in `slot`, whose cache holds its prompt from
         column `origin` on and its tokens after it; its next-token logits came from weights `logits_version`."""
         self.reset(slot, max_tokens, since)

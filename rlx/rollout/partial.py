@@ -159,7 +159,7 @@ class PartialRollouts:
             admitted = _Admitted(request, sample.prompt, sample.truncated_prompt, prefix_version=driver.version,
                                  prompt_routes=prompt_routes, next_sample=request.samples)
             session.owner[slot] = (admitted, sample.sample)
-            session.buffers.resume(slot, sample, request.max_tokens, session.step, origin, logits_version=driver.version)
+            session.buffers.restore(slot, sample, request.max_tokens, session.step, origin, logits_version=driver.version)
         begun = [(slot, sample.tokens) for slot, sample in fits.items() if len(sample.tokens)]
         if begun:
             session.state = engine.extend(driver.params, session.state, [slot for slot, _ in begun], [tokens for _, tokens in begun],
