@@ -98,6 +98,7 @@ class PartialRollouts:
         now, its unfinished samples in the slots of the first step's session."""
         if self.session is not None or self.held:
             raise RuntimeError("partial rollouts resume carried work before their first step only")
+        # Copies: until a later step is sealed, a checkpoint saves `carried` itself, as it was.
         self.held = {held.request.tag: dataclasses.replace(held, done=list(held.done)) for held in carried.groups}
         self.queue = deque(dataclasses.replace(self.held[tag].request, samples=samples) for tag, samples in carried.queue)
         self._tags = itertools.count(max(self.held, default=-1) + 1)
