@@ -270,8 +270,14 @@ class RolloutDriver:
 
     def complete(self, session: _Session, slot: int, reward: float | None = None, stats: dict[str, float] | None = None) -> Completion:
         """Frees `slot` and hands out its sample."""
-        admitted, sample = session.owner[slot]
+        completion = self.sample_so_far(session, slot, reward, stats)
         session.owner[slot] = None
+        return completion
+
+    @staticmethod
+    def sample_so_far(session: _Session, slot: int, reward: float | None = None, stats: dict[str, float] | None = None) -> Completion:
+        """`slot`'s sample as it stands (the slot keeps it): its tokens so far, their log-probs, versions and routes."""
+        admitted, sample = session.owner[slot]
         tokens, log_probs, versions, mask, routes = session.buffers.take(slot)
         if routes is not None:  # the prefill's copy finished long ago: no wait here
             routes = np.concatenate([np.asarray(admitted.prompt_routes)[admitted.row, -len(admitted.prompt):], routes])
@@ -433,6 +439,18 @@ class _SlotBuffers:
     def reset(self, slot: int, max_tokens: int, since: int) -> None:
         self.count[slot], self.limit[slot], self.active[slot], self.since[slot] = 0, min(max_tokens, self.tokens.shape[1]), True, since
         self.turn_start[slot], self.stopped[slot] = 0, False
+
+    def restore(self, slot: int, sample: Completion, max_tokens: int, since: int, origin: int, logits_version: int) -> None:
+        """Puts a sample saved part-way (`RolloutDriver.sample_so_far`) back in `slot`, whose cache holds its prompt from
+        column `origin` on and its tokens after it; its next-token logits came from weights `logits_version`."""
+        self.reset(slot, max_tokens, since)
+        length = len(sample.tokens)
+        self.tokens[slot, :length], self.log_probs[slot, :length], self.versions[slot, :length] = sample.tokens, sample.log_probs, sample.versions
+        self.policy[slot, :length] = 1.0 if sample.mask is None else sample.mask
+        if self.routes is not None:
+            self.routes[slot, :length] = sample.routes[len(sample.prompt):]
+        self.count[slot], self.origin[slot], self.columns[slot] = length, origin, origin + length
+        self.logits_version[slot] = logits_version
 
     def observe(self, slot: int, tokens: np.ndarray, since: int, logits_version: int) -> int:
         """Appends observation tokens (no log-prob, version -1, mask 0) to a waiting slot, which decodes

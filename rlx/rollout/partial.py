@@ -12,6 +12,11 @@ overrun while too few groups are complete; `rollout/step_tokens` reports what a 
 
 A carried-over sample holding a token older than `min_version` (the staleness bound) is
 restarted from its prompt and counted (`rollout/restarted_stale_samples`), never trained on.
+
+Between steps the carried work is a `Carried` (`snapshot`), which a checkpoint saves; `resume` gives it to a fresh
+driver, whose first step puts each unfinished sample back in its decode slot (its prompt prefilled and its tokens so
+far run onto the cache under the current weights) with its tokens, versions and log-probs as they were, and restores
+the decode step counter, so the sampling keys go on where they stood.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import jax
 import numpy as np
 
 from rlx.data import PromptBatch, PromptRecord
-from rlx.rollout.driver import Completion, GroupRollout, Request, assemble_groups
+from rlx.rollout.driver import Completion, GroupRollout, Request, _Admitted, assemble_groups
 from rlx.rollout.engine import stack_media
 from rlx.rollout.sampling import SamplingParams
 
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
 
 
 @dataclasses.dataclass
-class _HeldPrompt:
+class HeldPrompt:
     """A prompt whose group is not trained yet, and its finished samples so far."""
 
     record: PromptRecord
@@ -46,6 +51,20 @@ class _HeldPrompt:
         return len(self.done) == self.request.samples
 
 
+@dataclasses.dataclass(frozen=True)
+class Carried:
+    """The work partial rollouts carry between two steps: every prompt group not handed out yet (oldest first, with
+    its finished samples), the samples not placed in a slot yet (`queue`: (request tag, samples), in order), each slot's
+    unfinished sample (its tokens so far, as `RolloutDriver.sample_so_far`), the decode step counter (the sampling keys'
+    position) and whether the prompt source had run dry."""
+
+    groups: tuple[HeldPrompt, ...]
+    queue: tuple[tuple[int, int], ...]
+    in_flight: dict[int, Completion]  # by slot
+    decode_step: int
+    drained: bool
+
+
 class PartialRollouts:
     def __init__(self, driver: "RolloutDriver", token_budget: int):
         if token_budget < 1:
@@ -53,16 +72,37 @@ class PartialRollouts:
         self.driver, self.token_budget = driver, token_budget
         self.session: "_Session | None" = None
         self.queue: deque[Request] = deque()
-        self.held: dict[int, _HeldPrompt] = {}  # by tag, oldest first
+        self.held: dict[int, HeldPrompt] = {}  # by tag, oldest first
         self._tags = itertools.count()
         self.draw: Callable[[], PromptBatch] | None = None  # more prompts, when slots would idle
         self._shape = (1, 1)  # (samples, max_new_tokens) of the current step's requests
         self._backlog = 1  # prompt groups held before `draw` is not called any more
+        self._resumed: Carried | None = None  # placed in the slots of the next session opened
 
-    @property
-    def carried_groups(self) -> int:
-        """Prompt groups drawn but not handed out yet (a checkpoint does not hold them)."""
-        return len(self.held)
+    def snapshot(self) -> Carried:
+        """The carried work as it stands between steps (later steps leave it as it is)."""
+        session = self.session
+        groups = tuple(dataclasses.replace(held, done=list(held.done)) for held in self.held.values())
+        queue = [(request.tag, request.samples) for request in self.queue]
+        if session is None:
+            return Carried(groups, tuple(queue), {}, decode_step=0, drained=False)
+        waiting = session.waiting
+        unplaced = waiting is not None and waiting.next_sample < waiting.request.samples
+        if unplaced:  # its samples first, as the session would place them
+            queue.insert(0, (waiting.request.tag, waiting.request.samples - waiting.next_sample))
+        in_flight = {slot: self.driver.sample_so_far(session, slot) for slot in session.live_slots()}
+        return Carried(groups, tuple(queue), in_flight, int(session.state.step), session.drained and not unplaced)
+
+    def resume(self, carried: Carried) -> None:
+        """Takes up `carried` (from `snapshot`, maybe of another process) before the first step: its groups and queue
+        now, its unfinished samples in the slots of the first step's session."""
+        if self.session is not None or self.held:
+            raise RuntimeError("partial rollouts resume carried work before their first step only")
+        # Copies: until a later step is sealed, a checkpoint saves `carried` itself, as it was.
+        self.held = {held.request.tag: dataclasses.replace(held, done=list(held.done)) for held in carried.groups}
+        self.queue = deque(dataclasses.replace(self.held[tag].request, samples=samples) for tag, samples in carried.queue)
+        self._tags = itertools.count(max(self.held, default=-1) + 1)
+        self._resumed = carried
 
     def step(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int,
              min_version: int | None, on_sample: "OnSample | None" = None) -> GroupRollout:
@@ -73,6 +113,9 @@ class PartialRollouts:
         self._enqueue(prompts)
         if self.session is None:
             self.session = self.driver.open_session(key, sampling, self._pull)
+            if self._resumed is not None:
+                self._place(self._resumed)
+                self._resumed = None
         else:  # a fresh key per step, as without a budget: sampling keys are never reused
             self.session.state = dataclasses.replace(self.session.state, key=jax.random.clone(key))
             self.session.sampling = sampling
@@ -94,12 +137,41 @@ class PartialRollouts:
         rollout.metrics.update(self.driver.drafting_metrics(drafting_before))
         return rollout
 
+    def _place(self, carried: Carried) -> None:
+        """Puts `carried`'s unfinished samples back in their slots: prompts prefilled in one batch, tokens so far run onto
+        the cache (`Engine.extend`), each keeping its tokens' versions and log-probs; the decode step counter as it was.
+        A sample whose slot this engine lacks (fewer `max_concurrent_decodes` now) starts over from its prompt."""
+        session, driver, engine = self.session, self.driver, self.driver.engine
+        session.drained = carried.drained
+        session.state = dataclasses.replace(session.state, step=jax.device_put(np.int32(carried.decode_step), session.state.step.sharding))
+        fits = {slot: sample for slot, sample in carried.in_flight.items() if slot < len(session.owner)}
+        for slot in carried.in_flight.keys() - fits.keys():
+            self.queue.appendleft(dataclasses.replace(self.held[carried.in_flight[slot].tag].request, samples=1))
+        if not fits:
+            return
+        slots, samples = list(fits), list(fits.values())
+        requests = [self.held[sample.tag].request for sample in samples]
+        media = [request.media for request in requests] if requests[0].media else None
+        prefix = engine.prefill_batch(driver.params, [sample.prompt for sample in samples], media)
+        session.state = engine.insert_rows(prefix, session.state, list(range(len(slots))), slots)
+        origin = prefix.cache.k.shape[2]
+        for slot, sample, request in zip(slots, samples, requests):
+            prompt_routes = None if sample.routes is None else sample.routes[None, :len(sample.prompt)]
+            admitted = _Admitted(request, sample.prompt, sample.truncated_prompt, prefix_version=driver.version,
+                                 prompt_routes=prompt_routes, next_sample=request.samples)
+            session.owner[slot] = (admitted, sample.sample)
+            session.buffers.restore(slot, sample, request.max_tokens, session.step, origin, logits_version=driver.version)
+        begun = [(slot, sample.tokens) for slot, sample in fits.items() if len(sample.tokens)]
+        if begun:
+            session.state = engine.extend(driver.params, session.state, [slot for slot, _ in begun], [tokens for _, tokens in begun],
+                                          [origin] * len(begun))
+
     def _enqueue(self, prompts: PromptBatch) -> None:
         n, max_new_tokens = self._shape
         for row, (tokens, start) in enumerate(zip(prompts.tokens, prompts.start)):
             tag = next(self._tags)
             request = Request(tokens[start:], max_new_tokens, samples=n, tag=tag, media=prompts.row_media(row))
-            self.held[tag] = _HeldPrompt(prompts.records[row], request)
+            self.held[tag] = HeldPrompt(prompts.records[row], request)
             self.queue.append(request)
 
     def _pull(self) -> Request | None:
@@ -134,7 +206,7 @@ class PartialRollouts:
         return restarted
 
     @staticmethod
-    def _batch(groups: list[_HeldPrompt]) -> tuple[PromptBatch, list[Completion]]:
+    def _batch(groups: list[HeldPrompt]) -> tuple[PromptBatch, list[Completion]]:
         """The groups' prompts as one left-padded batch, and their completions tagged by its rows."""
         width = max(len(held.request.prompt) for held in groups)
         tokens = np.zeros((len(groups), width), np.int32)

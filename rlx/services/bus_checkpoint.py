@@ -4,6 +4,8 @@ resumed run trains them as they were and neither regenerates nor skips a prompt.
 One file per checkpoint step, `<output_dir>/checkpoints_bus/<step>.npz`: each group's arrays (tokens, per-token
 versions, log-probs, rewards, ...) under `<batch>/<group>/<field>`, and one JSON document with the rest (the groups'
 record ids and responses, each batch's metadata: its generation metrics and the prompt stream's position after it).
+With partial rollouts (`rollout.token_budget`) the file also holds the work they carried after the last of those
+batches (`rlx.services.carried_checkpoint`): unfinished groups, their finished samples and the samples in decode slots.
 It is written before the learner state, so a checkpoint that exists has its file; a checkpoint without one (made
 before this file existed) resumes as before, drawing those batches again (counted in `bus/regenerated_on_resume`).
 """
@@ -20,6 +22,8 @@ import numpy as np
 
 from rlx.bus import stale_rows
 from rlx.data import PromptRecord
+from rlx.rollout.partial import Carried
+from rlx.services.carried_checkpoint import carried_arrays, carried_from
 
 _DOCUMENT = "document.json"
 
@@ -41,10 +45,12 @@ def bus_file(directory: Path, step: int) -> Path:
     return directory / f"{step}.npz"
 
 
-def save_drawn_ahead(directory: Path, step: int, batches: list[DrawnBatch], keep: set[int]) -> None:
-    """Writes checkpoint `step`'s drawn-ahead `batches` (atomically) and removes the files of steps not in `keep`."""
+def save_drawn_ahead(directory: Path, step: int, batches: list[DrawnBatch], keep: set[int], carried: Carried | None = None) -> None:
+    """Writes checkpoint `step`'s drawn-ahead `batches` and the partial rollouts' `carried` work after them (atomically),
+    and removes the files of steps not in `keep`."""
     directory.mkdir(parents=True, exist_ok=True)
-    arrays, document = {}, []
+    arrays = carried_arrays(carried) if carried is not None else {}
+    document = []
     for b, batch in enumerate(batches):
         groups = []
         for g, (fields, meta) in enumerate(batch.groups):
@@ -77,6 +83,15 @@ def load_drawn_ahead(directory: Path, step: int, records: Mapping[str, PromptRec
                 groups.append((fields, {"records": [records[r] for r in group["records"]], "responses": group["responses"]}))
             batches.append(DrawnBatch(batch["step"], groups, batch["meta"]))
     return batches
+
+
+def load_carried(directory: Path, step: int, records: Mapping[str, PromptRecord]) -> Carried | None:
+    """The partial rollouts' carried work in checkpoint `step`'s file; None without it, or when a record is no longer in the data set."""
+    path = bus_file(directory, step)
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        return carried_from(stored, records)
 
 
 def admissible(batches: list[DrawnBatch], trained: int, max_staleness: int, capacity: int) -> list[DrawnBatch]:

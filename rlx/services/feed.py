@@ -4,8 +4,10 @@
 numbers); `k` lets it draw up to `k` steps ahead. A group holding a token staler than the
 bound is dropped and counted (`bus/groups_dropped_stale`), never trained on silently.
 A resumed run puts the batches its checkpoint drew ahead (`Trainer.drawn_ahead`) back on the
-bus, sealed, and the generator continues after them. `services.backend: process` draws in child processes
-(`services.generators`, `rlx.services.generator_process`) instead of a thread, into the same bus; `ray` in Ray actors.
+bus, sealed, and the generator continues after them. With partial rollouts each sealed batch's meta holds the work
+they carried after it (`carried`): a checkpoint saves that of the last batch sealed (or, with none, of the last taken).
+`services.backend: process` draws in child processes (`services.generators`, `rlx.services.generator_process`)
+instead of a thread, into the same bus; `ray` in Ray actors.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class RolloutFeed:
         self.bus = TransferQueue(config.bus.groups_held(config.data.prompts_per_step))
         self.gate = StalenessGate(self.max_staleness, published=trainer.published_version)
         restored = [batch for batch in trainer.drawn_ahead if batch.step <= last]
+        self._carried = trainer.carried  # after the last batch restored, or the step the checkpoint trained last
         for batch in restored:
             for fields, group_meta in batch.groups:
                 self.bus.put(batch.step, fields, group_meta, producer="checkpoint")
-            self.bus.seal(batch.step, batch.meta)
+            self.bus.seal(batch.step, {**batch.meta, "carried": self._carried} if batch is restored[-1] else batch.meta)
         # Partial rollouts keep samples in the driver across steps: a failed step cannot be drawn again from where it began.
         restarts = config.services.max_restarts if config.rollout.token_budget is None else 0
         first += len(restored)
@@ -44,7 +47,6 @@ class RolloutFeed:
             self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last, trainer.timeline, max_restarts=restarts,
                                            heartbeat_s=config.services.heartbeat_s)
         self.take_timeout_s = take_timeout_s
-        self._partial = getattr(trainer.rollout, "partial", None)
         self._data_state: dict[str, Any] | None = None
 
     def __enter__(self) -> "RolloutFeed":
@@ -69,7 +71,7 @@ class RolloutFeed:
             self.bus.count("groups_dropped_stale", len(groups) - len(fresh))
         if not fresh:
             raise RuntimeError(f"every group of step {step} is staler than bus.max_staleness={self.max_staleness}; admission should prevent this")
-        self._data_state = meta["data_state"]
+        self._data_state, self._carried = meta["data_state"], meta.get("carried")
         batch = from_groups(fresh)
         metrics = dict(meta["metrics"])
         metrics.update(staleness_metrics(token_staleness(batch.rollout.policy_version, step)))
@@ -84,11 +86,13 @@ class RolloutFeed:
     def checkpoint_state(self) -> dict[str, Any]:
         """What `Trainer.save` needs: the batches sealed ahead of the learner (saved with the checkpoint), the prompt
         stream's position after the step trained last, how many groups of a step still being drawn a resumed run
-        draws again, and how many partial-rollout groups (drawn, not yet complete) it loses."""
-        sealed, unsealed = self.bus.snapshot()
-        drawn = [DrawnBatch(step, [(dict(g.fields), dict(g.meta)) for g in groups], meta) for step, groups, meta in sealed]
-        carried = self._partial.carried_groups if self._partial is not None else 0
-        return {"data_state": self._data_state, "bus_groups": unsealed, "carried_groups": carried, "drawn_ahead": drawn}
+        draws again, and the partial rollouts' work carried after the last batch sealed (a step being drawn changes
+        the generator's, not this one)."""
+        sealed, unsealed = self.bus.snapshot()  # each meta a copy
+        carried = sealed[-1][2].get("carried") if sealed else self._carried
+        drawn = [DrawnBatch(step, [(dict(g.fields), dict(g.meta)) for g in groups], {k: v for k, v in meta.items() if k != "carried"})
+                 for step, groups, meta in sealed]
+        return {"data_state": self._data_state, "bus_groups": unsealed, "carried": carried, "drawn_ahead": drawn}
 
 
 def _ray_transport(config: Config) -> Transport:

@@ -24,6 +24,7 @@ from rlx.parallel.processes import Processes
 from rlx.rewards import EarlyScores, RewardFn, Scores, resolve_reward_fn
 from rlx.rollout import GroupRollout, MultiTurn, build_backend, build_engine, sampling_params
 from rlx.rollout.engine import Engine
+from rlx.rollout.partial import PartialRollouts
 from rlx.services.dynamic_sampling import ScoredRollout, fill_with_varied_groups
 from rlx.services.evaluation import policy_tokens, rollout_scores
 from rlx.services.generator import WeightMailbox
@@ -125,8 +126,9 @@ class Generation:
         self.reward_pool = getattr(reward_fn, "pool", None)  # owned by the reward (`WeightedSum`), which closes it
         self._early = EarlyScores(reward_fn) if self.reward_pool is not None else None
         self.rollout = build_backend(engine, params, config.rollout, turns)
-        if getattr(self.rollout, "partial", None) is not None:
-            self.rollout.partial.draw = lambda: next(self.prompts)  # partial rollouts keep slots busy with later prompts
+        self.partial: PartialRollouts | None = getattr(self.rollout, "partial", None)
+        if self.partial is not None:
+            self.partial.draw = lambda: next(self.prompts)  # partial rollouts keep slots busy with later prompts
         self.mailbox = WeightMailbox()
         if config.bus.interrupt != "off":  # weights published mid-step reach the rollouts between generate calls
             self.rollout.weight_source, self.rollout.interrupt = self.mailbox.take, config.bus.interrupt
@@ -143,8 +145,9 @@ class Generation:
     def produce(self, step: int) -> tuple[ScoredBatch, dict]:
         """The generator role's work for step `step`: rollouts, rewards, the algorithm's batch shaping.
 
-        Returns the batch and its metadata: `metrics` and `data_state` (the prompt stream's
-        position after this step's draws, which a checkpoint taken after step `step` resumes from).
+        Returns the batch and its metadata: `metrics`, `data_state` (the prompt stream's
+        position after this step's draws, which a checkpoint taken after step `step` resumes from) and, with partial
+        rollouts, `carried` (the work they carry into the next step, `rlx.rollout.partial.Carried`: that checkpoint saves it).
         When it raises, the prompt stream is back where the step began, so a restarted step draws the same prompts.
         """
         before = self.prompts.get_state()
@@ -171,7 +174,10 @@ class Generation:
                         "reward/scored": float(len(scores.rewards)),
                         "timing_s/gen": generated - began, "timing_s/reward": scored - generated,
                         "perf/gen_tokens_per_s": float(policy_tokens(rollout).sum()) / (generated - began)})
-        return ScoredBatch(rollout, responses, task_scores, rewards), {"metrics": metrics, "data_state": self.prompts.get_state()}
+        meta = {"metrics": metrics, "data_state": self.prompts.get_state()}
+        if self.partial is not None:
+            meta["carried"] = self.partial.snapshot()
+        return ScoredBatch(rollout, responses, task_scores, rewards), meta
 
     def _algorithm_batch(
         self, step: int, rollout: GroupRollout, responses: list[str], scores: np.ndarray,

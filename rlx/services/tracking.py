@@ -30,6 +30,7 @@ ACROSS_PROCESSES: tuple[tuple[str, Callable[[list[float]], float]], ...] = (
     ("timing_s/", max), ("bus/wait_s/", max),  # a step waits for the slowest process
     ("perf/", sum),  # throughputs add up
     ("bus/", sum), ("reward/errors", sum), ("reward/timeouts", sum), ("rollout/truncated_prompts", sum), ("rollout/carried_lost_on_resume", sum),
+    ("rollout/carried_restored_on_resume", sum), ("rollout/in_flight_restored_on_resume", sum),
     ("dapo/dropped_groups", sum), ("dapo/filled_groups", sum),  # counts
     ("rollout/compiles", max), ("dapo/sampling_rounds", max),
     ("services/restarts/", sum), ("services/heartbeat_age_s/", max),

@@ -34,7 +34,8 @@ from rlx.parallel.processes import Processes, check_rows_by_process, local_copy
 from rlx.plugins import load_object
 from rlx.rewards import resolve_reward_fn
 from rlx.rollout import GroupRollout, MultiTurn, build_backend, sampling_params
-from rlx.services.bus_checkpoint import DrawnBatch, admissible, load_drawn_ahead, save_drawn_ahead
+from rlx.rollout.partial import Carried
+from rlx.services.bus_checkpoint import DrawnBatch, admissible, load_carried, load_drawn_ahead, save_drawn_ahead
 from rlx.services.evaluation import evaluate, policy_tokens, sampled_evaluation
 from rlx.services.media import check_placeholder_ids, media_spec
 from rlx.services.preflight import check_task
@@ -101,6 +102,7 @@ class Trainer:
         self._resume_metrics: dict[str, float] = {}
         self._last_step_end: float | None = None
         self.drawn_ahead: list[DrawnBatch] = []  # sealed, untrained batches a checkpoint held (`rlx.services.bus_checkpoint`)
+        self.carried: Carried | None = None  # partial rollouts' work a checkpoint held, after its drawn-ahead batches
 
     def _multi_turn(self, tokenizer) -> MultiTurn | None:
         """Multi-turn rollouts with `env.fn` (None without); an `env.demonstrations` builder replaces the task's warm-up data."""
@@ -260,19 +262,21 @@ class Trainer:
         return sampled_evaluation(self.validator, records, self.task.tokenizer, self.reward_fn, self.config.data.max_prompt_len,
                                   rollout.max_new_tokens, sampling_params(rollout), samples, key, self.media, self.processes.gather_rows)
 
-    def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0, carried_groups: int = 0,
-             drawn_ahead: Sequence[DrawnBatch] = ()) -> None:
+    def save(self, step: int, data_state: dict | None = None, bus_groups: int = 0, drawn_ahead: Sequence[DrawnBatch] = (),
+             carried: Carried | None = None) -> None:
         """`data_state`: the prompt stream's position after step `step`'s draws (default: now). `drawn_ahead`:
-        batches sealed on the bus and not trained yet, saved beside the learner state (single-process runs; with
-        several processes they are drawn again, counted). `bus_groups` rollouts of a step still being drawn are
-        not saved: a resumed run draws them again, counted in `bus/regenerated_on_resume`.
-        `carried_groups` (partial rollouts, drawn before that position, unfinished) are not saved either:
-        a resumed run skips those prompts, counted in `rollout/carried_lost_on_resume`. Every process saves (orbax
-        writes the shards collectively); the metadata holds each process's stream position and the counts of all."""
+        batches sealed on the bus and not trained yet, and `carried`, the work partial rollouts carried after the last
+        of them (unfinished prompt groups with their finished samples, samples in decode slots with their tokens so
+        far), are saved beside the learner state (single-process runs; with several processes the batches are drawn
+        again, counted, and the carried groups lost: `rollout/carried_lost_on_resume`). `bus_groups` rollouts of a
+        step still being drawn are not saved: a resumed run draws them again, counted in `bus/regenerated_on_resume`.
+        Every process saves (orbax writes the shards collectively); the metadata holds each process's stream position
+        and the counts of all."""
+        carried_groups = len(carried.groups) if carried is not None else 0
         if self.processes.count > 1:
-            bus_groups, drawn_ahead = bus_groups + sum(len(batch.groups) for batch in drawn_ahead), ()
+            bus_groups, drawn_ahead, carried = bus_groups + sum(len(batch.groups) for batch in drawn_ahead), (), None
         else:  # before the learner state: a checkpoint that exists has its bus file
-            save_drawn_ahead(self.output_dir / BUS_CHECKPOINTS, step, list(drawn_ahead), keep=set(self.checkpointer.all_steps()))
+            save_drawn_ahead(self.output_dir / BUS_CHECKPOINTS, step, list(drawn_ahead), keep=set(self.checkpointer.all_steps()), carried=carried)
         local = {"data_state": data_state or self.prompts.get_state(), "bus_groups": bus_groups, "carried_groups": carried_groups}
         every = self.processes.allgather(local)
         meta = {"step": step, "seed": self.config.run.seed, "data_state": every[0]["data_state"],
@@ -308,15 +312,23 @@ class Trainer:
         self.learner.load_state_dict(trees)
         self.publish(version=step)
         self.prompts.set_state(self._data_state(meta))
-        saved = load_drawn_ahead(self.output_dir / BUS_CHECKPOINTS, step, {r.id: r for r in self.task.train}) if self.processes.count == 1 else None
+        directory, records = self.output_dir / BUS_CHECKPOINTS, {r.id: r for r in self.task.train}
+        saved = load_drawn_ahead(directory, step, records) if self.processes.count == 1 else None
         bus = self.config.bus
         self.drawn_ahead = admissible(saved or [], step, bus.max_staleness, bus.groups_held(self.config.data.prompts_per_step))
         if self.drawn_ahead:
             self.prompts.set_state(self.drawn_ahead[-1].meta["data_state"])  # after the last batch restored
         restored = sum(len(batch.groups) for batch in self.drawn_ahead)
         dropped = sum(len(batch.groups) for batch in saved or []) - restored
+        # The carried work follows the last batch saved: with some of them dropped, it would skip theirs.
+        usable = saved is not None and not dropped and self.generation.partial is not None
+        self.carried = load_carried(directory, step, records) if usable else None
+        if self.carried is not None:
+            self.generation.partial.resume(self.carried)  # before the generator's first step
+        groups, in_flight = (len(self.carried.groups), len(self.carried.in_flight)) if self.carried is not None else (0, 0)
         self._resume_metrics = {"bus/regenerated_on_resume": float(meta.get("bus_groups", 0) + dropped), "bus/restored_on_resume": float(restored),
-                                "rollout/carried_lost_on_resume": float(meta.get("carried_groups", 0))}
+                                "rollout/carried_restored_on_resume": float(groups), "rollout/in_flight_restored_on_resume": float(in_flight),
+                                "rollout/carried_lost_on_resume": float(meta.get("carried_groups", 0) - groups)}
 
     def _data_state(self, meta: dict) -> dict:
         """This process's prompt-stream position in checkpoint metadata `meta`."""

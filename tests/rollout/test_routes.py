@@ -78,14 +78,24 @@ def test_engine_records_nothing_unless_asked(moe):
 def test_partial_and_interrupted_rollouts_keep_each_tokens_routes(moe, engine):
     """A token budget carries samples over weight swaps that recompute their caches: every token (and the prompt,
     prefilled with its first token's weights) keeps the routes of the version that sampled it, which over a cache
-    rebuilt by that version are a full forward's under it. One sample per prompt: no prefill waits across a swap."""
+    rebuilt by that version are a full forward's under it; also across a resume (a fresh driver taking up the carried
+    work before step 3). One sample per prompt: no prefill waits across a swap."""
     graphdef, params = moe
     versions = {v: engine.publish(jax.tree.map(lambda x: x * (1 + 0.2 * v), params)) for v in range(6)}
-    driver = RolloutDriver(engine, versions[0], token_budget=4, interrupt="recompute_cache")
     batches = (prompt_batch(PROMPTS[i % 4:i % 4 + 1]) for i in range(100))
-    driver.partial.draw = lambda: next(batches)
-    carried = mixed = 0
+
+    def budgeted(version):
+        driver = RolloutDriver(engine, versions[version], version=version, token_budget=4, interrupt="recompute_cache")
+        driver.partial.draw = lambda: next(batches)
+        return driver
+
+    driver, carried, mixed = budgeted(0), 0, 0
     for step in range(1, 6):
+        if step == 3:
+            work = driver.partial.snapshot()
+            assert work.in_flight
+            driver = budgeted(2)
+            driver.partial.resume(work)
         rollout = driver.generate_groups(next(batches), 1, jax.random.key(step), SAMPLE, 8)
         driver.update_weights(versions[step], version=step)
         carried += rollout.metrics["rollout/carried_over_samples"]

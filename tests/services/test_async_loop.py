@@ -57,21 +57,6 @@ def test_async_run_keeps_the_bound_and_loses_no_group(tmp_path):
     assert len({p for _, p in prompt_ids}) == len(prompt_ids) == 16  # no prompt lost or trained twice
 
 
-def test_partial_rollouts_carry_samples_across_steps_and_train_each_prompt_once(tmp_path):
-    out = tmp_path / "partial"
-    train(tiny(out, "run.steps=4", "bus.max_staleness=1", "bus.interrupt=recompute_cache", "rollout.token_budget=6",
-               "rollout.max_concurrent_decodes=8"))
-    rows = read_metrics(out / "metrics.jsonl")[1:]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert sum(r["rollout/carried_over_samples"] for r in rows) > 0
-    assert all(r["training/off_policy/staleness_max"] <= 1 for r in rows)
-    last = rows[-1]
-    assert last["bus/groups_in"] == last["bus/groups_taken"] + last.get("bus/groups_dropped_stale", 0) == 4 * 4
-    consumed = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
-    prompt_ids = [row["prompt_id"] for row in consumed[::2]]
-    assert len(set(prompt_ids)) == len(prompt_ids) == 16  # no prompt trained twice
-
-
 @pytest.fixture(scope="module")
 def ahead_trainer(tmp_path_factory):
     trainer = Trainer(tiny(tmp_path_factory.mktemp("ahead") / "run", "bus.max_staleness=2"))
