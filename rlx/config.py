@@ -251,11 +251,15 @@ def _check_services(config: Config) -> None:
     if generators > 1 and config.algorithm.dynamic_sampling:
         raise ValueError(f"services.generators={generators} splits steps between generators by where each begins in the prompt "
                          "stream, which algorithm.dynamic_sampling (more rounds per step) does not know in advance; use one generator")
+    if generators > 1 and config.rollout.token_budget is not None:
+        raise ValueError(f"services.generators={generators} splits steps between generators by where each begins in the prompt "
+                         "stream, which rollout.token_budget (partial rollouts draw prompts ahead as slots free) does not know in "
+                         "advance; use one generator, or set rollout.token_budget: null")
     if backend == "local":
         return
     if backend == "ray" and importlib.util.find_spec("ray") is None:
         raise ValueError("services.backend=ray needs Ray, which is not installed here: pip install 'rlx[ray]'")
-    unsupported = {"rollout.token_budget (partial rollouts)": config.rollout.token_budget is not None,
+    unsupported = {"rollout.token_budget (partial rollouts)": backend == "ray" and config.rollout.token_budget is not None,
                    f"bus.interrupt={config.bus.interrupt}": config.bus.interrupt != "off",
                    f"parallel.distributed.mode={config.parallel.distributed.mode}": config.parallel.distributed.mode != "off"}
     named = [name for name, used in unsupported.items() if used]

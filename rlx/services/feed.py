@@ -36,13 +36,16 @@ class RolloutFeed:
             for fields, group_meta in batch.groups:
                 self.bus.put(batch.step, fields, group_meta, producer="checkpoint")
             self.bus.seal(batch.step, {**batch.meta, "carried": self._carried} if batch is restored[-1] else batch.meta)
-        # Partial rollouts keep samples in the driver across steps: a failed step cannot be drawn again from where it began.
-        restarts = config.services.max_restarts if config.rollout.token_budget is None else 0
+        # Partial rollouts keep samples in the driver across steps: a thread's failed step cannot be drawn again from where it
+        # began; a generator process's replacement takes up the work carried after the last step sealed instead.
+        thread_carries = config.rollout.token_budget is not None and config.services.backend == "local"
+        restarts = 0 if thread_carries else config.services.max_restarts
         first += len(restored)
         if config.services.backend != "local":
             self.generator = ProcessGeneratorRole(config, self.bus, self.gate, first, last, trainer.mailbox.take, trainer.prompts.get_state(),
                                                   max_restarts=restarts, heartbeat_s=config.services.heartbeat_s,
-                                                  transport=_ray_transport(config) if config.services.backend == "ray" else None)
+                                                  transport=_ray_transport(config) if config.services.backend == "ray" else None,
+                                                  carried=self._carried)
         else:
             self.generator = GeneratorRole(trainer.produce, self.bus, self.gate, first, last, trainer.timeline, max_restarts=restarts,
                                            heartbeat_s=config.services.heartbeat_s)

@@ -4,8 +4,10 @@ from the config alone (`Generation`: task, prompt stream, rollout engine, reward
 it is ready, and draws the steps its parent assigns, one at a time, each admitted by its own staleness gate.
 
 Messages, parent -> child: `("weights", version, SharedArrays)` (the published weights, host copy in shared memory),
-`("admit", version)` (the learner published `version`), `("draw", step, data_state, skip)` (draw `step`: its prompts
-begin `skip` batches after the prompt-stream position `data_state`), `("stop",)`, `("done",)` (every step is sealed).
+`("admit", version)` (the learner published `version`), `("draw", step, data_state, skip, carried)` (draw `step`: its
+prompts begin `skip` batches after the prompt-stream position `data_state`; with partial rollouts, a fresh child first takes
+up `carried`, the work they carried after the step before, from that step's `seal`), `("stop",)`, `("done",)` (every step
+is sealed).
 Child -> parent: `("ready",)` once built, `("group", step, SharedArrays, meta)` per prompt group, `("seal", step, meta)`,
 `("failed", step, kind, text)` (`kind`: `user` for bad input, else `error`, with the traceback; `step` None before a
 step). A heartbeat thread writes the time into a shared value every `heartbeat_s / 2` and exits the process at once
@@ -101,7 +103,7 @@ class Child:
         self.config, self.conn, self.status, self.progress, self.arrays = config, conn, status, progress, arrays
         self.step: int | None = None
         self.published = published  # the latest version admitted before the gate exists
-        self._assigned: queue.Queue = queue.Queue()  # (step, data_state, skip) from the parent; None: stop
+        self._assigned: queue.Queue = queue.Queue()  # (step, data_state, skip, carried) from the parent; None: stop
         self._receive_error: str | None = None  # a traceback from the receiving thread, which ends the process's work
         self._ending = "stopped"  # the status it ends with: `done` once told every step is sealed
 
@@ -121,8 +123,10 @@ class Child:
             self._set_status("ready")  # the parent makes it `idle` once it has taken the message
             self.conn.send(("ready",))
             while (assignment := self._assigned.get()) is not None:
-                self.step, data_state, skip = assignment
+                self.step, data_state, skip, carried = assignment
                 _position(generation, data_state, skip)
+                if carried is not None:
+                    generation.partial.resume(carried)
                 self._draw(generation, gate, self.step)
                 self.step = None
                 self._set_status("idle")

@@ -6,6 +6,9 @@ longest, with the prompt-stream position where the step begins (known once the s
 last known position and how many batches to skip), and each step samples with its own key (from `run.seed` and the
 step). So which replica draws a step does not change what it draws: the run trains the same (step, prompt) rows for
 any number of replicas, and the same rollouts where the weights' versions match (`bus.max_staleness: 0`).
+With partial rollouts (`rollout.token_budget`, one replica) a step's prompt-stream position and the work the rollouts
+carry into it (`rlx.rollout.partial.Carried`) both come with the step before's seal: a replica's own child keeps its
+carried work from step to step, and a fresh child (a replacement) takes up the last sealed step's before drawing the next.
 
 Where replicas run and how arrays move is a `Transport`: with `ProcessTransport` (the default) each replica is a spawned
 child process and group arrays come back through shared memory (`rlx.services.shared_arrays`), their records and
@@ -41,6 +44,7 @@ from flax import nnx
 from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.config import Config
 from rlx.errors import RunStopped, UserError
+from rlx.rollout.partial import Carried
 from rlx.services.generation import host_weights
 from rlx.services.generator_replica import ProcessTransport, Replica
 from rlx.services.scaling import take_request
@@ -66,7 +70,8 @@ class ProcessGeneratorRole:
     """Draws steps `first..last` in `config.services.generators` child processes; the thread role's interface (`GeneratorRole`)."""
 
     def __init__(self, config: Config, bus: TransferQueue, gate: StalenessGate, first: int, last: int, published: Published,
-                 data_state: dict[str, Any], max_restarts: int, heartbeat_s: float, transport: Transport | None = None):
+                 data_state: dict[str, Any], max_restarts: int, heartbeat_s: float, transport: Transport | None = None,
+                 carried: Carried | None = None):
         self.config, self.bus, self.gate = config, bus, gate
         self.last = last
         self.published, self.max_restarts, self.heartbeat_s = published, max_restarts, heartbeat_s
@@ -76,6 +81,7 @@ class ProcessGeneratorRole:
         self._sealed: set[int] = set()  # sealed steps past `_frontier`
         self._frontier = first  # the first step not sealed
         self._positions = {first: data_state}  # the prompt stream's position where a step begins, where known
+        self._carried = {first: carried}  # the partial rollouts' work carried into a step, where known
         self._run_dir = Path(config.run.output_dir)
         self._transport = transport or ProcessTransport()
         self._lock = threading.Lock()  # the pipes' sending ends, the weights block, assignments; shared with the learner's thread
@@ -168,7 +174,8 @@ class ProcessGeneratorRole:
                 return
             self._undrawn.remove(step)
             known = max(begins for begins in self._positions if begins <= step)
-            replica.assign(step, self._positions[known], step - known)
+            carried = self._carried.get(step) if replica.drawn == 0 else None  # a child that drew the step before has its own
+            replica.assign(step, self._positions[known], step - known, carried)
 
     def _release(self, replica: Replica) -> int | None:
         """Takes back the replica's unsealed step (its groups dropped from the bus), to be drawn again; returns it."""
@@ -180,14 +187,15 @@ class ProcessGeneratorRole:
             log.info("step %d goes back to be drawn again (%s had put %d of its groups: dropped)", step, replica.name, dropped)
         return step
 
-    def _sealed_step(self, replica: Replica, step: int, data_state: dict[str, Any]) -> None:
+    def _sealed_step(self, replica: Replica, step: int, meta: dict[str, Any]) -> None:
         replica.sealed()
-        self._positions[step + 1] = data_state
+        self._positions[step + 1], self._carried[step + 1] = meta["data_state"], meta.get("carried")
         self._sealed.add(step)
         while self._frontier in self._sealed:
             self._sealed.remove(self._frontier)
             self._frontier += 1
         self._positions = {begins: state for begins, state in self._positions.items() if begins >= self._frontier}
+        self._carried = {begins: carried for begins, carried in self._carried.items() if begins >= self._frontier}
         self._dispatch()
 
     # -- the supervising thread ----------------------------------------------------------------------
@@ -245,7 +253,7 @@ class ProcessGeneratorRole:
             meta["metrics"]["services/generator_replica"] = float(replica.index)
             self.bus.seal(step, meta)
             with self._lock:
-                self._sealed_step(replica, step, meta["data_state"])
+                self._sealed_step(replica, step, meta)
         elif kind == "ready":
             with self._lock:
                 replica.ready = True
@@ -284,8 +292,10 @@ class ProcessGeneratorRole:
         """Starts or removes replicas so that `wanted` run (None: no request)."""
         if wanted is None:
             return
-        if wanted > 1 and self.config.algorithm.dynamic_sampling:
-            log.error("ignored the request for %d generators: algorithm.dynamic_sampling runs with one", wanted)
+        one = {"algorithm.dynamic_sampling": self.config.algorithm.dynamic_sampling,
+               "rollout.token_budget": self.config.rollout.token_budget is not None}
+        if wanted > 1 and any(one.values()):
+            log.error("ignored the request for %d generators: %s runs with one", wanted, " and ".join(name for name, on in one.items() if on))
             return
         log.info("generators: %d -> %d", len(self.replicas), wanted)
         with self._lock:

@@ -63,9 +63,10 @@ class StepKeeping:
     step: int | None
     drawn: int
 
-    def assign(self, step: int, data_state: dict[str, Any], skip: int) -> None:
+    def assign(self, step: int, data_state: dict[str, Any], skip: int, carried: Any = None) -> None:
+        """`carried`: the partial rollouts' work a fresh child takes up before the step (None: none, or its own)."""
         self.step = step
-        self.send(("draw", step, data_state, skip))
+        self.send(("draw", step, data_state, skip, carried))
 
     def sealed(self) -> None:
         self.step = None

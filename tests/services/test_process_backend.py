@@ -5,7 +5,9 @@ whose replacement is SIGKILLed mid-step 2 and whose next replacement is SIGSTOPp
 whose generator actor hangs inside step 1, whose replacement is SIGKILLed mid-step 1 and whose learner is SIGKILLed
 after step 1 restarts the actor twice and the learner once, leaving no Ray process behind; both train the same
 rollouts with the same numbers as an uninterrupted local run (one module, so the local run is made once). A child that
-keeps failing stops the run naming the role, the step and the child's traceback."""
+keeps failing stops the run naming the role, the step and the child's traceback. With partial rollouts
+(`rollout.token_budget`) a process run whose generator is SIGKILLed mid-run loses and repeats no prompt: its replacement
+takes up the work carried after the last step sealed."""
 
 import contextlib
 import importlib.util
@@ -27,6 +29,7 @@ from rlx.config import ConfigError, load_config
 from rlx.errors import RunStopped, UserError
 from rlx.services import generator_child, train
 from rlx.services.generator_process import ProcessGeneratorRole
+from rlx.services.generator_replica import StepKeeping, replica_name
 from rlx.services.tracking import read_metrics
 from tests.conftest import REPO, tiny_overrides
 from tests.services import process_faults
@@ -171,9 +174,117 @@ def assert_stops_on_wrong_weights(run_config, transport=None) -> None:
     assert "published weights do not fit the generator's model" in message and "not_the_model" in message  # the child's traceback
 
 
+BUDGET_STEPS, STALENESS = 3, 2
+KILL_AT_CALL = 20  # a step's reward calls are at most 16 (8 groups held, 2 samples each): past step 1, before step 3's end
+
+
+@pytest.fixture(scope="module")
+def budget_killed(tmp_path_factory):
+    """A process run with partial rollouts (`rollout.token_budget`) whose generator is killed (SIGKILL) at its reward call
+    `KILL_AT_CALL`, mid-run; returns its directory, the faults and each assignment's (step, carried work handed with it)."""
+    out, faults = tmp_path_factory.mktemp("budget") / "run", tmp_path_factory.mktemp("faults")
+    assigned = []
+    assign = StepKeeping.assign
+
+    def recorded(replica, step, data_state, skip, carried=None):
+        assigned.append((step, carried))
+        assign(replica, step, data_state, skip, carried)
+
+    with pytest.MonkeyPatch.context() as patch:
+        inject_faults(patch, faults, f"{KILL_AT_CALL}:SIGKILL")
+        patch.setattr(StepKeeping, "assign", recorded)
+        train(config(out, f"run.steps={BUDGET_STEPS}", "services.backend=process", "services.max_restarts=1", "rollout.token_budget=6",
+                     "rollout.max_concurrent_decodes=8", f"bus.max_staleness={STALENESS}"))
+    return out, signalled(faults), assigned
+
+
+def test_a_killed_generator_process_with_partial_rollouts_loses_and_repeats_nothing(budget_killed):
+    out, signals, assigned = budget_killed
+    assert [name for _, name, _ in signals] == ["SIGKILL"]
+    resumed = [(step, carried) for step, carried in assigned if carried is not None]
+    assert len(resumed) == 1  # the replacement's first step, after the steps its predecessor sealed
+    restart_step, carried = resumed[0]
+    assert 1 < restart_step <= BUDGET_STEPS and carried.groups
+    assert [step for step, _ in assigned] == [*range(1, restart_step + 1), *range(restart_step, BUDGET_STEPS + 1)]  # the killed step again
+    rows = rollouts(out)
+    assert [row["step"] for row in rows] == [step for step in range(1, BUDGET_STEPS + 1) for _ in range(PROMPTS * SAMPLES)]
+    counts = Counter(row["prompt_id"] for row in rows)
+    assert len(counts) == BUDGET_STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # none lost, none trained twice
+    after = {row["prompt_id"] for row in rows if row["step"] >= restart_step}
+    assert {held.record.id for held in carried.groups} <= after  # the work carried past the kill is trained after it
+    metrics = read_metrics(out / "metrics.jsonl")[1:]
+    assert metrics[-1]["services/restarts/generator"] == 1
+    assert sum(row["rollout/carried_over_samples"] for row in metrics) > 0
+    assert all(row["training/off_policy/staleness_max"] <= STALENESS and row.get("bus/groups_dropped_stale", 0) == 0 for row in metrics)
+
+
+class ScriptedReplica(StepKeeping):
+    """A replica whose child the test plays: what the role sends it is recorded (`Replica`'s interface, no process)."""
+
+    def __init__(self, index: int):
+        self.index, self.name, self.restarts, self.version = index, replica_name(index), 0, -1
+        self.step, self.ready, self.drawn = None, True, 0
+        self.draws: list[tuple] = []
+
+    def spawn(self, config, weights, published) -> None:
+        self.step, self.drawn = None, 0
+
+    def send(self, message: tuple) -> None:
+        if message[0] == "draw":
+            self.draws.append(message[1:])
+
+    def send_weights(self, weights) -> None:
+        self.version = weights[1]
+
+    def up(self) -> bool:
+        return True
+
+    def set_status(self, text: str) -> None:
+        pass
+
+    def end(self, grace_s: float) -> None:
+        pass
+
+
+class ScriptedTransport:
+    def __init__(self):
+        self.made: list[ScriptedReplica] = []
+
+    def replica(self, index: int) -> ScriptedReplica:
+        self.made.append(ScriptedReplica(index))
+        return self.made[-1]
+
+    def share_weights(self, arrays, version):
+        return arrays
+
+    def drop_weights(self, handle) -> None:
+        pass
+
+
+def test_a_fresh_generator_takes_up_the_work_carried_into_its_first_step(tmp_path):
+    """With partial rollouts: a resumed run's first child gets the checkpoint's carried work with its first step, a child
+    that sealed the step before keeps its own, a replacement gets that of the last step sealed; no second generator is added."""
+    run_config = config(tmp_path, "services.backend=process", "rollout.token_budget=6")
+    transport, weights = ScriptedTransport(), ({"w": np.zeros(2, np.float32)}, 2)
+    role = ProcessGeneratorRole(run_config, TransferQueue(8), StalenessGate(0, published=2), 3, 5, lambda: weights, data_state={"at": 3},
+                                max_restarts=1, heartbeat_s=1.0, transport=transport, carried="saved after step 2")
+    with role._lock:
+        role._add(0)
+        role._dispatch()
+    replica = transport.made[0]
+    role._handle(replica, ("seal", 3, {"metrics": {}, "data_state": {"at": 4}, "carried": "carried after step 3"}))
+    role.advance(3)
+    role._replace(replica, "killed mid-step 4")
+    assert replica.draws == [(3, {"at": 3}, 0, "saved after step 2"), (4, {"at": 4}, 0, None), (4, {"at": 4}, 0, "carried after step 3")]
+    role._rescale(2)  # `rlx scale`: a second generator would not know where its steps begin
+    assert transport.made == [replica]
+
+
 def test_what_the_process_backend_does_not_do_yet_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="services.backend=process does not support rollout.token_budget"):
-        config(tmp_path, "services.backend=process", "rollout.token_budget=40")
+    with pytest.raises(ConfigError, match="services.backend=ray does not support rollout.token_budget"):
+        config(tmp_path, "services.backend=ray", "rollout.token_budget=40")
+    with pytest.raises(ConfigError, match="which rollout.token_budget .partial rollouts draw prompts ahead as slots free. does not know"):
+        config(tmp_path, "services.backend=process", "services.generators=2", "rollout.token_budget=40")
     with pytest.raises(ConfigError, match=r"generator_cpus \[0, 0\]: name distinct cores in 0\.\."):
         config(tmp_path, "services.backend=process", "services.generator_cpus=[0, 0]")
 
