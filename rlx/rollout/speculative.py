@@ -181,11 +181,12 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     x_log_prob = jnp.where(context.has_pending, context.pending_log_prob, sampled_log_prob)
     column = jnp.minimum(state.index, max_len - 1)
 
-    # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x).
-    mtp_hidden, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
-                                                cache=state.cache, cache_index=column - 2, kv_len=kv_len)
+    # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x); the draft
+    # is made from the second, the first only (re)writes its keys and values.
+    mtp_hidden, cache = model.mtp_last_hidden(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
+                                              cache=state.cache, cache_index=column - 2, kv_len=kv_len)
     draft_seeds, residual_seeds = jax.random.bits(seed_key, (2, *x.shape), jnp.uint32).astype(jnp.int32)
-    draft, draft_q = kernel_draft(model, mtp_hidden[:, 1], draft_seeds, sampling.temperature)
+    draft, draft_q = kernel_draft(model, mtp_hidden, draft_seeds, sampling.temperature)
 
     hidden, cache = model.hidden_states(jnp.stack([x, draft], axis=1), start=state.start, cache=cache, cache_index=column, kv_len=kv_len)
     logits = model.logits(hidden)  # [B, 2, V]: after x, after the draft
@@ -195,12 +196,12 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
         kept = lossless_keep(verify_uniform, target_log_probs, draft, draft_q)
         # Forwards whose live drafts are all kept (most, with few slots and a good head) skip the residual's two passes.
         replacement = jax.lax.cond(jnp.any(live & ~kept),
-                                   lambda: kernel_residual(model, mtp_hidden[:, 1], target_log_probs, residual_seeds, sampling.temperature),
+                                   lambda: kernel_residual(model, mtp_hidden, target_log_probs, residual_seeds, sampling.temperature),
                                    lambda: jnp.zeros_like(draft))
         after = jnp.where(kept, draw_with_uniforms(next_outer, next_inner, after_draft_log_probs), replacement)
         draft_log_prob = _at(target_log_probs, draft)
     else:  # PIPO: no verification; a discarded draft is replaced by a draw of p
-        kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
+        kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden) >= speculation.threshold
         after = draw_with_uniforms(next_outer, next_inner, jnp.where(kept[:, None], after_draft_log_probs, target_log_probs))
         draft_log_prob = draft_q
     # A replacement is recorded with log p: it is distributed as p (lossless), or drawn from p (confidence).
