@@ -52,6 +52,12 @@ class MTPHeads(nnx.Module):
         x, cache, _ = self.layer(x[:, -1:], positions[:, -1:], q_columns[:, -1:], start, cache, layer, q_columns[:, -1], kv_len)
         return self.final_norm(x[:, 0]), cache
 
+    def write_keys_values(self, hidden: jax.Array, next_embedding: jax.Array, positions: jax.Array, cache: KVCache, layer: int,
+                          cache_index: jax.Array) -> KVCache:
+        """`cache` with the MTP layer's keys and values of every column written, as `__call__` writes them, and no
+        output computed (a prefill or a rewritten chunk drafts nothing)."""
+        return self.layer.write_keys_values(self._layer_input(hidden, next_embedding), positions, cache, layer, cache_index)
+
     def _layer_input(self, hidden: jax.Array, next_embedding: jax.Array) -> jax.Array:
         joined = jnp.concatenate([self.token_norm(next_embedding), self.hidden_norm(hidden)], axis=-1)
         return joined @ self.proj[...].astype(hidden.dtype)

@@ -188,6 +188,12 @@ class Qwen3(nnx.Module):
         return self._mtp_heads().last(hidden, self.embed[...][next_tokens].astype(hidden.dtype), positions, q_columns, start, cache,
                                       self.config.num_layers, cache_index, kv_len)
 
+    def mtp_cache(self, hidden: jax.Array, next_tokens: jax.Array, *, start: jax.Array, cache: KVCache, cache_index: jax.Array | int) -> KVCache:
+        """The cache `mtp_hidden_states` leaves (the MTP layer's keys and values of every column), without its outputs."""
+        start, cache_index, _, positions = _columns(next_tokens.shape, start, cache_index)
+        return self._mtp_heads().write_keys_values(hidden, self.embed[...][next_tokens].astype(hidden.dtype), positions, cache,
+                                                   self.config.num_layers, cache_index)
+
     def _mtp_heads(self):
         if self.mtp is None:
             raise ValueError("the model has no MTP head; enable model.mtp")

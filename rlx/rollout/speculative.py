@@ -81,7 +81,7 @@ def cache_config(config: ModelConfig) -> ModelConfig:
 def prefill_context(model: Qwen3, hidden: jax.Array, tokens: jax.Array, start: jax.Array, cache: KVCache) -> tuple[DraftContext, KVCache]:
     """A prefilled prompt's draft context and its MTP-layer cache columns 0 .. P - 2 (column P - 1 needs the first
     sampled token and is written by the first decode step). `hidden [N, P, D]` are the trunk's over `tokens [N, P]`."""
-    _, cache = model.mtp_hidden_states(hidden[:, :-1], tokens[:, 1:], start=start, cache=cache, cache_index=0)
+    cache = model.mtp_cache(hidden[:, :-1], tokens[:, 1:], start=start, cache=cache, cache_index=0)
     rows = tokens.shape[0]
     nothing = jnp.zeros((rows,), jnp.int32)
     return DraftContext(hidden[:, -2:], tokens[:, -1], nothing, jnp.zeros((rows,), jnp.float32), jnp.zeros((rows,), bool)), cache
@@ -92,8 +92,7 @@ def refresh_mtp_chunk(model: Qwen3, hidden: jax.Array, following: jax.Array, sta
     """Rewrites the MTP layer's cache columns `index .. index + W - 1` [B] of a chunk the trunk just ran (`recompute`,
     `extend`): column t from the trunk's `hidden [B, W, D]` at t and the token after t (`following [B, W]`). The
     column of a row's last token is rewritten by its next decode step, which knows the token after it."""
-    _, cache = model.mtp_hidden_states(hidden, following, start=start, cache=cache, cache_index=index)
-    return cache
+    return model.mtp_cache(hidden, following, start=start, cache=cache, cache_index=index)
 
 
 def refreshed_context(model: Qwen3, state: DecodeState, cache: KVCache, lengths: jax.Array, columns: jax.Array, first_token: jax.Array,
@@ -107,8 +106,8 @@ def refreshed_context(model: Qwen3, state: DecodeState, cache: KVCache, lengths:
     chosen = lengths > 0
     boundary = jnp.where(chosen & (columns >= 2), columns - 2, cache.max_len)  # beyond the cache: the write is dropped
     context = state.draft
-    _, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, first_token], axis=1), start=state.start,
-                                       cache=cache, cache_index=boundary)
+    cache = model.mtp_cache(context.hidden, jnp.stack([context.token, first_token], axis=1), start=state.start, cache=cache,
+                            cache_index=boundary)
     rows = lambda new, old: jnp.where(chosen.reshape(-1, *([1] * (new.ndim - 1))), new, old)
     return cache, DraftContext(hidden=rows(jnp.stack([before_last, last_hidden], axis=1), context.hidden),
                                token=rows(last_token, context.token), pending=context.pending,

@@ -76,8 +76,8 @@ def test_drafts_are_causal_and_confidence_starts_at_one_half(models):
 
 
 def test_last_column_drafting_matches_every_column_and_writes_the_same_cache(models):
-    """`mtp_last_hidden` (a decode step's draft) is `mtp_hidden_states` at the last column, and leaves the MTP layer's
-    cache as it does, at per-row columns, though the earlier columns skip the layer's output."""
+    """`mtp_last_hidden` (a decode step's draft) is `mtp_hidden_states` at the last column, and it and `mtp_cache` leave
+    the MTP layer's cache as `mtp_hidden_states` does, at per-row columns, though they skip (some of) the layer's output."""
     model = models[0]
     tokens = jax.random.randint(jax.random.key(2), (2, 6), 0, BASE.vocab_size)
     start, index = jnp.array([0, 1]), jnp.array([3, 4])
@@ -89,7 +89,10 @@ def test_last_column_drafting_matches_every_column_and_writes_the_same_cache(mod
     np.testing.assert_allclose(last, every[:, -1], atol=1e-5)
     np.testing.assert_allclose(last_cache.k, every_cache.k, atol=1e-6)
     np.testing.assert_allclose(last_cache.v, every_cache.v, atol=1e-6)
-    assert not np.allclose(every_cache.k[1], cache.k[1])  # both wrote the MTP layer's columns
+    only_cache = model.mtp_cache(hidden, tokens[:, 4:], start=start, cache=cache, cache_index=index)  # prefill's: no outputs
+    np.testing.assert_allclose(only_cache.k, every_cache.k, atol=1e-6)
+    np.testing.assert_allclose(only_cache.v, every_cache.v, atol=1e-6)
+    assert not np.allclose(every_cache.k[1], cache.k[1])  # they all wrote the MTP layer's columns
 
 
 def test_without_heads_drafting_is_refused():
