@@ -30,9 +30,8 @@ Tokens per forward = emitted tokens / target forwards (`spec/tokens_per_forward`
 tokens/s with drafting / without; `spec/draft_kl` estimates KL(q || p) at drafted positions. The last printed
 line is ``RESULT tokens_per_forward=X speedup=Y accept_rate=Z`` for lossless mode on the `ramble` task: the issue's
 targets are about long reasoning responses from a model whose forward is memory-bound, which `ramble` is and the
-demo (6-token answers, a compute-bound 2-layer model) is not; the demo's rows are in the table beside it. Measured
-(RESULTS.md, 4 rounds on a loaded machine): 1.90 tokens per forward, 0.90 accepted, 1.40x tokens/s; the engine costs
-alone give about 1.27x (decode + prefill), so 1.3x is reached only within load noise.
+demo (6-token answers, a compute-bound 2-layer model) is not; the demo's rows are in the table beside it. Measured:
+RESULTS.md (1.90 tokens per forward, 0.90 accepted, 1.2x-1.25x tokens/s in the runs so far, short of 1.3x).
 """
 
 import argparse
