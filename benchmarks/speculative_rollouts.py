@@ -8,7 +8,9 @@ warmed up as a run starts (cached under `warmup.cache_dir`, so only the first ca
 demo, 10 on 2 loaded cores for `ramble`; the measurements then took 14 minutes at load 3-6). From each run's
 weights three engines, `speculative: off`, `lossless` and `confidence` (at the config's `spec_threshold`), each behind its own rollout driver, generate the same prompt batches at temperature
 1 with the run's stop tokens, in alternating rounds so drifts in machine load hit all alike; the first round of each
-(compilation) is not counted.
+(compilation) is not counted, nor is the time a timed round spends compiling a program variant it meets first (a
+longer attention bucket, another prefill batch size: seconds each on this CPU, more for a drafting program, and met
+by chance, a few per mode), which `jax.monitoring` reports.
 
 - `demo`: the demo itself (128 wide x 2 layers): 32 prompts x 8 samples in 256 slots, at most 6 new tokens. A
   forward there is compute-bound on CPU, so a drafting forward (two tokens per slot, the MTP layer, three draws)
@@ -28,9 +30,8 @@ Tokens per forward = emitted tokens / target forwards (`spec/tokens_per_forward`
 tokens/s with drafting / without; `spec/draft_kl` estimates KL(q || p) at drafted positions. The last printed
 line is ``RESULT tokens_per_forward=X speedup=Y accept_rate=Z`` for lossless mode on the `ramble` task: the issue's
 targets are about long reasoning responses from a model whose forward is memory-bound, which `ramble` is and the
-demo (6-token answers, a compute-bound 2-layer model) is not; the demo's rows are in the table beside it. Measured
-(RESULTS.md, 4 rounds on a loaded machine): 1.90 tokens per forward, 0.90 accepted, 1.40x tokens/s; the engine costs
-alone give about 1.27x (decode + prefill), so 1.3x is reached only within load noise.
+demo (6-token answers, a compute-bound 2-layer model) is not; the demo's rows are in the table beside it. Measured:
+RESULTS.md (1.90 tokens per forward, 0.90 accepted, 1.2x-1.25x tokens/s in the runs so far, short of 1.3x).
 """
 
 import argparse
@@ -69,10 +70,19 @@ NOTE = ("A drafting forward runs the trunk on two tokens per slot, the MTP decod
         " wait, a call ends once a slot is free and is read at once, so a freed slot is refilled after the forward it ended"
         " in); a prefill (the MTP layer included) costs about one forward per sample in both modes, so relatively more when"
         " a sample takes fewer forwards; *rest* is the wall time no engine cost accounts for: the driver's host work and"
-        " waits per call, compiles of program variants first met in a timed round (*compiles*), and machine load (the"
-        " costs are the fastest of their rounds, the rounds' time is what the load left).")
+        " waits per call and machine load (the costs are the fastest of their rounds, the rounds' time is what the load"
+        " left); the time timed rounds spent compiling program variants they met first (*compiles*, seconds each, more"
+        " for a drafting program) is left out of every number, as jax.monitoring reports it.")
 COST_ROUNDS, COST_CALLS = 9, 4
 COUNTS = ("prefills", "calls", "forwards", "slot_forwards")  # `RolloutDriver.counts` fields the breakdown reads
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+_compiling = [0.0]  # seconds spent tracing, lowering and compiling since the benchmark started
+
+
+def _count_compile(event: str, seconds: float, **_) -> None:
+    if event in COMPILE_EVENTS:
+        _compiling[0] += seconds
 
 
 def warmed_up(out: Path, overrides: list[str], batches: int):
@@ -102,15 +112,18 @@ def measure(trainer, params, batches) -> dict[str, dict[str, float]]:
         drivers[mode] = RolloutDriver(engine, engine.load_params())
     sampling, n, max_new_tokens = sampling_params(config.rollout), config.rollout.n_samples, config.rollout.max_new_tokens
     rates, metrics, lengths = {mode: [] for mode in MODES}, {mode: [] for mode in MODES}, []
-    spent = {mode: {"seconds": 0.0, "compiles": 0, **{field: 0 for field in COUNTS}} for mode in MODES}  # timed rounds' sums
+    # Timed rounds' sums; `seconds` leaves out `compiling`.
+    spent = {mode: {"seconds": 0.0, "compiles": 0, "compiling": 0.0, **{field: 0 for field in COUNTS}} for mode in MODES}
     for round_, batch in enumerate(batches):
         for mode in MODES:
             counts, compiled = dataclasses.replace(drivers[mode].counts), drivers[mode].engine.compiled_variants()
-            start = time.perf_counter()
+            start, compiling = time.perf_counter(), _compiling[0]
             out = drivers[mode].generate_groups(batch, n, jax.random.key(round_), sampling, max_new_tokens)
-            seconds = time.perf_counter() - start
+            compiling = _compiling[0] - compiling
+            seconds = time.perf_counter() - start - compiling
             if round_ > 0:  # round 0 compiles
                 spent[mode]["seconds"] += seconds
+                spent[mode]["compiling"] += compiling
                 spent[mode]["compiles"] += drivers[mode].engine.compiled_variants() - compiled
                 for field in COUNTS:
                     spent[mode][field] += getattr(drivers[mode].counts, field) - getattr(counts, field)
@@ -164,7 +177,8 @@ def breakdown(row: dict, cost: dict[str, float], slots: int) -> str:
     seconds = spent["seconds"]
     share = lambda part: f"{part:.1f} ({part / seconds:.0%})"
     return (f"{seconds:.1f} | {spent['calls']} | {spent['forwards']} | {spent['slot_forwards'] / (spent['forwards'] * slots):.0%} | "
-            f"{share(decode)} | {spent['prefills']} | {share(prefill)} | {share(seconds - decode - prefill)} | {spent['compiles']} |")
+            f"{share(decode)} | {spent['prefills']} | {share(prefill)} | {share(seconds - decode - prefill)} | {spent['compiles']} "
+            f"({spent['compiling']:.1f} s) |")
 
 
 def main() -> None:
@@ -172,6 +186,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds per task and mode (after one untimed)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    jax.monitoring.register_event_duration_secs_listener(_count_compile)
     results, costs, configs = {}, {}, {}
     for name, overrides in TASKS.items():
         with tempfile.TemporaryDirectory() as out:
@@ -213,10 +228,11 @@ def main() -> None:
           f"{c['lossless']['forward'] / c['off']['forward']:.2f} | {1.8 * c['off']['forward'] / c['lossless']['forward']:.2f}x | "
           f"{c['off']['prefill'] * 1e3:.1f} / {c['lossless']['prefill'] * 1e3:.1f} |" for name, c in costs.items()),
         "",
-        f"Where the `ramble` rounds' time went ({args.rounds} timed rounds; decode and prefill at the costs above, the rest is the "
-        "driver's host work, waits and load drift):",
+        f"Where the `ramble` rounds' time went ({args.rounds} timed rounds, compilation left out; decode and prefill at the costs "
+        "above, the rest is the driver's host work, waits and load drift):",
         "",
-        "| decoding | seconds | generate calls | forwards | slot use | decode (s) | prefills | prefill + insert (s) | rest (s) | compiles |",
+        "| decoding | seconds | generate calls | forwards | slot use | decode (s) | prefills | prefill + insert (s) | rest (s) | "
+        "compiles (time left out) |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *(f"| {mode} | {breakdown(results['ramble'][mode], costs['ramble'][mode], RAMBLE_SLOTS)}" for mode in ("off", "lossless")),
         "",

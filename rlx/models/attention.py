@@ -48,10 +48,8 @@ class Attention(nnx.Module):
         """
         cfg, dtype = self.config, x.dtype
         q = jnp.einsum("bsd,dhk->bshk", x, self.q_proj[...].astype(dtype))
-        k = jnp.einsum("bsd,dhk->bshk", x, self.k_proj[...].astype(dtype))
-        v = jnp.einsum("bsd,dhk->bshk", x, self.v_proj[...].astype(dtype))
         q = rope(self.q_norm(q), positions, cfg.rope_theta)
-        k = rope(self.k_norm(k), positions, cfg.rope_theta)
+        k, v = self.keys_values(x, positions)
         if cache is not None:
             cache = cache.write(layer, k, v, cache_index)
             k, v = cache.read(layer, kv_len)
@@ -61,3 +59,10 @@ class Attention(nnx.Module):
         out = attend(q, k.astype(dtype), v.astype(dtype), q_columns, start, cfg.attention_impl)
         out = out.reshape(batch, steps, cfg.num_heads, cfg.head_dim)
         return jnp.einsum("bshk,hkd->bsd", out, self.o_proj[...].astype(dtype)), cache
+
+    def keys_values(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The keys (normed, rotated) and values `[B, S, kv_heads, head_dim]` of `x [B, S, D]` at rotary `positions`."""
+        dtype = x.dtype
+        k = jnp.einsum("bsd,dhk->bshk", x, self.k_proj[...].astype(dtype))
+        v = jnp.einsum("bsd,dhk->bshk", x, self.v_proj[...].astype(dtype))
+        return rope(self.k_norm(k), positions, self.config.rope_theta), v

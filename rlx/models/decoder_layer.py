@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from rlx.models.attention import Attention
 from rlx.models.config import ModelConfig
+from rlx.models.kv_cache import KVCache
 from rlx.models.layers import RMSNorm, SwiGLU
 from rlx.models.moe import MoEBlock
 
@@ -32,3 +34,10 @@ class DecoderLayer(nnx.Module):
             return x + self.mlp(mlp_in), cache, None
         mlp_out, own = self.mlp(mlp_in, routes)
         return x + mlp_out, cache, own
+
+    def write_keys_values(self, x: jax.Array, positions: jax.Array, cache: KVCache, layer: jax.Array | int,
+                          cache_index: jax.Array | int) -> KVCache:
+        """`cache` with the attention keys and values of this layer's input `x [B, S, D]` written at `cache_index` of
+        `layer`, as a call would write them, without computing the layer's output (what later columns attend to)."""
+        k, v = self.attn.keys_values(self.input_norm(x), positions)
+        return cache.write(layer, k, v, cache_index)

@@ -39,11 +39,28 @@ class MTPHeads(nnx.Module):
                  cache: KVCache | None, layer: int, cache_index: jax.Array, kv_len: int | None) -> tuple[jax.Array, KVCache | None]:
         """Final-normed MTP hidden states [B, S, D] from trunk `hidden` at t and `next_embedding` of token t+1
         (both [B, S, D]); `layer` is the MTP layer's index in `cache` (columns and cache as in `Qwen3`)."""
-        dtype = hidden.dtype
-        joined = jnp.concatenate([self.token_norm(next_embedding), self.hidden_norm(hidden)], axis=-1)
-        x = joined @ self.proj[...].astype(dtype)
-        x, cache, _ = self.layer(x, positions, q_columns, start, cache, layer, cache_index, kv_len)
+        x, cache, _ = self.layer(self._layer_input(hidden, next_embedding), positions, q_columns, start, cache, layer, cache_index, kv_len)
         return self.final_norm(x), cache
+
+    def last(self, hidden: jax.Array, next_embedding: jax.Array, positions: jax.Array, q_columns: jax.Array, start: jax.Array,
+             cache: KVCache, layer: int, cache_index: jax.Array, kv_len: int | None) -> tuple[jax.Array, KVCache]:
+        """`__call__`'s final-normed hidden state at the last column only [B, D], and the cache with every column's keys
+        and values: the earlier columns run only the layer's key and value projections (a decode step drafts from the
+        last column; it needs the others' cache columns, not their outputs)."""
+        x = self._layer_input(hidden, next_embedding)
+        cache = self.layer.write_keys_values(x[:, :-1], positions[:, :-1], cache, layer, cache_index)
+        x, cache, _ = self.layer(x[:, -1:], positions[:, -1:], q_columns[:, -1:], start, cache, layer, q_columns[:, -1], kv_len)
+        return self.final_norm(x[:, 0]), cache
+
+    def write_keys_values(self, hidden: jax.Array, next_embedding: jax.Array, positions: jax.Array, cache: KVCache, layer: int,
+                          cache_index: jax.Array) -> KVCache:
+        """`cache` with the MTP layer's keys and values of every column written, as `__call__` writes them, and no
+        output computed (a prefill or a rewritten chunk drafts nothing)."""
+        return self.layer.write_keys_values(self._layer_input(hidden, next_embedding), positions, cache, layer, cache_index)
+
+    def _layer_input(self, hidden: jax.Array, next_embedding: jax.Array) -> jax.Array:
+        joined = jnp.concatenate([self.token_norm(next_embedding), self.hidden_norm(hidden)], axis=-1)
+        return joined @ self.proj[...].astype(hidden.dtype)
 
     def confidence_logit(self, hidden: jax.Array, mtp_hidden: jax.Array) -> jax.Array:
         """The confidence head's pre-sigmoid float32 logit [...] from trunk `hidden` and `mtp_hidden` at the same position."""

@@ -173,14 +173,31 @@ class Qwen3(nnx.Module):
         values live in cache layer `num_layers`. `trunk_gradient: false` stops gradients into the trunk's hidden
         states and embedding (`model.mtp.train_trunk`).
         """
-        if self.mtp is None:
-            raise ValueError("the model has no MTP head; enable model.mtp")
         start, cache_index, q_columns, positions = _columns(next_tokens.shape, start, cache_index)
         embed = self.embed[...] if trunk_gradient else jax.lax.stop_gradient(self.embed[...])
         hidden = hidden if trunk_gradient else jax.lax.stop_gradient(hidden)
-        next_embedding = embed[next_tokens].astype(hidden.dtype)
-        out, cache = self.mtp(hidden, next_embedding, positions, q_columns, start, cache, self.config.num_layers, cache_index, kv_len)
+        out, cache = self._mtp_heads()(hidden, embed[next_tokens].astype(hidden.dtype), positions, q_columns, start, cache,
+                                       self.config.num_layers, cache_index, kv_len)
         return constrain(out, RESIDUAL), cache
+
+    def mtp_last_hidden(self, hidden: jax.Array, next_tokens: jax.Array, *, start: jax.Array, cache: KVCache, cache_index: jax.Array,
+                        kv_len: int | None = None) -> tuple[jax.Array, KVCache]:
+        """`mtp_hidden_states` at the last column only, [B, hidden] (a decode step's draft), and the cache with every
+        column's MTP keys and values; the earlier columns skip the MTP layer's output (`MTPHeads.last`)."""
+        start, cache_index, q_columns, positions = _columns(next_tokens.shape, start, cache_index)
+        return self._mtp_heads().last(hidden, self.embed[...][next_tokens].astype(hidden.dtype), positions, q_columns, start, cache,
+                                      self.config.num_layers, cache_index, kv_len)
+
+    def mtp_cache(self, hidden: jax.Array, next_tokens: jax.Array, *, start: jax.Array, cache: KVCache, cache_index: jax.Array | int) -> KVCache:
+        """The cache `mtp_hidden_states` leaves (the MTP layer's keys and values of every column), without its outputs."""
+        start, cache_index, _, positions = _columns(next_tokens.shape, start, cache_index)
+        return self._mtp_heads().write_keys_values(hidden, self.embed[...][next_tokens].astype(hidden.dtype), positions, cache,
+                                                   self.config.num_layers, cache_index)
+
+    def _mtp_heads(self):
+        if self.mtp is None:
+            raise ValueError("the model has no MTP head; enable model.mtp")
+        return self.mtp
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Float32 logits [..., vocab] of final hidden states [..., hidden], computed in the hidden states' dtype."""

@@ -81,7 +81,7 @@ def cache_config(config: ModelConfig) -> ModelConfig:
 def prefill_context(model: Qwen3, hidden: jax.Array, tokens: jax.Array, start: jax.Array, cache: KVCache) -> tuple[DraftContext, KVCache]:
     """A prefilled prompt's draft context and its MTP-layer cache columns 0 .. P - 2 (column P - 1 needs the first
     sampled token and is written by the first decode step). `hidden [N, P, D]` are the trunk's over `tokens [N, P]`."""
-    _, cache = model.mtp_hidden_states(hidden[:, :-1], tokens[:, 1:], start=start, cache=cache, cache_index=0)
+    cache = model.mtp_cache(hidden[:, :-1], tokens[:, 1:], start=start, cache=cache, cache_index=0)
     rows = tokens.shape[0]
     nothing = jnp.zeros((rows,), jnp.int32)
     return DraftContext(hidden[:, -2:], tokens[:, -1], nothing, jnp.zeros((rows,), jnp.float32), jnp.zeros((rows,), bool)), cache
@@ -92,8 +92,7 @@ def refresh_mtp_chunk(model: Qwen3, hidden: jax.Array, following: jax.Array, sta
     """Rewrites the MTP layer's cache columns `index .. index + W - 1` [B] of a chunk the trunk just ran (`recompute`,
     `extend`): column t from the trunk's `hidden [B, W, D]` at t and the token after t (`following [B, W]`). The
     column of a row's last token is rewritten by its next decode step, which knows the token after it."""
-    _, cache = model.mtp_hidden_states(hidden, following, start=start, cache=cache, cache_index=index)
-    return cache
+    return model.mtp_cache(hidden, following, start=start, cache=cache, cache_index=index)
 
 
 def refreshed_context(model: Qwen3, state: DecodeState, cache: KVCache, lengths: jax.Array, columns: jax.Array, first_token: jax.Array,
@@ -107,8 +106,8 @@ def refreshed_context(model: Qwen3, state: DecodeState, cache: KVCache, lengths:
     chosen = lengths > 0
     boundary = jnp.where(chosen & (columns >= 2), columns - 2, cache.max_len)  # beyond the cache: the write is dropped
     context = state.draft
-    _, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, first_token], axis=1), start=state.start,
-                                       cache=cache, cache_index=boundary)
+    cache = model.mtp_cache(context.hidden, jnp.stack([context.token, first_token], axis=1), start=state.start, cache=cache,
+                            cache_index=boundary)
     rows = lambda new, old: jnp.where(chosen.reshape(-1, *([1] * (new.ndim - 1))), new, old)
     return cache, DraftContext(hidden=rows(jnp.stack([before_last, last_hidden], axis=1), context.hidden),
                                token=rows(last_token, context.token), pending=context.pending,
@@ -181,11 +180,12 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
     x_log_prob = jnp.where(context.has_pending, context.pending_log_prob, sampled_log_prob)
     column = jnp.minimum(state.index, max_len - 1)
 
-    # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x).
-    mtp_hidden, cache = model.mtp_hidden_states(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
-                                                cache=state.cache, cache_index=column - 2, kv_len=kv_len)
+    # The MTP layer's two latest columns: (hidden before the last token, last token), (hidden before x, x); the draft
+    # is made from the second, the first only (re)writes its keys and values.
+    mtp_hidden, cache = model.mtp_last_hidden(context.hidden, jnp.stack([context.token, x], axis=1), start=state.start,
+                                              cache=state.cache, cache_index=column - 2, kv_len=kv_len)
     draft_seeds, residual_seeds = jax.random.bits(seed_key, (2, *x.shape), jnp.uint32).astype(jnp.int32)
-    draft, draft_q = kernel_draft(model, mtp_hidden[:, 1], draft_seeds, sampling.temperature)
+    draft, draft_q = kernel_draft(model, mtp_hidden, draft_seeds, sampling.temperature)
 
     hidden, cache = model.hidden_states(jnp.stack([x, draft], axis=1), start=state.start, cache=cache, cache_index=column, kv_len=kv_len)
     logits = model.logits(hidden)  # [B, 2, V]: after x, after the draft
@@ -195,12 +195,12 @@ def speculative_step(model: Qwen3, state: DecodeState, sampling: SamplingParams,
         kept = lossless_keep(verify_uniform, target_log_probs, draft, draft_q)
         # Forwards whose live drafts are all kept (most, with few slots and a good head) skip the residual's two passes.
         replacement = jax.lax.cond(jnp.any(live & ~kept),
-                                   lambda: kernel_residual(model, mtp_hidden[:, 1], target_log_probs, residual_seeds, sampling.temperature),
+                                   lambda: kernel_residual(model, mtp_hidden, target_log_probs, residual_seeds, sampling.temperature),
                                    lambda: jnp.zeros_like(draft))
         after = jnp.where(kept, draw_with_uniforms(next_outer, next_inner, after_draft_log_probs), replacement)
         draft_log_prob = _at(target_log_probs, draft)
     else:  # PIPO: no verification; a discarded draft is replaced by a draw of p
-        kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden[:, 1]) >= speculation.threshold
+        kept = model.mtp.confidence(context.hidden[:, 1], mtp_hidden) >= speculation.threshold
         after = draw_with_uniforms(next_outer, next_inner, jnp.where(kept[:, None], after_draft_log_probs, target_log_probs))
         draft_log_prob = draft_q
     # A replacement is recorded with log p: it is distributed as p (lossless), or drawn from p (confidence).

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from safetensors import safe_open
 
-from rlx.models import ModelConfig, Qwen3, load_params, save_pretrained
+from rlx.models import KVCache, ModelConfig, Qwen3, load_params, save_pretrained
 from rlx.models.mtp_config import MTPConfig
 from rlx.parallel import MeshConfig, make_mesh, rules_for, tree_shardings
 from rlx.parallel.rules import logical_names
@@ -73,6 +73,26 @@ def test_drafts_are_causal_and_confidence_starts_at_one_half(models):
     assert not np.allclose(drafted_changed[:, -1], drafted[:, -1])
     np.testing.assert_allclose(model.mtp.confidence(hidden, drafted), 0.5)
     assert model.logits(drafted).shape == (2, 8, BASE.vocab_size)
+
+
+def test_last_column_drafting_matches_every_column_and_writes_the_same_cache(models):
+    """`mtp_last_hidden` (a decode step's draft) is `mtp_hidden_states` at the last column, and it and `mtp_cache` leave
+    the MTP layer's cache as `mtp_hidden_states` does, at per-row columns, though they skip (some of) the layer's output."""
+    model = models[0]
+    tokens = jax.random.randint(jax.random.key(2), (2, 6), 0, BASE.vocab_size)
+    start, index = jnp.array([0, 1]), jnp.array([3, 4])
+    hidden = jax.random.normal(jax.random.key(3), (2, 2, BASE.hidden_size))
+    filled = jax.random.normal(jax.random.key(4), KVCache.shape(dataclasses.replace(BASE, num_layers=2), 2, 8))
+    cache = KVCache(filled, -filled)  # earlier columns hold keys and values the new columns attend to
+    every, every_cache = model.mtp_hidden_states(hidden, tokens[:, 4:], start=start, cache=cache, cache_index=index)
+    last, last_cache = model.mtp_last_hidden(hidden, tokens[:, 4:], start=start, cache=cache, cache_index=index)
+    np.testing.assert_allclose(last, every[:, -1], atol=1e-5)
+    np.testing.assert_allclose(last_cache.k, every_cache.k, atol=1e-6)
+    np.testing.assert_allclose(last_cache.v, every_cache.v, atol=1e-6)
+    only_cache = model.mtp_cache(hidden, tokens[:, 4:], start=start, cache=cache, cache_index=index)  # prefill's: no outputs
+    np.testing.assert_allclose(only_cache.k, every_cache.k, atol=1e-6)
+    np.testing.assert_allclose(only_cache.v, every_cache.v, atol=1e-6)
+    assert not np.allclose(every_cache.k[1], cache.k[1])  # they all wrote the MTP layer's columns
 
 
 def test_without_heads_drafting_is_refused():
