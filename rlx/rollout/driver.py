@@ -107,7 +107,7 @@ class Completion:
 
 
 @dataclasses.dataclass
-class _Admitted:
+class Admitted:
     """A request whose prompt is prefilled; `next_sample` samples of it already hold slots."""
 
     request: Request
@@ -131,9 +131,9 @@ class _Session:
     state: Any
     sampling: SamplingParams
     buffers: "_SlotBuffers"
-    owner: list[tuple[_Admitted, int] | None]
+    owner: list[tuple[Admitted, int] | None]
     pull: Callable[[], Request | None]  # the next request to admit, None when there is none now
-    waiting: _Admitted | None = None
+    waiting: Admitted | None = None
     step: int = 0
     in_flight: tuple | None = None  # (to_numpy, step, version) of the generate call not read yet
     trajectories: Any = None  # multi-turn state (`rlx.rollout.turns`)
@@ -313,8 +313,8 @@ class RolloutDriver:
 
     def _admit(self, session: _Session, free: list[int]) -> None:
         """Fills free slots with waiting samples; prefills newly pulled requests in one batch."""
-        placements: list[tuple[_Admitted, int, int]] = []  # (request, sample, slot)
-        fresh: list[_Admitted] = []
+        placements: list[tuple[Admitted, int, int]] = []  # (request, sample, slot)
+        fresh: list[Admitted] = []
         waiting, owner, buffers = session.waiting, session.owner, session.buffers
         for slot in free:
             if waiting is None or waiting.next_sample == waiting.request.samples:
@@ -349,12 +349,12 @@ class RolloutDriver:
                 admitted.prefix = None  # every sample is placed: let the prefix's buffers go
         session.waiting = waiting
 
-    def _accept(self, request: Request) -> _Admitted:
+    def _accept(self, request: Request) -> Admitted:
         if request.samples < 1 or request.max_tokens < 1:
             raise ValueError(f"request {request.tag!r}: samples and max_tokens must be >= 1, got {request.samples}, {request.max_tokens}")
         prompt, truncated = check_prompt(request.prompt, self.engine.max_prefill_length, self.long_prompt, request.tag)
         self.truncated_prompts += truncated
-        return _Admitted(request, prompt, truncated)
+        return Admitted(request, prompt, truncated)
 
     def generate_groups(self, prompts: PromptBatch, n: int, key: jax.Array, sampling: SamplingParams, max_new_tokens: int,
                         *, min_version: int | None = None, on_sample: OnSample | None = None) -> GroupRollout:

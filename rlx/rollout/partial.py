@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from rlx.data import PromptBatch, PromptRecord
-from rlx.rollout.driver import Completion, GroupRollout, Request, _Admitted, assemble_groups
+from rlx.rollout.driver import Completion, GroupRollout, Request, Admitted, assemble_groups
 from rlx.rollout.engine import stack_media
 from rlx.rollout.sampling import SamplingParams
 
@@ -157,7 +157,7 @@ class PartialRollouts:
         origin = prefix.cache.k.shape[2]
         for slot, sample, request in zip(slots, samples, requests):
             prompt_routes = None if sample.routes is None else sample.routes[None, :len(sample.prompt)]
-            admitted = _Admitted(request, sample.prompt, sample.truncated_prompt, prefix_version=driver.version,
+            admitted = Admitted(request, sample.prompt, sample.truncated_prompt, prefix_version=driver.version,
                                  prompt_routes=prompt_routes, next_sample=request.samples)
             session.owner[slot] = (admitted, sample.sample)
             session.buffers.restore(slot, sample, request.max_tokens, session.step, origin, logits_version=driver.version)
