@@ -28,6 +28,7 @@ from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.config import ConfigError, load_config
 from rlx.errors import RunStopped, UserError
 from rlx.services import generator_child, train
+from rlx.services.feed import RolloutFeed
 from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.generator_replica import StepKeeping, replica_name
 from rlx.services.tracking import read_metrics
@@ -218,6 +219,35 @@ def test_a_killed_generator_process_with_partial_rollouts_loses_and_repeats_noth
     assert all(row["training/off_policy/staleness_max"] <= STALENESS and row.get("bus/groups_dropped_stale", 0) == 0 for row in metrics)
 
 
+def test_process_generators_swap_in_weights_published_mid_step(tmp_path):
+    """`bus.interrupt` with two generator processes at `bus.max_staleness: 1`: steps 1 and 2 are drawn at once with version
+    0; the learner's version 1 (step 1 trained) reaches step 2's child mid-step (held for it there by
+    `process_faults.hand_over_weights_mid_step`), whose samples then hold tokens of both versions, none staler than the bound."""
+    out, swaps, taken = tmp_path / "run", tmp_path / "swaps", {}
+    swaps.mkdir()
+    take = RolloutFeed.take
+
+    def recorded(feed, step):
+        batch, metrics = take(feed, step)
+        mask = batch.rollout.generation.mask > 0
+        taken[step] = [set(versions[held].tolist()) for versions, held in zip(batch.rollout.policy_version, mask)]
+        return batch, metrics
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RLX_TEST_SWAP_DIR", str(swaps))
+        patch.setattr(generator_child, "run", process_faults.swapping_generator)
+        patch.setattr(RolloutFeed, "take", recorded)
+        train(config(out, "services.backend=process", "services.generators=2", "bus.max_staleness=1", "bus.interrupt=keep_cache"))
+    step, before, after, _ = (int(field) for field in (swaps / "swapped").read_text().split())
+    assert (step, before, after) == (2, 0, 1)
+    assert taken[1] == [{0}] * PROMPTS * SAMPLES
+    assert {0, 1} in taken[2] and all(versions <= {0, 1} for versions in taken[2])  # multi-version samples, staleness <= 1
+    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
+    assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # each prompt n_samples times
+    metrics = read_metrics(out / "metrics.jsonl")[1:]
+    assert {row["services/generator_replica"] for row in metrics} == {0.0, 1.0}
+
+
 class ScriptedReplica(StepKeeping):
     """A replica whose child the test plays: what the role sends it is recorded (`Replica`'s interface, no process)."""
 
@@ -281,8 +311,8 @@ def test_a_fresh_generator_takes_up_the_work_carried_into_its_first_step(tmp_pat
 
 
 def test_what_the_process_backend_does_not_do_yet_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="services.backend=ray does not support rollout.token_budget"):
-        config(tmp_path, "services.backend=ray", "rollout.token_budget=40")
+    with pytest.raises(ConfigError, match="services.backend=process does not support parallel.distributed.mode=auto"):
+        config(tmp_path, "services.backend=process", "parallel.distributed.mode=auto")
     with pytest.raises(ConfigError, match="which rollout.token_budget .partial rollouts draw prompts ahead as slots free. does not know"):
         config(tmp_path, "services.backend=process", "services.generators=2", "rollout.token_budget=40")
     with pytest.raises(ConfigError, match=r"generator_cpus \[0, 0\]: name distinct cores in 0\.\."):
