@@ -259,12 +259,9 @@ def _check_services(config: Config) -> None:
         return
     if backend == "ray" and importlib.util.find_spec("ray") is None:
         raise ValueError("services.backend=ray needs Ray, which is not installed here: pip install 'rlx[ray]'")
-    unsupported = {"rollout.token_budget (partial rollouts)": backend == "ray" and config.rollout.token_budget is not None,
-                   f"bus.interrupt={config.bus.interrupt}": config.bus.interrupt != "off",
-                   f"parallel.distributed.mode={config.parallel.distributed.mode}": config.parallel.distributed.mode != "off"}
-    named = [name for name, used in unsupported.items() if used]
-    if named:
-        raise ValueError(f"services.backend={backend} does not support {', '.join(named)} yet; use services.backend: local for them")
+    if config.parallel.distributed.mode != "off":
+        raise ValueError(f"services.backend={backend} does not support parallel.distributed.mode={config.parallel.distributed.mode} "
+                         "yet; use services.backend: local for it")
 
 
 def _check_minibatches(config: Config) -> None:

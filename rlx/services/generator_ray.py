@@ -3,7 +3,8 @@ restart from the first unsealed step, heartbeats, scaling) with `RayTransport` f
 
 Each replica (`generator`, `generator-1`, ...) is a `GeneratorActor` with `services.ray_generator_cpus` /
 `ray_generator_gpus`, running the process backend's role code (`generator_child.Child`) on method calls: the learner's
-messages arrive numbered (`deliver`: a threaded actor may run calls out of order), the child's leave through `receive`,
+messages arrive numbered (`deliver`: a threaded actor may run calls out of order; they run while `run` generates, so
+weights published mid-step reach the child's mailbox there, for `bus.interrupt`), the child's leave through `receive`,
 which the learner keeps one call of in flight per replica (it answers within `heartbeat_s / 2`). Group arrays come
 back as numpy arrays in `receive`'s return value (Ray's object store, no per-token pickling); each published version
 of the weights is put into the object store once (`ray.put`), and every replica reads that one host copy (checked

@@ -13,7 +13,8 @@ fault goes to `signalled`.
 `kill_learner_after_step_1`, a `run.hooks` entry, SIGKILLs the learner once, after step 1.
 
 `hanging_generator`, patched in for `rlx.services.generator_child.run`, hangs the first generator process that draws step
-`RLX_TEST_HANG_STEP` inside that step, its heartbeat thread alive; its pid goes to `hung`.
+`RLX_TEST_HANG_STEP` inside that step, its heartbeat thread alive; its pid goes to `hung`. `swapping_generator` (and
+`ray_swap.SwappingActor`) hold a step's second generate call until newer weights arrive (`hand_over_weights_mid_step`).
 """
 
 import json
@@ -101,6 +102,52 @@ def hanging_generator(*args) -> None:
 
     Generation.produce = stuck
     generator_child.run(*args)
+
+
+def swapping_generator(*args) -> None:
+    """`generator_child.run(*args)` with `hand_over_weights_mid_step` installed."""
+    from rlx.services import generator_child
+
+    hand_over_weights_mid_step()
+    generator_child.run(*args)
+
+
+def hand_over_weights_mid_step() -> None:
+    """Makes the first step `s` a generator process draws with weights older than `s - 1` wait, before its second generate
+    call, until the learner's version `s - 1` (published once step `s - 1` is trained) is in its mailbox, and hands it to
+    the rollout driver there (`bus.interrupt`): a weight swap mid-step, whatever the timing. Each process that swapped
+    adds a line `<step> <version before> <version after> <pid>` to `swapped` in `RLX_TEST_SWAP_DIR`."""
+    from rlx.services.generation import Generation
+
+    if getattr(Generation, "test_swapping", False):
+        return  # installed in this process already
+    init, produce, directory = Generation.__init__, Generation.produce, os.environ["RLX_TEST_SWAP_DIR"]
+
+    def drawing(self, step: int):
+        self.test_step, self.test_calls = step, 0
+        return produce(self, step)
+
+    def built(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        take, driver = self.rollout.weight_source, self.rollout
+
+        def source():
+            self.test_calls += 1
+            wanted = self.test_step - 1
+            if self.test_calls != 2 or driver.version >= wanted or Generation.test_swapped:
+                return take()
+            Generation.test_swapped = True
+            before, published, deadline = driver.version, take(), time.monotonic() + 120
+            while (published is None or published[1] < wanted) and time.monotonic() < deadline:
+                time.sleep(0.02)
+                published = take() or published
+            with open(os.path.join(directory, "swapped"), "a") as handle:
+                handle.write(f"{self.test_step} {before} {published[1] if published else -1} {os.getpid()}\n")
+            return published
+
+        self.rollout.weight_source = source
+
+    Generation.__init__, Generation.produce, Generation.test_swapping, Generation.test_swapped = built, drawing, True, False
 
 
 def _claim(directory: str, name: str) -> bool:

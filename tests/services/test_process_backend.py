@@ -7,7 +7,9 @@ after step 1 restarts the actor twice and the learner once, leaving no Ray proce
 rollouts with the same numbers as an uninterrupted local run (one module, so the local run is made once). A child that
 keeps failing stops the run naming the role, the step and the child's traceback. With partial rollouts
 (`rollout.token_budget`) a process run whose generator is SIGKILLed mid-run loses and repeats no prompt: its replacement
-takes up the work carried after the last step sealed."""
+takes up the work carried after the last step sealed; a ray run does the same with `bus.interrupt`, its actor taking weights
+published mid-step. With `bus.interrupt` two generator processes swap in weights published mid-step: their samples hold
+tokens of two versions."""
 
 import contextlib
 import importlib.util
@@ -28,6 +30,7 @@ from rlx.bus import BusClosed, StalenessGate, TransferQueue
 from rlx.config import ConfigError, load_config
 from rlx.errors import RunStopped, UserError
 from rlx.services import generator_child, train
+from rlx.services.feed import RolloutFeed
 from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.generator_replica import StepKeeping, replica_name
 from rlx.services.tracking import read_metrics
@@ -199,7 +202,12 @@ def budget_killed(tmp_path_factory):
 
 
 def test_a_killed_generator_process_with_partial_rollouts_loses_and_repeats_nothing(budget_killed):
-    out, signals, assigned = budget_killed
+    assert_carried_past_the_kill(*budget_killed)
+
+
+def assert_carried_past_the_kill(out, signals, assigned) -> None:
+    """A run with partial rollouts whose generator was killed once mid-run trained every prompt exactly `SAMPLES` times,
+    the work carried past the kill after it, no token staler than `STALENESS`."""
     assert [name for _, name, _ in signals] == ["SIGKILL"]
     resumed = [(step, carried) for step, carried in assigned if carried is not None]
     assert len(resumed) == 1  # the replacement's first step, after the steps its predecessor sealed
@@ -216,6 +224,79 @@ def test_a_killed_generator_process_with_partial_rollouts_loses_and_repeats_noth
     assert metrics[-1]["services/restarts/generator"] == 1
     assert sum(row["rollout/carried_over_samples"] for row in metrics) > 0
     assert all(row["training/off_policy/staleness_max"] <= STALENESS and row.get("bus/groups_dropped_stale", 0) == 0 for row in metrics)
+
+
+def test_process_generators_swap_in_weights_published_mid_step(tmp_path):
+    """`bus.interrupt` with two generator processes at `bus.max_staleness: 1`: steps 1 and 2 are both admitted with version
+    0 (usually drawn at once, one per generator); the learner's version 1 (step 1 trained) reaches step 2's child mid-step
+    (held for it there by `process_faults.hand_over_weights_mid_step`), whose samples then hold tokens of both versions,
+    none staler than the bound."""
+    out, swaps, taken = tmp_path / "run", tmp_path / "swaps", {}
+    swaps.mkdir()
+    take = RolloutFeed.take
+
+    def recorded(feed, step):
+        batch, metrics = take(feed, step)
+        mask = batch.rollout.generation.mask > 0
+        taken[step] = [set(versions[held].tolist()) for versions, held in zip(batch.rollout.policy_version, mask)]
+        return batch, metrics
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RLX_TEST_SWAP_DIR", str(swaps))
+        patch.setattr(generator_child, "run", process_faults.swapping_generator)
+        patch.setattr(RolloutFeed, "take", recorded)
+        train(config(out, "services.backend=process", "services.generators=2", "bus.max_staleness=1", "bus.interrupt=keep_cache"))
+    assert [line.split()[:3] for line in (swaps / "swapped").read_text().splitlines()] == [["2", "0", "1"]]
+    assert taken[1] == [{0}] * PROMPTS * SAMPLES
+    assert {0, 1} in taken[2] and all(versions <= {0, 1} for versions in taken[2])  # multi-version samples, staleness <= 1
+    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
+    assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # each prompt n_samples times
+    assert {"generator", "generator-1"} <= set(json.loads((out / "services.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def ray_budget_killed(tmp_path_factory):
+    """A ray run with partial rollouts and `bus.interrupt` on a local Ray cluster its learner starts (this process): its
+    generator actor takes weights published mid-step (held for them by `process_faults.hand_over_weights_mid_step`) and is
+    killed (SIGKILL) at its reward call `KILL_AT_CALL`. Returns `budget_killed`'s values, the swaps and the Ray daemons
+    the learner started still running after the run."""
+    pytest.importorskip("ray")
+    from rlx.services import generator_ray
+    from tests.services.ray_swap import SwappingActor
+
+    out, faults = tmp_path_factory.mktemp("ray-budget") / "run", tmp_path_factory.mktemp("faults")
+    assigned = []
+    assign = StepKeeping.assign
+
+    def recorded(replica, step, data_state, skip, carried=None):
+        assigned.append((step, carried))
+        assign(replica, step, data_state, skip, carried)
+
+    with pytest.MonkeyPatch.context() as patch:
+        inject_faults(patch, faults, f"{KILL_AT_CALL}:SIGKILL")
+        patch.setenv("RLX_TEST_SWAP_DIR", str(faults))
+        patch.setattr(StepKeeping, "assign", recorded)
+        patch.setattr(generator_ray, "GeneratorActor", SwappingActor)
+        train(config(out, f"run.steps={BUDGET_STEPS}", "services.backend=ray", "services.max_restarts=1", "services.heartbeat_s=5",
+                     "rollout.token_budget=6", "rollout.max_concurrent_decodes=8", f"bus.max_staleness={STALENESS}",
+                     "bus.interrupt=recompute_cache"))
+    swaps = [[int(field) for field in line.split()] for line in (faults / "swapped").read_text().splitlines()]
+    return (out, signalled(faults), assigned), swaps, left_children(("gcs_server", "raylet"))
+
+
+def left_children(names: tuple[str, ...], within_s: float = 10.0) -> list[str]:
+    """Processes of this process named `names` still running `within_s` seconds after the run."""
+    ended_by = time.monotonic() + within_s
+    while (left := [name for name in group_members(os.getpgrp()).values() if name in names]) and time.monotonic() < ended_by:
+        time.sleep(0.2)
+    return left
+
+
+def test_a_ray_actor_takes_weights_mid_step_and_its_replacement_the_carried_work(ray_budget_killed):
+    killed, swaps, left = ray_budget_killed
+    assert_carried_past_the_kill(*killed)
+    assert swaps and all(after == step - 1 > before for step, before, after, _ in swaps)  # applied inside a step, between generate calls
+    assert not left  # the local cluster's daemons are gone with the run
 
 
 class ScriptedReplica(StepKeeping):
@@ -281,8 +362,8 @@ def test_a_fresh_generator_takes_up_the_work_carried_into_its_first_step(tmp_pat
 
 
 def test_what_the_process_backend_does_not_do_yet_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="services.backend=ray does not support rollout.token_budget"):
-        config(tmp_path, "services.backend=ray", "rollout.token_budget=40")
+    with pytest.raises(ConfigError, match="services.backend=process does not support parallel.distributed.mode=auto"):
+        config(tmp_path, "services.backend=process", "parallel.distributed.mode=auto")
     with pytest.raises(ConfigError, match="which rollout.token_budget .partial rollouts draw prompts ahead as slots free. does not know"):
         config(tmp_path, "services.backend=process", "services.generators=2", "rollout.token_budget=40")
     with pytest.raises(ConfigError, match=r"generator_cpus \[0, 0\]: name distinct cores in 0\.\."):
