@@ -63,12 +63,24 @@ def kill_learner_after_step_1(step: int, metrics: dict) -> None:
         return
     while not os.path.isdir(os.path.join(output_dir, "checkpoints", "1")):  # orbax's name once the save is complete
         time.sleep(0.1)
-    with open(os.path.join(output_dir, "services.json")) as handle:
-        generator = json.load(handle)["generator"]["pid"]
     learner = os.getpid()
+    generator = _live_generator(output_dir, directory, learner)
     with open(os.path.join(directory, "learner_killed"), "w") as handle:
         json.dump({"learner": learner, "generator": generator, "group": sorted(group_members(learner).values())}, handle)
     os.kill(learner, signal.SIGKILL)
+
+
+def _live_generator(output_dir: str, directory: str, learner: int, within_s: float = 30.0) -> int:
+    """The generator's pid in `services.json` once it names the live one: rewritten every heartbeat, the file may still
+    name a replaced generator, or the learner's pid for one that has not answered yet."""
+    record, ended_by = os.path.join(directory, "signalled"), time.monotonic() + within_s
+    while True:
+        signalled = {line.split()[2] for line in open(record).read().splitlines()} if os.path.exists(record) else set()
+        with open(os.path.join(output_dir, "services.json")) as handle:
+            generator = json.load(handle)["generator"]["pid"]
+        if (generator != learner and str(generator) not in signalled) or time.monotonic() > ended_by:
+            return generator
+        time.sleep(0.2)
 
 
 def group_members(pgid: int) -> dict[int, str]:
