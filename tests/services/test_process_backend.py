@@ -181,21 +181,26 @@ BUDGET_STEPS, STALENESS = 3, 2
 KILL_AT_CALL = 20  # a step's reward calls are at most 16 (8 groups held, 2 samples each): past step 1, before step 3's end
 
 
-@pytest.fixture(scope="module")
-def budget_killed(tmp_path_factory):
-    """A process run with partial rollouts (`rollout.token_budget`) whose generator is killed (SIGKILL) at its reward call
-    `KILL_AT_CALL`, mid-run; returns its directory, the faults and each assignment's (step, carried work handed with it)."""
-    out, faults = tmp_path_factory.mktemp("budget") / "run", tmp_path_factory.mktemp("faults")
-    assigned = []
-    assign = StepKeeping.assign
+def record_assignments(patch: pytest.MonkeyPatch) -> list:
+    """Each step assignment's (step, carried work handed with it), as the run makes them."""
+    assigned, assign = [], StepKeeping.assign
 
     def recorded(replica, step, data_state, skip, carried=None):
         assigned.append((step, carried))
         assign(replica, step, data_state, skip, carried)
 
+    patch.setattr(StepKeeping, "assign", recorded)
+    return assigned
+
+
+@pytest.fixture(scope="module")
+def budget_killed(tmp_path_factory):
+    """A process run with partial rollouts (`rollout.token_budget`) whose generator is killed (SIGKILL) at its reward call
+    `KILL_AT_CALL`, mid-run; returns its directory, the faults and each assignment's (step, carried work handed with it)."""
+    out, faults = tmp_path_factory.mktemp("budget") / "run", tmp_path_factory.mktemp("faults")
     with pytest.MonkeyPatch.context() as patch:
         inject_faults(patch, faults, f"{KILL_AT_CALL}:SIGKILL")
-        patch.setattr(StepKeeping, "assign", recorded)
+        assigned = record_assignments(patch)
         train(config(out, f"run.steps={BUDGET_STEPS}", "services.backend=process", "services.max_restarts=1", "rollout.token_budget=6",
                      "rollout.max_concurrent_decodes=8", f"bus.max_staleness={STALENESS}"))
     return out, signalled(faults), assigned
@@ -265,17 +270,10 @@ def ray_budget_killed(tmp_path_factory):
     from tests.services.ray_swap import SwappingActor
 
     out, faults = tmp_path_factory.mktemp("ray-budget") / "run", tmp_path_factory.mktemp("faults")
-    assigned = []
-    assign = StepKeeping.assign
-
-    def recorded(replica, step, data_state, skip, carried=None):
-        assigned.append((step, carried))
-        assign(replica, step, data_state, skip, carried)
-
     with pytest.MonkeyPatch.context() as patch:
         inject_faults(patch, faults, f"{KILL_AT_CALL}:SIGKILL")
         patch.setenv("RLX_TEST_SWAP_DIR", str(faults))
-        patch.setattr(StepKeeping, "assign", recorded)
+        assigned = record_assignments(patch)
         patch.setattr(generator_ray, "GeneratorActor", SwappingActor)
         train(config(out, f"run.steps={BUDGET_STEPS}", "services.backend=ray", "services.max_restarts=1", "services.heartbeat_s=5",
                      "rollout.token_budget=6", "rollout.max_concurrent_decodes=8", f"bus.max_staleness={STALENESS}",
