@@ -1,14 +1,17 @@
-"""A reward plug-in that stops the generator process on cue, for the process-backend tests (stdlib only: reward workers
-import this module).
+"""A reward plug-in that stops the generator process or its own reward worker on cue, for the process-backend tests
+(stdlib only: reward workers import this module).
 
 Reward workers are forked from a fork server that the process owning the pool started, so a worker's grandparent is the
 process that generates. Calls made for a generator (not for a learner: the test's own process, `RLX_TEST_PID`, or one
 run by a supervisor, `RLX_SUPERVISOR_PID`) are numbered across restarts with files in `RLX_TEST_FAULT_DIR`.
-`RLX_TEST_FAULTS="8:SIGKILL,9:SIGSTOP"` sends those signals in turn, each once: signal `i` at the first call numbered at
-least its number made for a generator that no fault has hit yet (so the second one hits the replacement, not a process
-already dying). `HANG` instead of a signal's name makes that call return only once its generator is gone (with
-`reward.timeout_s` longer than `services.hang_timeout_s`, the generator's step stands still, its heartbeat alive). Each
-fault goes to `signalled`.
+`RLX_TEST_FAULTS="8:SIGKILL,9:SIGSTOP"` sends those signals to the generator in turn, each once: fault `i` at the first
+call numbered at least its number made for a generator that no generator fault has hit yet (so the second one hits the
+replacement, not a process already dying). `HANG` instead of a signal's name makes that call return only once its
+generator is gone (with `reward.timeout_s` longer than `services.hang_timeout_s`, the generator's step stands still, its
+heartbeat alive). A fault named `worker:` and a signal's name (`2:worker:SIGKILL`) sends it to the reward worker making
+the call, mid-call; `worker:HANG` makes the call sleep until the pool kills its worker past `reward.timeout_s`. Either
+scores `reward.on_error_reward`, and its generator can still be hit by a later fault. Each fault goes to `signalled`:
+`<call> <fault> <pid of the process it hit>`.
 
 `kill_learner_after_step_1`, a `run.hooks` entry, SIGKILLs the learner once, after step 1.
 
@@ -21,6 +24,8 @@ import json
 import os
 import signal
 import time
+
+WORKER = "worker:"  # a fault aimed at the reward worker making the call, not at its generator
 
 
 def length_mod_3(response, record):
@@ -37,17 +42,20 @@ def _signal_on_cue() -> None:
     signalled = [line.split() for line in open(record).read().splitlines()] if os.path.exists(record) else []
     if str(generator) in {pid for _, _, pid in signalled}:
         return
-    cues = [item.split(":") for item in os.environ["RLX_TEST_FAULTS"].split(",")]
+    cues = [item.split(":", 1) for item in os.environ["RLX_TEST_FAULTS"].split(",")]
     if len(signalled) == len(cues) or call < int(cues[len(signalled)][0]) or not _claim(directory, f"cue-{len(signalled)}"):
         return
     name = cues[len(signalled)][1]
+    target = os.getpid() if name.startswith(WORKER) else generator
     with open(record, "a") as handle:
-        handle.write(f"{call} {name} {generator}\n")
+        handle.write(f"{call} {name} {target}\n")
     if name == "HANG":
         while os.path.exists(f"/proc/{generator}"):  # then this worker, its call answered, sees its pool gone and exits
             time.sleep(0.2)
+    elif name == WORKER + "HANG":
+        time.sleep(3600)  # the pool kills this worker at its deadline
     else:
-        os.kill(generator, getattr(signal, name))
+        os.kill(target, getattr(signal, name.removeprefix(WORKER)))
 
 
 def _is_learner(pid: int) -> bool:

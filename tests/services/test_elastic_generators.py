@@ -7,7 +7,9 @@ draws step 4 again and step 5 while `generator-1` restarts; after step 5 it asks
 `generator-1` holds step 6 (still compiling), which `generator` draws again. The run trains the same rollouts as a
 `local` run with one generator thread: the same (step, prompt) rows, each `n_samples` times, with the same responses.
 Two generators started together (the role alone, no learner) miss two publishes while starting and still draw with the
-latest weights, each step from where it begins in the prompt stream.
+latest weights, each step from where it begins in the prompt stream. A ray run (local cluster of 2 CPUs, one per actor)
+asks for two generator actors after step 1: `generator-1` draws step 3 with the latest weights; its reward plug-in
+kills one of its workers mid-call and hangs one call past `reward.timeout_s`, both scored and counted.
 """
 
 import contextlib
@@ -29,7 +31,8 @@ from rlx.scale import main as scale_main
 from rlx.services import train
 from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.tracking import read_metrics
-from tests.services.test_process_backend import PROMPTS, SAMPLES, config, rollouts, signalled
+from tests.services.test_process_backend import (PROMPTS, REWARD_FAULT_SETTINGS, REWARD_FAULTS, SAMPLES, assert_reward_faults_counted,
+                                                 config, inject_faults, rollouts, signalled)
 
 STEPS = 6
 KILL_AT_CALL = 3 * SAMPLES * PROMPTS  # the first reward call of step 4 (calls are numbered from 0 in generator processes)
@@ -130,6 +133,28 @@ def test_generators_that_missed_publishes_draw_with_the_latest_weights_from_wher
         assert versions.size and set(versions.tolist()) == {2}
         assert [record.id for group in groups for record in group.meta["records"][::SAMPLES]] == [record.id for record in next(stream).records]
     assert role.error is None
+
+
+def test_a_ray_run_scaled_to_two_actors_hands_the_second_a_step(tmp_path):
+    """Ray actors ask for `services.ray_generator_cpus: 1` each (the default): two fit the local cluster of 2 CPUs."""
+    pytest.importorskip("ray")
+    out, faults, steps = tmp_path / "run", tmp_path / "faults", 3
+    faults.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        inject_faults(patch, faults, REWARD_FAULTS)
+        patch.setenv("RLX_TEST_SCALE_RUN", str(out))
+        patch.setenv("RLX_TEST_SCALE_PLAN", "1:2")  # after step 1 ask for 2 generators and wait until generator-1 is ready
+        train(config(out, f"run.steps={steps}", "services.backend=ray", "services.heartbeat_s=5",
+                     "run.hooks=[tests.services.elastic_plan:rescale_on_cue]", *REWARD_FAULT_SETTINGS))
+    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
+    assert len(counts) == steps * PROMPTS and set(counts.values()) == {SAMPLES}  # none lost or repeated
+    rows = read_metrics(out / "metrics.jsonl")[1:]
+    assert [row["services/generator_replica"] for row in rows] == [0, 0, 1]  # step 2 was handed out before the request
+    assert [row.get("services/restarts/generator-1") for row in rows] == [None, 0, 0]
+    assert [row["training/off_policy/staleness_max"] for row in rows] == [0] * steps  # generator-1 had the latest weights
+    roles = json.loads((out / "services.json").read_text())
+    assert {name: roles[name]["status"] for name in roles if name.startswith("generator")} == {"generator": "done", "generator-1": "done"}
+    assert_reward_faults_counted(out, signalled(faults))
 
 
 def test_scaling_is_refused_without_a_live_process_run(tmp_path, local, capsys):

@@ -231,11 +231,28 @@ def assert_carried_past_the_kill(out, signals, assigned) -> None:
     assert all(row["training/off_policy/staleness_max"] <= STALENESS and row.get("bus/groups_dropped_stale", 0) == 0 for row in metrics)
 
 
+REWARD_FAULTS = "2:worker:SIGKILL,5:worker:HANG"  # at the generators' reward calls 2 and 5 (`process_faults`)
+ON_ERROR = -1.0  # reward.on_error_reward where rewards fail: length_mod_3 never scores it
+REWARD_FAULT_SETTINGS = ("reward.timeout_s=2", f"reward.on_error_reward={ON_ERROR}")  # a hang costs 2 s
+
+
+def assert_reward_faults_counted(out, signals) -> None:
+    """A run that draws no step twice, whose plug-in SIGKILLed its reward worker mid-call once and hung one call past
+    `reward.timeout_s` (`REWARD_FAULTS`), trained both samples with `reward.on_error_reward`, counted in `reward/errors`
+    (the hang in `reward/timeouts` too); every other call scored, so the killed worker was replaced."""
+    assert [name for _, name, _ in signals] == ["worker:SIGKILL", "worker:HANG"]
+    metrics = read_metrics(out / "metrics.jsonl")[1:]
+    assert sum(row["reward/errors"] for row in metrics) == 2 and sum(row["reward/timeouts"] for row in metrics) == 1
+    rewards = [row["reward"] for row in rollouts(out)]
+    assert rewards.count(ON_ERROR) == 2 and set(rewards) - {ON_ERROR} <= {0.0, 1.0, 2.0}
+
+
 def test_process_generators_swap_in_weights_published_mid_step(tmp_path):
     """`bus.interrupt` with two generator processes at `bus.max_staleness: 1`: steps 1 and 2 are both admitted with version
     0 (usually drawn at once, one per generator); the learner's version 1 (step 1 trained) reaches step 2's child mid-step
     (held for it there by `process_faults.hand_over_weights_mid_step`), whose samples then hold tokens of both versions,
-    none staler than the bound."""
+    none staler than the bound. Their reward plug-in kills one of its workers mid-call and hangs one call
+    (`REWARD_FAULTS`): both score `reward.on_error_reward`, counted, and the run completes."""
     out, swaps, taken = tmp_path / "run", tmp_path / "swaps", {}
     swaps.mkdir()
     take = RolloutFeed.take
@@ -247,16 +264,19 @@ def test_process_generators_swap_in_weights_published_mid_step(tmp_path):
         return batch, metrics
 
     with pytest.MonkeyPatch.context() as patch:
+        inject_faults(patch, swaps, REWARD_FAULTS)
         patch.setenv("RLX_TEST_SWAP_DIR", str(swaps))
         patch.setattr(generator_child, "run", process_faults.swapping_generator)
         patch.setattr(RolloutFeed, "take", recorded)
-        train(config(out, "services.backend=process", "services.generators=2", "bus.max_staleness=1", "bus.interrupt=keep_cache"))
+        train(config(out, "services.backend=process", "services.generators=2", "bus.max_staleness=1", "bus.interrupt=keep_cache",
+                     *REWARD_FAULT_SETTINGS))
     assert [line.split()[:3] for line in (swaps / "swapped").read_text().splitlines()] == [["2", "0", "1"]]
     assert taken[1] == [{0}] * PROMPTS * SAMPLES
     assert {0, 1} in taken[2] and all(versions <= {0, 1} for versions in taken[2])  # multi-version samples, staleness <= 1
     counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
     assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # each prompt n_samples times
     assert {"generator", "generator-1"} <= set(json.loads((out / "services.json").read_text()))
+    assert_reward_faults_counted(out, signalled(swaps))
 
 
 @pytest.fixture(scope="module")
