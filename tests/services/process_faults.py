@@ -8,10 +8,10 @@ run by a supervisor, `RLX_SUPERVISOR_PID`) are numbered across restarts with fil
 call numbered at least its number made for a generator that no generator fault has hit yet (so the second one hits the
 replacement, not a process already dying). `HANG` instead of a signal's name makes that call return only once its
 generator is gone (with `reward.timeout_s` longer than `services.hang_timeout_s`, the generator's step stands still, its
-heartbeat alive). A fault named `worker:` and a signal's name (`2:worker:SIGKILL`) sends it to the reward worker making
-the call, mid-call; `worker:HANG` makes the call sleep until the pool kills its worker past `reward.timeout_s`. Either
-scores `reward.on_error_reward`, and its generator can still be hit by a later fault. Each fault goes to `signalled`:
-`<call> <fault> <pid of the process it hit>`.
+heartbeat alive). `worker:` before a signal's name (`2:worker:SIGKILL`) sends it to the reward worker making the call,
+mid-call; `worker:HANG` makes the call sleep until the pool kills its worker past `reward.timeout_s`. A worker fault
+scores `reward.on_error_reward` and does not count as hitting its generator, which a later fault can still hit. Each
+fault goes to `signalled`: `<call> <fault> <pid of the process it hit>`.
 
 `kill_learner_after_step_1`, a `run.hooks` entry, SIGKILLs the learner once, after step 1.
 

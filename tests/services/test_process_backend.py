@@ -9,7 +9,8 @@ keeps failing stops the run naming the role, the step and the child's traceback.
 (`rollout.token_budget`) a process run whose generator is SIGKILLed mid-run loses and repeats no prompt: its replacement
 takes up the work carried after the last step sealed; a ray run does the same with `bus.interrupt`, its actor taking weights
 published mid-step. With `bus.interrupt` two generator processes swap in weights published mid-step: their samples hold
-tokens of two versions."""
+tokens of two versions; their reward plug-in kills one of its workers mid-call and hangs one call past
+`reward.timeout_s`, both scored `reward.on_error_reward` and counted."""
 
 import contextlib
 import importlib.util
