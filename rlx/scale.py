@@ -1,8 +1,8 @@
-"""`python -m rlx.scale --run runs/NAME --generators K`: a live run (`services.backend: process`) draws with K generator
-processes from now on, without stopping the learner.
+"""`python -m rlx.scale --run runs/NAME --generators K`: a live run (`services.backend: process` or `ray`) draws with K
+generators (processes or Ray actors) from now on, without stopping the learner.
 
 The request goes through a file in the run directory (`rlx.services.scaling`); the run takes it within a quarter
-second and starts or removes generator processes (`rlx.services.generator_process`). This command waits until the
+second and starts or removes generator replicas (`rlx.services.generator_process`). This command waits until the
 run has taken it. Refused (exit 2): a directory with no live run, a run with `services.backend: local`, K < 1, or a
 K the run's config does not allow (e.g. K > 1 with `algorithm.dynamic_sampling`).
 """
@@ -24,9 +24,9 @@ FINISHED = ("done", "failed")  # a learner in services.json with these statuses 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlx.scale", description="Add or remove generator processes of a live run.")
+    parser = argparse.ArgumentParser(prog="python -m rlx.scale", description="Add or remove generators of a live run.")
     parser.add_argument("--run", required=True, help="the live run's output_dir (holds config.yaml and services.json)")
-    parser.add_argument("--generators", type=int, required=True, help="how many generator processes the run keeps from now on")
+    parser.add_argument("--generators", type=int, required=True, help="how many generators (processes or Ray actors) the run keeps from now on")
     parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the run to take the request (default 10)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """Requests to rescale a live run's generators (`python -m rlx.scale`), passed through a file in the run directory.
 
-`request_generators` writes `<output_dir>/scale_request.json` (`{"generators": K}`, atomically); the process
-generator role (`rlx.services.generator_process`) looks for it at every supervising tick (a quarter second at most),
-removes it and adds or removes generator processes. A request the run has not taken yet is replaced by a newer one.
+`request_generators` writes `<output_dir>/scale_request.json` (`{"generators": K}`, atomically); the generator role
+of a process or Ray run (`rlx.services.generator_process`) looks for it at every supervising tick (a quarter second at
+most), removes it and adds or removes generator replicas (processes or Ray actors). A request the run has not taken yet is replaced by a newer one.
 """
 
 from __future__ import annotations
