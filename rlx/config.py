@@ -248,13 +248,12 @@ def _check_services(config: Config) -> None:
     generators, backend = config.services.generators, config.services.backend
     if generators > 1 and backend == "local":
         raise ValueError(f"services.generators={generators} runs generator processes; it needs services.backend: process or ray")
-    if generators > 1 and config.algorithm.dynamic_sampling:
-        raise ValueError(f"services.generators={generators} splits steps between generators by where each begins in the prompt "
-                         "stream, which algorithm.dynamic_sampling (more rounds per step) does not know in advance; use one generator")
-    if generators > 1 and config.rollout.token_budget is not None:
-        raise ValueError(f"services.generators={generators} splits steps between generators by where each begins in the prompt "
-                         "stream, which rollout.token_budget (partial rollouts draw prompts ahead as slots free) does not know in "
-                         "advance; use one generator, or set rollout.token_budget: null")
+    drawing_unknown_prompts = {"algorithm.dynamic_sampling (more rounds per step)": config.algorithm.dynamic_sampling,
+                               "rollout.token_budget (partial rollouts draw prompts ahead as slots free)": config.rollout.token_budget is not None}
+    for setting, used in drawing_unknown_prompts.items():
+        if used and generators > 1:
+            raise ValueError(f"services.generators={generators} splits steps between generators by where each begins in the "
+                             f"prompt stream, which {setting} does not know in advance; use one generator")
     if backend == "local":
         return
     if backend == "ray" and importlib.util.find_spec("ray") is None:
