@@ -40,6 +40,7 @@ from rlx.data import PromptBatch, PromptRecord
 from rlx.rollout.engine import Engine
 from rlx.rollout.forward_loop import DecodeCounts
 from rlx.rollout.sampling import SamplingParams
+from rlx.rollout.slot_buffers import SlotBuffers
 from rlx.rollout.state import Prefix
 from rlx.rollout.stops import StopStrings
 
@@ -130,7 +131,7 @@ class _Session:
 
     state: Any
     sampling: SamplingParams
-    buffers: "_SlotBuffers"
+    buffers: SlotBuffers
     owner: list[tuple[Admitted, int] | None]
     pull: Callable[[], Request | None]  # the next request to admit, None when there is none now
     waiting: Admitted | None = None
@@ -204,7 +205,7 @@ class RolloutDriver:
     def open_session(self, key: jax.Array, sampling: SamplingParams, pull: Callable[[], Request | None]) -> _Session:
         slots = self.engine.max_concurrent_decodes
         max_new = max(self.engine.max_len - self.engine.max_prefill_length, 1)
-        buffers = _SlotBuffers(slots, max_new, self.engine.route_shape)
+        buffers = SlotBuffers(slots, max_new, self.engine.route_shape)
         session = _Session(self.engine.decode_state(key), sampling, buffers, [None] * slots, pull)
         if self.turns is not None:
             self.turns.attach(session)
@@ -216,7 +217,7 @@ class RolloutDriver:
         slots = self.engine.max_concurrent_decodes
         # While no sample waits for a slot, one generate call is kept in flight: step t + 1 is dispatched
         # before step t's tokens are read, so host work overlaps device work (a slot freed at step t would
-        # idle through step t + 1, whose tokens for it are ignored: `since` in `_SlotBuffers`). While samples
+        # idle through step t + 1, whose tokens for it are ignored: `since` in `SlotBuffers`). While samples
         # wait, each call ends once an eighth of the slots are done (`Engine.generate(end_after=)`) and is read
         # at once, so the slots it freed are refilled before the next call.
         end_after = -(-slots // REFILL_SLOTS_FRACTION)
@@ -329,11 +330,7 @@ class RolloutDriver:
             owner[slot] = (waiting, waiting.next_sample)
             waiting.next_sample += 1
         if fresh:
-            media = [admitted.request.media for admitted in fresh] if fresh[0].request.media else None
-            prefix = self.engine.prefill_batch(self.params, [admitted.prompt for admitted in fresh], media)
-            self.counts.prefills += 1
-            if prefix.routes is not None:
-                prefix.routes.copy_to_host_async()
+            prefix = self.prefill([admitted.prompt for admitted in fresh], [admitted.request for admitted in fresh])
             for row, admitted in enumerate(fresh):
                 admitted.prefix, admitted.prefix_version, admitted.row = prefix, self.version, row
                 admitted.prompt_routes = prefix.routes
@@ -348,6 +345,15 @@ class RolloutDriver:
             if admitted is not None and admitted.next_sample == admitted.request.samples:
                 admitted.prefix = None  # every sample is placed: let the prefix's buffers go
         session.waiting = waiting
+
+    def prefill(self, prompts: list[np.ndarray], requests: list[Request]):
+        """One prefill of `prompts` (with their `requests`' media), counted; its routes start their way to the host."""
+        media = [request.media for request in requests] if requests[0].media else None
+        prefix = self.engine.prefill_batch(self.params, prompts, media)
+        self.counts.prefills += 1
+        if prefix.routes is not None:
+            prefix.routes.copy_to_host_async()
+        return prefix
 
     def _accept(self, request: Request) -> Admitted:
         if request.samples < 1 or request.max_tokens < 1:
@@ -409,104 +415,6 @@ def check_prompt(prompt: np.ndarray, limit: int, long_prompt: LongPrompt, tag: A
             "raise it, shorten the prompt, or set rollout.long_prompt=truncate (keeps the last tokens)"
         )
     return prompt[-limit:], True  # the end of a prompt holds the question
-
-
-class _SlotBuffers:
-    """Host-side per-slot response buffers, filled column by column from `ResultTokens`."""
-
-    def __init__(self, slots: int, width: int, route_shape: tuple[int, int] | None = None):
-        self.tokens = np.zeros((slots, width), np.int32)
-        self.routes = np.zeros((slots, width, *route_shape), np.int32) if route_shape is not None else None
-        self.log_probs = np.zeros((slots, width), np.float32)
-        self.versions = np.full((slots, width), -1, np.int32)
-        self.policy = np.zeros((slots, width), np.float32)  # 1 on sampled tokens, 0 on inserted observations
-        self.count = np.zeros((slots,), np.int32)
-        self.turn_start = np.zeros((slots,), np.int32)  # first token of the current policy turn (stop strings look from there)
-        self.stopped = np.zeros((slots,), bool)  # the last turn ended at a stop token or string (not at a limit)
-        self.limit = np.zeros((slots,), np.int32)
-        self.active = np.zeros((slots,), bool)
-        self.since = np.zeros((slots,), np.int64)  # first generate step whose tokens belong to the slot's sample
-        # Version of the weights that computed each slot's pending next-token logits: a generate
-        # call samples its first token from them, so after a weight swap without recompute that
-        # token still comes from the old weights.
-        self.logits_version = np.full((slots,), -1, np.int32)
-        # Cache columns each slot holds once the generate calls dispatched so far are done (prompt
-        # bucket + tokens): the longest live one picks the engine's attention length bucket.
-        self.columns = np.zeros((slots,), np.int64)
-        self.origin = np.zeros((slots,), np.int64)  # cache column of the slot's first response token (its prompt bucket)
-        self.appended = 0  # tokens appended since creation (a token budget counts them)
-
-    def reset(self, slot: int, max_tokens: int, since: int) -> None:
-        self.count[slot], self.limit[slot], self.active[slot], self.since[slot] = 0, min(max_tokens, self.tokens.shape[1]), True, since
-        self.turn_start[slot], self.stopped[slot] = 0, False
-
-    def restore(self, slot: int, sample: Completion, max_tokens: int, since: int, origin: int, logits_version: int) -> None:
-        """Puts a sample saved part-way (`RolloutDriver.sample_so_far`) back in `slot`, whose cache holds its prompt from
-        column `origin` on and its tokens after it; its next-token logits came from weights `logits_version`."""
-        self.reset(slot, max_tokens, since)
-        length = len(sample.tokens)
-        self.tokens[slot, :length], self.log_probs[slot, :length], self.versions[slot, :length] = sample.tokens, sample.log_probs, sample.versions
-        self.policy[slot, :length] = 1.0 if sample.mask is None else sample.mask
-        if self.routes is not None:
-            self.routes[slot, :length] = sample.routes[len(sample.prompt):]
-        self.count[slot], self.origin[slot], self.columns[slot] = length, origin, origin + length
-        self.logits_version[slot] = logits_version
-
-    def observe(self, slot: int, tokens: np.ndarray, since: int, logits_version: int) -> int:
-        """Appends observation tokens (no log-prob, version -1, mask 0) to a waiting slot, which decodes
-        again from generate step `since`; returns the cache column they start at."""
-        first, end = self.count[slot], self.count[slot] + len(tokens)
-        self.tokens[slot, first:end], self.log_probs[slot, first:end], self.versions[slot, first:end] = tokens, 0.0, -1
-        self.policy[slot, first:end] = 0.0
-        self.count[slot] = self.turn_start[slot] = end
-        self.active[slot], self.stopped[slot], self.since[slot], self.logits_version[slot] = True, False, since, logits_version
-        self.columns[slot] = self.origin[slot] + end
-        return int(self.origin[slot] + first)
-
-    def advance(self, live: list[int], steps: int) -> int:
-        """Counts a generate call of `steps` tokens on the `live` slots; returns the most columns one then holds."""
-        self.columns[live] += steps
-        return int(self.columns[live].max())
-
-    def settle(self, rows: np.ndarray, ahead: int) -> None:
-        """Bounds the columns of `rows` [slots] bool, whose tokens so far are all appended, by those tokens plus the
-        `ahead` columns the calls dispatched since may add (`advance` counted the most each call can add)."""
-        self.columns[rows] = np.minimum(self.columns[rows], self.origin[rows] + self.count[rows] + ahead)
-
-    def append(self, result, step: int, version: int, stop_tokens: tuple[int, ...], stop_strings: StopStrings | None = None) -> list[int]:
-        """Adds generate step `step`'s tokens; returns the slots that finished."""
-        tokens, valid, log_probs = result.tokens, result.valid, np.asarray(result.log_probs)
-        mine = self.active & (self.since <= step)
-        finished = np.zeros_like(self.active)
-        rows = np.arange(len(self.count))
-        for j in range(result.columns_run):
-            live = mine & ~finished & valid[:, j]
-            column = np.minimum(self.count, self.tokens.shape[1] - 1)
-            self.tokens[live, column[live]] = tokens[live, j]
-            self.log_probs[live, column[live]] = log_probs[live, j]
-            self.versions[live, column[live]] = self.logits_version[live] if j == 0 else version
-            if self.routes is not None:
-                self.routes[live, column[live]] = result.routes[live, j]
-            self.policy[live, column[live]] = 1.0
-            self.count += live
-            self.appended += int(live.sum())
-            stopped = live & np.isin(tokens[:, j], stop_tokens)
-            if stop_strings is not None:
-                for slot in np.flatnonzero(live & ~stopped):
-                    stopped[slot] = stop_strings.completed(self.tokens[slot, self.turn_start[slot]:self.count[slot]])
-            self.stopped |= stopped
-            # An invalid token on an active slot means the engine's row is full (an invalid draft column: a rejected draft).
-            full = ~valid[:, j] if not (result.drafts and j % 2 == 1) else np.zeros_like(valid[:, j])
-            finished |= mine & (stopped | (self.count >= self.limit) | full)
-        self.logits_version[mine] = version
-        self.active &= ~finished
-        return list(rows[finished])
-
-    def take(self, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """(tokens, behaviour log-probs, versions, policy mask, routes or None when not recorded) of the slot's sample."""
-        length = self.count[slot]
-        routes = self.routes[slot, :length].copy() if self.routes is not None else None
-        return (*(array[slot, :length].copy() for array in (self.tokens, self.log_probs, self.versions, self.policy)), routes)
 
 
 def assemble_groups(prompts: PromptBatch, completions: list[Completion], n: int, width: int, *, pad_id: int, metrics: dict[str, float]) -> GroupRollout:

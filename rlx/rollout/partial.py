@@ -151,8 +151,7 @@ class PartialRollouts:
             return
         slots, samples = list(fits), list(fits.values())
         requests = [self.held[sample.tag].request for sample in samples]
-        media = [request.media for request in requests] if requests[0].media else None
-        prefix = engine.prefill_batch(driver.params, [sample.prompt for sample in samples], media)
+        prefix = driver.prefill([sample.prompt for sample in samples], requests)
         session.state = engine.insert_rows(prefix, session.state, list(range(len(slots))), slots)
         origin = prefix.cache.k.shape[2]
         for slot, sample, request in zip(slots, samples, requests):
