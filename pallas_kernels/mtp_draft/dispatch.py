@@ -31,6 +31,15 @@ def _check_blocks(block_n, block_v) -> None:
             raise ValueError(f"{label} must be a positive integer, got {size}")
 
 
+def _prepared(impl, backend, h, w, seeds, temperature, block_n, block_v):
+    """``(implementation name, h, w, int32 seeds, float temperature)``, the inputs checked."""
+    name = resolve_impl(impl, backend)
+    h, w, seeds = jnp.asarray(h), jnp.asarray(w), jnp.asarray(seeds)
+    _check_inputs(h, w, seeds, temperature)
+    _check_blocks(block_n, block_v)
+    return name, h, w, seeds.astype(jnp.int32), float(temperature)
+
+
 def draft_tokens(h: jax.Array, w: jax.Array, seeds: jax.Array, temperature: float = 1.0, *, impl: str = "auto",
                  block_n: int | None = None, block_v: int | None = None, backend: str | None = None) -> tuple[jax.Array, jax.Array]:
     """One token per row sampled from ``softmax(h @ w / temperature)``, and its log-prob, without ``[N, V]`` logits.
@@ -50,11 +59,7 @@ def draft_tokens(h: jax.Array, w: jax.Array, seeds: jax.Array, temperature: floa
     Returns:
       ``(tokens, logp)``: int32 and float32 ``[N]``. Not differentiable (a sample).
     """
-    name = resolve_impl(impl, backend)
-    h, w, seeds = jnp.asarray(h), jnp.asarray(w), jnp.asarray(seeds)
-    _check_inputs(h, w, seeds, temperature)
-    seeds, temperature = seeds.astype(jnp.int32), float(temperature)
-    _check_blocks(block_n, block_v)
+    name, h, w, seeds, temperature = _prepared(impl, backend, h, w, seeds, temperature, block_n, block_v)
     if name == "reference":
         return reference_draft_tokens(h, w, seeds, temperature)
     if name == "chunked":
@@ -80,13 +85,10 @@ def residual_tokens(target: jax.Array, h: jax.Array, w: jax.Array, seeds: jax.Ar
     Returns:
       int32 ``[N]``.
     """
-    name = resolve_impl(impl, backend)
-    target, h, w, seeds = jnp.asarray(target, jnp.float32), jnp.asarray(h), jnp.asarray(w), jnp.asarray(seeds)
-    _check_inputs(h, w, seeds, temperature)
+    name, h, w, seeds, temperature = _prepared(impl, backend, h, w, seeds, temperature, block_n, block_v)
+    target = jnp.asarray(target, jnp.float32)
     if target.shape != (h.shape[0], w.shape[1]):
         raise ValueError(f"target must be log-probs [N, V] = [{h.shape[0]}, {w.shape[1]}], got {target.shape}")
-    _check_blocks(block_n, block_v)
-    seeds, temperature = seeds.astype(jnp.int32), float(temperature)
     if name == "reference":
         return reference_residual_tokens(target, h, w, seeds, temperature)
     if name == "chunked":
