@@ -12,7 +12,7 @@ import pytest
 from rlx.data import PromptRecord
 from rlx.rewards import RewardConfig, resolve_reward_fn, score_responses
 from rlx.rewards.isolation import CallTimeout, WorkerPool
-from tests.conftest import fast_compile_env
+from tests.conftest import REPO, fast_compile_env
 
 
 def record(answer: str) -> PromptRecord:
@@ -124,8 +124,7 @@ def running(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal is Linux's")
 def test_a_process_killed_outright_takes_its_worker_with_it_even_mid_call():
     """A generator killed with SIGKILL while a reward plug-in is stuck in a call leaves no worker behind."""
-    owner = subprocess.Popen([sys.executable, "-c", BUSY_POOL], stdout=subprocess.PIPE, text=True, env=fast_compile_env(),
-                             cwd=Path(__file__).resolve().parents[2])
+    owner = subprocess.Popen([sys.executable, "-c", BUSY_POOL], stdout=subprocess.PIPE, text=True, env=fast_compile_env(), cwd=REPO)
     try:
         worker = int(owner.stdout.readline())
         time.sleep(0.5)  # the call reaches the worker

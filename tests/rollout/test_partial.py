@@ -24,11 +24,7 @@ def prompt_source():
 @pytest.fixture
 def budgeted(make_engine):
     """3 slots, a stop token so lengths differ, a 4-token budget: each step hands out one group of 2."""
-    engine = make_engine(stop=(5,))
-    driver = RolloutDriver(engine, engine.load_params(), token_budget=4)
-    prompts = prompt_source()
-    driver.partial.draw = lambda: next(prompts)
-    return driver, prompts
+    return budgeted_driver(make_engine(stop=(5,)))
 
 
 def run_steps(driver, prompts, steps, min_version=lambda step: None, first=1):
@@ -78,11 +74,10 @@ def test_budget_below_one_is_refused(make_engine):
         RolloutDriver(engine, engine.load_params(), token_budget=0)
 
 
-
-def budgeted_driver(engine, budget=4, version=0):
-    """A driver drawing from its own `prompt_source` (returned too)."""
+def budgeted_driver(engine, budget=4, version=0, source=None):
+    """A driver drawing from `source` (default: a `prompt_source` of its own), and that source."""
     driver = RolloutDriver(engine, scaled(engine.load_params(), version), version=version, token_budget=budget)
-    source = prompt_source()
+    source = source if source is not None else prompt_source()
     driver.partial.draw = lambda: next(source)
     return driver, source
 
@@ -90,8 +85,7 @@ def budgeted_driver(engine, budget=4, version=0):
 def resumed_driver(driver, source, carried, version):
     """A fresh driver (as a resumed run builds) on the same engine, with version `version`'s weights, taking up `carried`
     and drawing on from `source`."""
-    resumed, _ = budgeted_driver(driver.engine, driver.partial.token_budget, version)
-    resumed.partial.draw = lambda: next(source)
+    resumed, _ = budgeted_driver(driver.engine, driver.partial.token_budget, version, source)
     resumed.partial.resume(carried)
     return resumed
 
@@ -119,8 +113,8 @@ def test_a_resumed_driver_continues_carried_samples_from_their_saved_tokens(make
     assert sum(r.metrics["rollout/restarted_stale_samples"] for r in after) == 0
 
 
-def test_a_resumed_driver_at_staleness_0_hands_out_what_an_uninterrupted_one_does(budgeted):
-    engine, stale_bound = budgeted[0].engine, lambda step: step - 1
+def test_a_resumed_driver_at_staleness_0_hands_out_what_an_uninterrupted_one_does(make_engine):
+    engine, stale_bound = make_engine(stop=(5,)), lambda step: step - 1
     uninterrupted = run_steps(*budgeted_driver(engine), 6, stale_bound)
     driver, source = budgeted_driver(engine)
     run_steps(driver, source, 4, stale_bound)

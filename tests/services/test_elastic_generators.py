@@ -54,9 +54,7 @@ def local(tmp_path_factory):
 def elastic(tmp_path_factory):
     out, faults = tmp_path_factory.mktemp("elastic") / "run", tmp_path_factory.mktemp("faults")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RLX_TEST_PID", str(os.getpid()))  # read by the reward plug-in in the generators' reward workers
-        patch.setenv("RLX_TEST_FAULT_DIR", str(faults))
-        patch.setenv("RLX_TEST_FAULTS", f"{KILL_AT_CALL}:SIGKILL")
+        inject_faults(patch, faults, f"{KILL_AT_CALL}:SIGKILL")
         patch.setenv("RLX_TEST_SCALE_RUN", str(out))  # read by the hook
         patch.setenv("RLX_TEST_SCALE_PLAN", PLAN)
         with role_log() as records:
