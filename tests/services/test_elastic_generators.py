@@ -12,11 +12,9 @@ asks for two generator actors after step 1: `generator-1` draws step 3 with the 
 kills one of its workers mid-call and hangs one call past `reward.timeout_s`, both scored and counted.
 """
 
-import contextlib
 import json
 import logging
 import os
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +29,8 @@ from rlx.scale import main as scale_main
 from rlx.services import train
 from rlx.services.generator_process import ProcessGeneratorRole
 from rlx.services.tracking import read_metrics
-from tests.services.test_process_backend import (PROMPTS, REWARD_FAULT_SETTINGS, REWARD_FAULTS, SAMPLES, assert_reward_faults_counted,
-                                                 config, inject_faults, rollouts, signalled)
+from tests.services.test_process_backend import (PROMPTS, REWARD_FAULT_SETTINGS, REWARD_FAULTS, SAMPLES, assert_each_prompt_drawn_once,
+                                                 assert_reward_faults_counted, config, inject_faults, messages_of, rollouts, signalled)
 
 STEPS = 6
 KILL_AT_CALL = 3 * SAMPLES * PROMPTS  # the first reward call of step 4 (calls are numbered from 0 in generator processes)
@@ -57,31 +55,15 @@ def elastic(tmp_path_factory):
         inject_faults(patch, faults, f"{KILL_AT_CALL}:SIGKILL")
         patch.setenv("RLX_TEST_SCALE_RUN", str(out))  # read by the hook
         patch.setenv("RLX_TEST_SCALE_PLAN", PLAN)
-        with role_log() as records:
+        with messages_of("rlx.services.generator_process", logging.INFO) as messages:
             train(elastic_config(out, "services.backend=process", "run.hooks=[tests.services.elastic_plan:rescale_on_cue]"))
-    return out, signalled(faults), [record.getMessage() for record in records]
-
-
-@contextlib.contextmanager
-def role_log():
-    """The generator role's log records (INFO and up) while inside."""
-    records, logger = [], logging.getLogger("rlx.services.generator_process")
-    handler, level = logging.Handler(logging.INFO), logger.level
-    handler.emit = records.append
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield records
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+    return out, signalled(faults), messages
 
 
 def test_rescaled_and_killed_generators_train_what_one_generator_does(local, elastic):
     out, _, _ = elastic
     assert rollouts(out) == rollouts(local)  # same prompts, responses and rewards at the same steps
-    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
-    assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # none lost or repeated
+    assert_each_prompt_drawn_once(out, STEPS)
     rows = read_metrics(out / "metrics.jsonl")[1:]
     assert [row["services/generator_replica"] for row in rows] == [0, 0, 1, 0, 0, 0]  # who sealed each step
     assert [row["training/off_policy/staleness_max"] for row in rows] == [0] * STEPS  # every token of version step - 1
@@ -144,8 +126,7 @@ def test_a_ray_run_scaled_to_two_actors_hands_the_second_a_step(tmp_path):
         patch.setenv("RLX_TEST_SCALE_PLAN", "1:2")  # after step 1 ask for 2 generators and wait until generator-1 is ready
         train(config(out, f"run.steps={steps}", "services.backend=ray", "services.heartbeat_s=5",
                      "run.hooks=[tests.services.elastic_plan:rescale_on_cue]", *REWARD_FAULT_SETTINGS))
-    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
-    assert len(counts) == steps * PROMPTS and set(counts.values()) == {SAMPLES}  # none lost or repeated
+    assert_each_prompt_drawn_once(out, steps)
     rows = read_metrics(out / "metrics.jsonl")[1:]
     assert [row["services/generator_replica"] for row in rows] == [0, 0, 1]  # step 2 was handed out before the request
     assert [row.get("services/restarts/generator-1") for row in rows] == [None, 0, 0]

@@ -59,6 +59,12 @@ def rollouts(out) -> list[dict]:
     return [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
 
 
+def assert_each_prompt_drawn_once(out, steps: int) -> None:
+    """Each (step, prompt) of `steps` steps is in `rollouts.jsonl` `SAMPLES` times: none lost or drawn twice."""
+    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
+    assert len(counts) == steps * PROMPTS and set(counts.values()) == {SAMPLES}
+
+
 @pytest.fixture(scope="module")
 def local(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "run"
@@ -78,7 +84,7 @@ def faulted(tmp_path_factory):
         resume = threading.Timer(CONTINUE_AFTER_S, continue_stopped, (faults,))  # a hang the role misses ends as a failed test
         resume.start()
         try:
-            with warnings_of("rlx.services.generator_process") as restarts:
+            with messages_of("rlx.services.generator_process") as restarts:
                 train(config(out, "services.backend=process", "services.max_restarts=3", f"services.hang_timeout_s={HANG_TIMEOUT_S}"))
         finally:
             resume.cancel()
@@ -86,16 +92,18 @@ def faulted(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def warnings_of(logger: str):
-    """The messages of the warnings `logger` logs inside the block."""
-    messages: list[str] = []
-    handler = logging.Handler(logging.WARNING)
+def messages_of(name: str, level: int = logging.WARNING):
+    """The messages logger `name` logs at `level` and up inside the block (a module fixture cannot use `caplog`)."""
+    messages, logger = [], logging.getLogger(name)
+    handler, before = logging.Handler(level), logger.level
     handler.emit = lambda record: messages.append(record.getMessage())
-    logging.getLogger(logger).addHandler(handler)
+    logger.addHandler(handler)
+    logger.setLevel(level)
     try:
         yield messages
     finally:
-        logging.getLogger(logger).removeHandler(handler)
+        logger.removeHandler(handler)
+        logger.setLevel(before)
 
 
 def inject_faults(patch: pytest.MonkeyPatch, faults, cues: str) -> None:
@@ -122,8 +130,7 @@ def assert_trains_like(local, out, counted_per_process: tuple[str, ...] = ()) ->
     """The run in `out` trained the same rollouts with the same numbers as the `local` run, but for the metrics
     `counted_per_process` (a restarted learner counts them from 0)."""
     assert rollouts(out) == rollouts(local)  # same prompts, responses and rewards at the same steps
-    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
-    assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # each prompt n_samples times: none lost or repeated
+    assert_each_prompt_drawn_once(out, STEPS)
     expected, got = read_metrics(local / "metrics.jsonl"), read_metrics(out / "metrics.jsonl")
     assert [row["step"] for row in got] == list(range(STEPS + 1))
     for want, have in zip(expected, got):
@@ -274,8 +281,7 @@ def test_process_generators_swap_in_weights_published_mid_step(tmp_path):
     assert [line.split()[:3] for line in (swaps / "swapped").read_text().splitlines()] == [["2", "0", "1"]]
     assert taken[1] == [{0}] * PROMPTS * SAMPLES
     assert {0, 1} in taken[2] and all(versions <= {0, 1} for versions in taken[2])  # multi-version samples, staleness <= 1
-    counts = Counter((row["step"], row["prompt_id"]) for row in rollouts(out))
-    assert len(counts) == STEPS * PROMPTS and set(counts.values()) == {SAMPLES}  # each prompt n_samples times
+    assert_each_prompt_drawn_once(out, STEPS)
     assert {"generator", "generator-1"} <= set(json.loads((out / "services.json").read_text()))
     assert_reward_faults_counted(out, signalled(swaps))
 
@@ -300,15 +306,7 @@ def ray_budget_killed(tmp_path_factory):
                      "rollout.token_budget=6", "rollout.max_concurrent_decodes=8", f"bus.max_staleness={STALENESS}",
                      "bus.interrupt=recompute_cache"))
     swaps = [[int(field) for field in line.split()] for line in (faults / "swapped").read_text().splitlines()]
-    return (out, signalled(faults), assigned), swaps, left_children(("gcs_server", "raylet"))
-
-
-def left_children(names: tuple[str, ...], within_s: float = 10.0) -> list[str]:
-    """Processes of this process named `names` still running `within_s` seconds after the run."""
-    ended_by = time.monotonic() + within_s
-    while (left := [name for name in group_members(os.getpgrp()).values() if name in names]) and time.monotonic() < ended_by:
-        time.sleep(0.2)
-    return left
+    return (out, signalled(faults), assigned), swaps, left_in_groups({os.getpgrp()}, names=("gcs_server", "raylet"))
 
 
 def test_a_ray_actor_takes_weights_mid_step_and_its_replacement_the_carried_work(ray_budget_killed):
@@ -417,10 +415,12 @@ def ray_faulted(tmp_path_factory):
     return out, done.stderr, signalled(faults), killed, left_in_groups({killed["learner"], last})
 
 
-def left_in_groups(pgids: set[int], within_s: float = 10.0) -> dict[int, str]:
-    """The processes of the process groups `pgids` still running `within_s` seconds after the run (they take a moment to exit)."""
+def left_in_groups(pgids: set[int], names: tuple[str, ...] | None = None, within_s: float = 10.0) -> dict[int, str]:
+    """The processes of the process groups `pgids` (those named `names`, if given) still running `within_s` seconds
+    after the run (they take a moment to exit)."""
     ended_by = time.monotonic() + within_s
-    while (left := {pid: name for pgid in pgids for pid, name in group_members(pgid).items()}) and time.monotonic() < ended_by:
+    while ((left := {pid: name for pgid in pgids for pid, name in group_members(pgid).items() if names is None or name in names})
+           and time.monotonic() < ended_by):
         time.sleep(0.2)
     return left
 
